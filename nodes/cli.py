@@ -1,0 +1,241 @@
+"""The ``zq`` command: one click group; each node runs in the foreground.
+
+Exit codes: 0 after a graceful stop, 1 for a runtime failure, 2 for bad usage
+(click's own), 3 for a configuration or bind error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import click
+
+from zq.config import Config, load_config
+from zq.errors import BindError, ConfigError, ZqError
+
+from .common import Node
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 3
+
+log = logging.getLogger("zq.cli")
+
+
+def _fail(msg: str, code: int = EXIT_CONFIG) -> None:
+    click.echo(f"zq: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _config(path: Optional[str], **overrides: Any) -> Config:
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _watch_parent(pid: int, on_gone: Callable[[], None]) -> None:
+    """Call ``on_gone`` when process ``pid`` (our parent) has exited."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != pid:
+                on_gone()
+                return
+            time.sleep(0.5)  # a poll of the parent's existence, not synchronisation
+
+    threading.Thread(target=watch, name="zq-parent-watch", daemon=True).start()
+
+
+def _install_signals(stop: Callable[[], None]) -> None:
+    """First SIGINT/SIGTERM: graceful stop.  Second: exit at once."""
+    state = {"n": 0}
+
+    def handler(signum: int, frame: Any) -> None:
+        state["n"] += 1
+        if state["n"] > 1:
+            os._exit(EXIT_FAILURE)
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_node(node: Node, exit_with_parent: Optional[int]) -> None:
+    """Serve ``node`` in the foreground: READY line, signals, exit code."""
+    _install_signals(node.stop)
+    if exit_with_parent:
+        _watch_parent(exit_with_parent, node.stop)
+
+    def ready(eps: dict[str, str]) -> None:
+        items = " ".join(f"{k}={v}" for k, v in eps.items())
+        click.echo(f"zq {node.role} READY {items} pid={os.getpid()}", err=True)
+
+    try:
+        node.run(ready)
+    except (BindError, ConfigError) as exc:
+        _fail(str(exc))
+    except ZqError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    sys.exit(EXIT_OK)
+
+
+config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                          help="TOML config file (see configs/).")
+parent_opt = click.option("--exit-with-parent", type=int, default=None, hidden=True)
+policy_opt = click.option("--policy", "policies", multiple=True, metavar="MOD:NAME",
+                          help="Policy class to load (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=os.environ.get("ZQ_LOG_LEVEL", "INFO"),
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="zq")
+def cli(log_level: str) -> None:
+    """zq: a brokerless task cluster for Python on ZeroMQ."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@cli.command()
+@config_opt
+@click.option("--clients", help="Endpoint clients connect to (ROUTER).")
+@click.option("--workers", help="Endpoint workers connect to (ROUTER).")
+@click.option("--sink", help="The sink's endpoint (for results the ventilator decides).")
+@parent_opt
+def ventilator(config_path: Optional[str], clients: Optional[str], workers: Optional[str],
+               sink: Optional[str], exit_with_parent: Optional[int]) -> None:
+    """Accept tasks from clients and dispatch them to workers by credit."""
+    from .ventilator import Ventilator
+
+    cfg = _config(config_path, ventilator_clients=clients, ventilator_workers=workers, sink_endpoint=sink)
+    run_node(Ventilator(cfg), exit_with_parent)
+
+
+@cli.command()
+@config_opt
+@click.option("--endpoint", help="Endpoint workers and clients connect to.")
+@click.option("--retain/--no-retain", default=None, help="Retain results by default.")
+@click.option("--result-ttl", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a retained (or undelivered) result is kept (default 3600).")
+@policy_opt
+@parent_opt
+def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[bool],
+         result_ttl: Optional[float], policies: Sequence[str], exit_with_parent: Optional[int]) -> None:
+    """Record results once, fire on_done policies, deliver and retain them."""
+    from zq.policy import load_policies
+
+    from .sink import Sink
+
+    cfg = _config(config_path, sink_endpoint=endpoint, sink_retain=retain, sink_result_ttl=result_ttl,
+                  sink_policies=tuple(policies))
+    try:
+        loaded = load_policies(cfg.sink_policies)
+    except ConfigError as exc:
+        _fail(str(exc))
+    run_node(Sink(cfg, loaded), exit_with_parent)
+
+
+@cli.command()
+@config_opt
+@click.option("--ventilator", "vent", help="The ventilator's workers endpoint.")
+@click.option("--sink", help="The sink's endpoint.")
+@click.option("--executor", type=click.Choice(["thread", "process"]), default=None)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Executor slots (default: number of CPUs).")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None,
+              help="Tasks held beyond the free slots (default: same as concurrency).")
+@click.option("--queue", "queues", multiple=True, help="Queue to serve (repeatable, default 'default').")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds running tasks may take to finish on SIGTERM.")
+@policy_opt
+@parent_opt
+def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str], executor: Optional[str],
+           concurrency: Optional[int], prefetch: Optional[int], queues: Sequence[str], grace: float,
+           policies: Sequence[str], exit_with_parent: Optional[int]) -> None:
+    """Run tasks from the ventilator; send results to the sink."""
+    from zq.policy import load_policies
+
+    from .worker import Worker
+
+    cfg = _config(config_path, ventilator_workers=vent, sink_endpoint=sink, worker_executor=executor,
+                  worker_concurrency=concurrency, worker_prefetch=prefetch, worker_queues=tuple(queues),
+                  worker_policies=tuple(policies))
+    try:
+        load_policies(cfg.worker_policies)  # fail fast with one line, before any process starts
+    except ConfigError as exc:
+        _fail(str(exc))
+    run_node(Worker(cfg, cfg.worker_policies, grace=grace), exit_with_parent)
+
+
+@cli.command()
+@config_opt
+@click.option("--workers", "n_workers", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--executor", type=click.Choice(["thread", "process"]), default="process", show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None)
+@parent_opt
+def up(config_path: Optional[str], n_workers: int, executor: str, concurrency: Optional[int],
+       exit_with_parent: Optional[int]) -> None:
+    """Every role on this machine, in the foreground; Ctrl-C stops all cleanly."""
+    from .local import LocalCluster
+
+    if config_path:
+        _config(config_path)  # validate before starting anything
+    cluster = LocalCluster(workers=n_workers, executor=executor, concurrency=concurrency or 0,
+                           config=config_path, echo=True, exit_with_parent=True)
+    stop = threading.Event()
+    _install_signals(stop.set)
+    if exit_with_parent:
+        _watch_parent(exit_with_parent, stop.set)
+    try:
+        eps = cluster.start()
+    except ZqError as exc:
+        cluster.stop(kill=True)
+        _fail(str(exc).splitlines()[0] + " (see the lines above)", EXIT_FAILURE)
+    items = " ".join(f"{k}={v}" for k, v in eps.items())
+    click.echo(f"zq up READY {items} pid={os.getpid()}", err=True)
+    while not stop.wait(0.5):
+        dead = [n.name for n in cluster.nodes() if not n.alive()]
+        if dead and any(not n.name.startswith("worker") for n in cluster.nodes() if not n.alive()):
+            log.error("node(s) %s exited: stopping", ", ".join(dead))
+            break
+    codes = cluster.stop()
+    bad = {k: v for k, v in codes.items() if v not in (0, None)}
+    if bad:
+        log.warning("nodes exited with %s", bad)
+    sys.exit(EXIT_OK)
+
+
+@cli.command()
+@config_opt
+@click.option("--ventilator", "vent", help="The ventilator's clients endpoint.")
+@click.option("--sink", help="The sink's endpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def status(config_path: Optional[str], vent: Optional[str], sink: Optional[str], as_json: bool,
+           timeout: float) -> None:
+    """Workers with their queues and load, queued/running/done counts, tasks/s."""
+    from .status import fetch, render
+
+    cfg = _config(config_path, ventilator_clients=vent, sink_endpoint=sink)
+    try:
+        data = fetch(cfg, timeout)
+    except ZqError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else render(data))
+
+
+def main() -> None:
+    cli(prog_name="zq")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""What every node shares: the run/stop life cycle, bad-input accounting and the
+acknowledged link that carries results to the sink.
+
+    node thread ── owns every socket of the node ── polls them + a Waker pipe
+    other threads ── only call stop() (sets a flag, wakes the loop)
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable, Optional
+
+import zmq
+
+from zq import protocol as P
+from zq._sockets import dealer
+from zq._wake import Waker
+from zq.config import Config
+from zq.envelope import ErrorInfo, TaskState
+from zq.protocol import ResultRow, TaskSpec
+
+log = logging.getLogger("zq.node")
+
+HOST = socket.gethostname()
+
+
+class Node:
+    """Base of ventilator, sink and worker: the thread calling ``run`` owns all sockets."""
+
+    role = "node"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instance = P.new_instance_id()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._stopping = threading.Event()
+        self._waker = Waker()
+        self.ctx: Optional[zmq.Context] = None
+        self.endpoints: dict[str, str] = {}
+        self.started = time.time()
+
+    # -- life cycle -------------------------------------------------------------------
+    def run(self, ready: Optional[Callable[[dict[str, str]], None]] = None) -> None:
+        """Bind/connect, call ``ready(endpoints)``, serve until ``stop()``, close."""
+        self.ctx = zmq.Context()
+        try:
+            self.setup()
+            if ready is not None:
+                ready(dict(self.endpoints))
+            self.loop()
+        finally:
+            self.close()
+            self.ctx.destroy(linger=0)
+            self._waker.close()
+
+    def stop(self) -> None:
+        """Ask the node to stop gracefully; safe from any thread or a signal handler."""
+        self._stopping.set()
+        self._waker.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def setup(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # -- bad input --------------------------------------------------------------------
+    def bad_message(self, where: str, exc: BaseException) -> None:
+        """Count and log (rate-limited) a refused message; the node carries on."""
+        self.counters["bad_messages"] += 1
+        n = self.counters["bad_messages"]
+        if n <= 10 or n % 1000 == 0:
+            log.warning("%s: refused message on %s (%d so far): %s", self.role, where, n, exc)
+
+
+def result_row(spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], *, worker: str,
+               started_at: float = 0.0, finished_at: float = 0.0, run_seconds: float = 0.0,
+               attempts: Optional[int] = None, pid: Optional[int] = None,
+               payload: bytes = b"") -> ResultRow:
+    """A result for ``spec`` as the sink will route it."""
+    row = [
+        spec.task_id, spec.name, state.value, error.to_row() if error else None,
+        spec.attempt if attempts is None else attempts, worker, HOST,
+        os.getpid() if pid is None else pid, spec.queue, spec.submitted_at, started_at,
+        finished_at or time.time(), run_seconds, spec.client, spec.retain, list(spec.lost),
+    ]
+    return ResultRow(row, payload)
+
+
+class SinkLink:
+    """A DEALER to the sink that keeps every result until the sink acknowledges it.
+
+    Heartbeats both ways; when the sink is silent past the liveness timeout the
+    socket is replaced (Paranoid Pirate) and every unacknowledged result is sent
+    again.  A sink that restarted (new instance id) gets them again at once.  The
+    sink records each task id once, so resending is harmless.
+    """
+
+    MAX_BATCH = 2000
+
+    def __init__(self, node: Node, endpoint: str, identity: bytes, poller: zmq.Poller) -> None:
+        self.node = node
+        self.endpoint = endpoint
+        self.identity = identity
+        self.poller = poller
+        self.unacked: dict[str, ResultRow] = {}
+        self.pending: collections.deque[ResultRow] = collections.deque()
+        self.sink_instance: Optional[str] = None
+        self.socket: zmq.Socket = self._connect()
+        now = time.monotonic()
+        self.last_recv = now
+        self.last_send = 0.0
+        self.backoff = node.config.heartbeat_interval
+
+    def _connect(self) -> zmq.Socket:
+        assert self.node.ctx is not None
+        s = dealer(self.node.ctx, self.endpoint, self.identity, self.node.config.max_message_size)
+        self.poller.register(s, zmq.POLLIN)
+        return s
+
+    def reconnect(self) -> None:
+        self.poller.unregister(self.socket)
+        self.socket.close(0)
+        self.socket = self._connect()
+        self.resend_all()
+
+    def resend_all(self) -> None:
+        self.pending = collections.deque(self.unacked.values())
+
+    def add(self, row: ResultRow) -> None:
+        self.unacked[row.task_id] = row
+        self.pending.append(row)
+
+    def flush(self) -> None:
+        while self.pending:
+            n = min(len(self.pending), self.MAX_BATCH)
+            batch = [self.pending[i] for i in range(n)]
+            try:
+                self.socket.send_multipart(P.pack_results(batch), flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return  # the sink is slow or away: keep them, try again next turn
+            for _ in range(n):
+                self.pending.popleft()
+            self.last_send = time.monotonic()
+
+    def on_readable(self) -> None:
+        while True:
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self.last_recv = time.monotonic()
+            self.backoff = self.node.config.heartbeat_interval
+            try:
+                msg = P.unpack(frames)
+                if msg.command == P.ACK:
+                    for tid in P.str_list(msg.header, "ids", msg.command):
+                        self.unacked.pop(tid, None)
+                elif msg.command == P.HEARTBEAT:
+                    inst = msg.header.get("instance")
+                    if self.sink_instance is not None and inst != self.sink_instance:
+                        log.info("sink %s restarted: resending %d result(s)", self.endpoint, len(self.unacked))
+                        self.resend_all()
+                    self.sink_instance = inst
+                elif msg.command == P.ERROR:
+                    log.warning("sink refused a message: %s", msg.header.get("msg"))
+            except Exception as exc:
+                self.node.bad_message("sink link", exc)
+
+    def tick(self, now: float) -> None:
+        cfg = self.node.config
+        if now - self.last_send >= cfg.heartbeat_interval:
+            try:
+                self.socket.send_multipart(P.pack(P.HEARTBEAT, {"id": self.identity.decode(),
+                                                              "instance": self.node.instance}),
+                                           flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            self.last_send = now
+        if now - self.last_recv > max(cfg.heartbeat_timeout, self.backoff):
+            log.warning("sink %s silent for %.1fs: reconnecting", self.endpoint, now - self.last_recv)
+            self.backoff = min(self.backoff * 2, 30.0)
+            self.last_recv = now
+            self.reconnect()
+        self.flush()
+
+    def close(self) -> None:
+        self.socket.close(0)

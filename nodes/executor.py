@@ -1,0 +1,289 @@
+"""Where user code runs on a worker: a thread pool or a pool of long-lived processes.
+
+Both executors have slots; the worker's IO thread starts a task only on a free
+slot (so "started" is known exactly) and collects completions.  Executor
+threads and child processes never touch a socket:
+
+    IO thread ──(spec, fn bytes)──▶ SimpleQueue ──▶ executor threads
+              ◀──completions deque + Waker pipe ──┘
+
+    IO thread ──pipe (one per child)──▶ child process (runs one task at a time)
+              ◀──completion, or EOF when the child died
+
+``execute`` is the one function that runs a task: unpickle arguments, run the
+``on_running`` hooks, call the function, pickle the value, time it all.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any, Callable, Optional, Sequence
+
+from zq.envelope import ErrorInfo, TaskInfo, TaskState
+from zq.policy import Policy, load_policies, run_hooks
+from zq.protocol import TaskSpec
+from zq.serialize import dumps, loads, loads_args
+
+log = logging.getLogger("zq.worker")
+
+#: (task_id, state, error row | None, payload, started_at, finished_at, run_seconds, pid)
+Completion = tuple
+
+
+def _error(exc: BaseException, tb: str = "") -> list:
+    return ErrorInfo.from_exception(exc, tb).to_row()
+
+
+def load_function(cache: dict, digest: bytes, data: Any) -> Callable:
+    fn = cache.get(digest)
+    if fn is None:
+        if data is None:
+            raise LookupError("function not received")
+        fn = loads(data, "task function")
+        cache[digest] = fn
+    return fn
+
+
+def execute(row: list, args_data: Any, fn_getter: Callable[[], Callable], policies: Sequence[Policy],
+            max_result: int) -> Completion:
+    """Run one task; never raises.  ``row`` is a TaskSpec row."""
+    task_id, name, queue_name = row[0], row[1], row[2]
+    started_at = time.time()
+    t0 = time.monotonic()
+    pid = os.getpid()
+
+    def done(state: TaskState, err: Optional[list], payload: bytes = b"") -> Completion:
+        return (task_id, state.value, err, payload, started_at, time.time(), time.monotonic() - t0, pid)
+
+    try:
+        fn = fn_getter()
+        args, kwargs = loads_args(args_data)
+    except Exception as exc:
+        return done(TaskState.FAILED, _error(exc))
+    if policies:
+        info = TaskInfo(task_id=task_id, name=name, queue=queue_name, attempt=row[9], args=args,
+                        kwargs=kwargs, retries=row[6], timeout=row[7], retain_result=row[5])
+        run_hooks(policies, "on_running", info, task_id)
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:  # SystemExit from a task is a failure, not an exit
+        tb = traceback.format_exc()
+        return done(TaskState.FAILED, _error(exc, tb))
+    try:
+        payload = dumps(value, f"result of task {task_id}")
+    except Exception as exc:
+        return done(TaskState.FAILED, _error(exc))
+    if len(payload) > max_result:
+        return done(TaskState.FAILED, ["SerializationError", "zq.errors",
+                                       f"result of task {task_id} is {len(payload)} bytes pickled, over the "
+                                       f"cluster's maximum message size of {max_result} bytes", ""])
+    return done(TaskState.SUCCESS, None, payload)
+
+
+class ThreadExecutor:
+    """``slots`` threads; a task that overran its timeout keeps its slot until it returns."""
+
+    kind = "thread"
+
+    def __init__(self, slots: int, policies: Sequence[Policy], wake: Callable[[], None], max_result: int) -> None:
+        self.slots = slots
+        self.policies = list(policies)
+        self.wake = wake
+        self.max_result = max_result
+        self.busy = 0
+        self.completions: deque[Completion] = deque()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._fns: dict[bytes, Callable] = {}
+        self._threads = [threading.Thread(target=self._run, name=f"zq-exec-{i}", daemon=True)
+                         for i in range(slots)]
+        for t in self._threads:
+            t.start()
+
+    def fds(self) -> list:
+        return []
+
+    def free(self) -> int:
+        return self.slots - self.busy
+
+    def start(self, spec: TaskSpec, fn_data: Any) -> int:
+        self.busy += 1
+        self._inbox.put((spec.row(), spec.args, fn_data))
+        return os.getpid()
+
+    def _run(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            row, args, fn_data = item
+            comp = execute(row, args, lambda: load_function(self._fns, row[3], fn_data), self.policies,
+                           self.max_result)
+            self.completions.append(comp)
+            self.wake()
+
+    def collect(self, readable: set) -> list[Completion]:
+        out = []
+        while self.completions:
+            out.append(self.completions.popleft())
+            self.busy -= 1
+        return out
+
+    def kill(self, task_id: str) -> bool:
+        return False  # a thread cannot be stopped; see README "Time limits"
+
+    def lost(self) -> list[tuple[str, str]]:
+        return []
+
+    def close(self, wait: float) -> None:
+        for _ in self._threads:
+            self._inbox.put(None)
+        deadline = time.monotonic() + wait
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None:
+    """A long-lived executor process: run tasks sent down ``conn`` one at a time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when children stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        policies = load_policies(policy_specs)
+    except Exception:
+        log.exception("policies could not be loaded in the executor process")
+        policies = []
+    fns: dict[bytes, Callable] = {}
+    while True:
+        try:
+            msg = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        item = pickle.loads(msg)
+        if item is None:
+            return
+        row, args, fn_data = item
+        comp = execute(row, args, lambda: load_function(fns, row[3], fn_data), policies, max_result)
+        conn.send_bytes(pickle.dumps(comp, protocol=5))
+
+
+class _Child:
+    __slots__ = ("proc", "conn", "task", "digests")
+
+    def __init__(self, proc: Any, conn: Any) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.task: Optional[str] = None
+        self.digests: set[bytes] = set()
+
+
+class ProcessExecutor:
+    """``slots`` long-lived child processes, each running one task at a time."""
+
+    kind = "process"
+
+    def __init__(self, slots: int, policy_specs: Sequence[str], max_result: int) -> None:
+        self.slots = slots
+        self.policy_specs = list(policy_specs)
+        self.max_result = max_result
+        self._mp = multiprocessing.get_context("spawn")
+        self.children: list[_Child] = [self._spawn() for _ in range(slots)]
+        self._lost: list[tuple[str, str]] = []
+
+    def _spawn(self) -> _Child:
+        parent, child = self._mp.Pipe(duplex=True)
+        proc = self._mp.Process(target=_child_main, args=(child, self.policy_specs, self.max_result),
+                                daemon=True, name="zq-exec")
+        proc.start()
+        child.close()
+        return _Child(proc, parent)
+
+    def fds(self) -> list:
+        return [c.conn.fileno() for c in self.children]
+
+    def free(self) -> int:
+        return sum(1 for c in self.children if c.task is None)
+
+    def start(self, spec: TaskSpec, fn_data: Any) -> int:
+        child = next(c for c in self.children if c.task is None)
+        send_fn = fn_data if spec.digest not in child.digests else None
+        child.digests.add(spec.digest)
+        child.task = spec.task_id
+        child.conn.send_bytes(pickle.dumps((spec.row(), bytes(spec.args), send_fn and bytes(send_fn)), protocol=5))
+        return child.proc.pid or 0
+
+    def collect(self, readable: set) -> list[Completion]:
+        out = []
+        for i, c in enumerate(self.children):
+            if c.conn.fileno() not in readable:
+                continue
+            try:
+                while c.conn.poll():
+                    out.append(pickle.loads(c.conn.recv_bytes()))
+                    c.task = None
+            except (EOFError, OSError):
+                self._replace(i, None)
+        return out
+
+    def _describe_exit(self, proc: Any) -> str:
+        proc.join(2.0)
+        code = proc.exitcode
+        if code is None:
+            return f"executor process {proc.pid} stopped answering"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = f"executor process {proc.pid} killed by {name}"
+            if -code == signal.SIGKILL:
+                why += " (killed by the kernel or an operator; check dmesg for the OOM killer)"
+            return why
+        return f"executor process {proc.pid} exited with code {code}"
+
+    def _replace(self, i: int, reason: Optional[str]) -> None:
+        c = self.children[i]
+        if reason is None:
+            reason = self._describe_exit(c.proc)
+        else:
+            c.proc.kill()
+            c.proc.join(2.0)
+        c.conn.close()
+        if c.task is not None:
+            self._lost.append((c.task, reason))
+        log.warning("%s; starting a new one", reason)
+        self.children[i] = self._spawn()
+
+    def lost(self) -> list[tuple[str, str]]:
+        """Tasks whose process died since the last call, with the cause."""
+        out, self._lost = self._lost, []
+        return out
+
+    def kill(self, task_id: str, reason: str = "cancelled") -> bool:
+        for i, c in enumerate(self.children):
+            if c.task == task_id:
+                c.task = None  # its completion is produced by the caller
+                self._replace(i, f"executor process {c.proc.pid} terminated: {reason}")
+                return True
+        return False
+
+    def close(self, wait: float) -> None:
+        for c in self.children:
+            try:
+                c.conn.send_bytes(pickle.dumps(None))
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait
+        for c in self.children:
+            c.proc.join(max(0.0, deadline - time.monotonic()))
+            if c.proc.is_alive():
+                c.proc.kill()
+                c.proc.join(1.0)
+            c.conn.close()

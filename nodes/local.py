@@ -1,0 +1,126 @@
+"""A whole cluster on this machine: one process per node (used by ``zq up`` and tests).
+
+    LocalCluster ── NodeProcess("ventilator") ─┐ started together; their READY
+                 ── NodeProcess("sink") ───────┘ lines give the real endpoints
+                 ── NodeProcess("worker") × N ── started once those are known
+
+Stop order: workers first (they hand back what they have not started and
+deliver what they finished), then the ventilator, then the sink last so that
+every result still in flight reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Optional, Sequence
+
+from zq._embedded import NodeProcess
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        *,
+        workers: int = 1,
+        executor: str = "thread",
+        concurrency: int = 0,
+        config: Optional[str] = None,
+        host: str = "127.0.0.1",
+        ventilator_args: Sequence[str] = (),
+        sink_args: Sequence[str] = (),
+        worker_args: Sequence[str] = (),
+        env: Optional[dict[str, str]] = None,
+        echo: bool = False,
+        exit_with_parent: bool = True,
+    ) -> None:
+        self.n_workers = workers
+        self.executor = executor
+        self.concurrency = concurrency
+        self.config = config
+        self.host = host
+        self.ventilator_args = list(ventilator_args)
+        self.sink_args = list(sink_args)
+        self.worker_args = list(worker_args)
+        self.env = dict(env or {})
+        self.echo = echo
+        self.parent = ["--exit-with-parent", str(os.getpid())] if exit_with_parent else []
+        self.ventilator: Optional[NodeProcess] = None
+        self.sink: Optional[NodeProcess] = None
+        self.workers: list[NodeProcess] = []
+        self.endpoints: dict[str, str] = {}
+
+    def _cfg(self) -> list[str]:
+        return ["--config", self.config] if self.config else []
+
+    def start(self, timeout: float = 60.0) -> dict[str, str]:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+
+    def _start(self, timeout: float) -> dict[str, str]:
+        rnd = f"tcp://{self.host}:0"
+        if not self.config:
+            vent = ["ventilator", "--clients", rnd, "--workers", rnd]
+            sink = ["sink", "--endpoint", rnd]
+        else:
+            vent, sink = ["ventilator", *self._cfg()], ["sink", *self._cfg()]
+        self.sink = NodeProcess([*sink, *self.sink_args, *self.parent], self.env, self.echo, "sink").start()
+        sink_eps = self.sink.wait_ready(timeout)
+        self.ventilator = NodeProcess([*vent, "--sink", sink_eps["endpoint"], *self.ventilator_args,
+                                       *self.parent], self.env, self.echo, "ventilator").start()
+        vent_eps = self.ventilator.wait_ready(timeout)
+        self.endpoints = {"clients": vent_eps["clients"], "workers": vent_eps["workers"],
+                          "sink": sink_eps["endpoint"]}
+        for _ in range(self.n_workers):
+            self.add_worker()
+        for w in self.workers:
+            w.wait_ready(timeout)
+        return self.endpoints
+
+    def worker_command(self, extra: Sequence[str] = ()) -> list[str]:
+        args = ["worker", *self._cfg(), "--ventilator", self.endpoints["workers"],
+                "--sink", self.endpoints["sink"], "--executor", self.executor]
+        if self.concurrency:
+            args += ["--concurrency", str(self.concurrency)]
+        return [*args, *self.worker_args, *extra, *self.parent]
+
+    def add_worker(self, extra: Sequence[str] = (), wait: bool = False, timeout: float = 60.0) -> NodeProcess:
+        w = NodeProcess(self.worker_command(extra), self.env, self.echo, f"worker{len(self.workers)}").start()
+        self.workers.append(w)
+        if wait:
+            w.wait_ready(timeout)
+        return w
+
+    def nodes(self) -> list[NodeProcess]:
+        return [n for n in (*self.workers, self.ventilator, self.sink) if n is not None]
+
+    def stop(self, kill: bool = False, timeout: float = 40.0) -> dict[str, Optional[int]]:
+        """Stop every node (workers, ventilator, sink in that order); their exit codes."""
+        codes: dict[str, Optional[int]] = {}
+        if kill:
+            for n in self.nodes():
+                n.kill()
+                codes[n.name] = n.wait(5)
+            return codes
+        for w in self.workers:
+            w.terminate()
+        for w in self.workers:
+            codes[w.name] = w.stop(timeout)
+        for n in (self.ventilator, self.sink):
+            if n is not None:
+                codes[n.name] = n.stop(timeout)
+        return codes
+
+    def signal_all(self, sig: int = signal.SIGTERM) -> None:
+        for n in self.nodes():
+            n.signal(sig)
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,68 @@
+"""``zq status``: ask the ventilator and the sink for their stats and print them."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import zmq
+
+from zq import protocol as P
+from zq._sockets import dealer
+from zq.config import Config
+from zq.errors import ZqError
+
+
+def _ask(ctx: zmq.Context, endpoint: str, node: str, timeout: float) -> Any:
+    s = dealer(ctx, endpoint, f"status-{os.urandom(4).hex()}".encode())
+    try:
+        s.send_multipart(P.pack(P.REQUEST, {"req": 1, "op": "stats"}))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not s.poll(int(left * 1000)):
+                raise ZqError(f"the {node} at {endpoint} did not answer within {timeout:g}s")
+            msg = P.unpack(s.recv_multipart())
+            if msg.command == P.REPLY and msg.header.get("req") == 1:
+                return msg.header.get("data")
+    finally:
+        s.close(0)
+
+
+def fetch(cfg: Config, timeout: float = 5.0) -> dict:
+    ctx = zmq.Context()
+    try:
+        return {"ventilator": _ask(ctx, cfg.ventilator_clients, "ventilator", timeout),
+                "sink": _ask(ctx, cfg.sink_endpoint, "sink", timeout)}
+    finally:
+        ctx.destroy(0)
+
+
+def render(data: dict) -> str:
+    v, s = data["ventilator"], data["sink"]
+    c = v.get("counters", {})
+    sc = s.get("counters", {})
+    lines = [
+        f"ventilator {v['endpoints'].get('clients')} on {v['host']}  up {v['uptime']:.0f}s  "
+        f"{v['tasks_per_second']:.1f} tasks/s",
+        f"sink       {s['endpoints'].get('endpoint')} on {s['host']}  "
+        f"{s['results_per_second']:.1f} results/s  retained {s['retained']}  undelivered {s['undelivered']}",
+        "",
+        f"tasks: submitted {c.get('submitted', 0)}  done {c.get('done', 0)}  canceled {c.get('canceled', 0)}  "
+        f"retried {c.get('retried', 0)}  lost attempts {c.get('lost_attempts', 0)}",
+        f"results: recorded {sc.get('results', 0)}  duplicates dropped {sc.get('duplicates_dropped', 0)}",
+        f"bad messages: ventilator {c.get('bad_messages', 0)}  sink {sc.get('bad_messages', 0)}",
+        "",
+        f"{'QUEUE':<20} {'QUEUED':>8} {'RUNNING':>8}  WORKERS",
+    ]
+    for q, info in v.get("queues", {}).items():
+        lines.append(f"{q:<20} {info['queued']:>8} {info['running']:>8}  {'yes' if info['served'] else 'NONE'}")
+    lines += ["", f"{'WORKER':<36} {'HOST':<16} {'EXEC':<8} {'LOAD':>9} {'DONE':>8}  QUEUES"]
+    for w in v.get("workers", []):
+        load = f"{w['running']}/{w['concurrency']}"
+        lines.append(f"{w['id']:<36} {w['host']:<16} {w['executor']:<8} {load:>9} {w['done']:>8}  "
+                     f"{','.join(w['queues'])}")
+    if not v.get("workers"):
+        lines.append("(no workers)")
+    return "\n".join(lines)

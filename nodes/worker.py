@@ -1,0 +1,320 @@
+"""The worker: takes tasks from the ventilator by credit, runs them, sends results.
+
+    ventilator ◀──READY/STARTED/DONE/RETRY/BYE/HB── [DEALER] ┐
+               ──TASKS/CANCEL/HB/UNKNOWN────────▶            │ IO thread (Worker.loop):
+    sink       ◀──RESULT/HB── [DEALER, SinkLink] ──ACK/HB──▶ │ owns every socket,
+    executor   ◀──tasks on free slots── ──completions──▶     ┘ never runs user code
+
+Credit: the worker announces ``slots + prefetch`` in READY and returns one
+credit per finished task, so it never holds more than that.  Tasks beyond the
+free slots wait in ``self.local`` (FIFO).  Results stay in the SinkLink until
+the sink acknowledges them.  A ventilator silent for the liveness timeout means
+a new socket and a fresh READY (capped exponential backoff).
+
+Stop (SIGTERM): stop taking work, hand back unstarted tasks (BYE), let running
+ones finish within ``grace`` seconds, hand back the rest, deliver results, exit.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+import uuid
+from typing import Any, Optional, Sequence
+
+import zmq
+
+from zq import protocol as P
+from zq._sockets import dealer
+from zq.config import Config
+from zq.envelope import ErrorInfo, TaskState
+from zq.errors import ProtocolError
+from zq.policy import Policy, load_policies
+from zq.protocol import TaskSpec
+
+from .common import HOST, Node, SinkLink, result_row
+from .executor import ProcessExecutor, ThreadExecutor
+
+log = logging.getLogger("zq.worker")
+
+RETRY_BASE = 0.1
+RETRY_CAP = 30.0
+FN_STORE = 4096
+
+
+class Worker(Node):
+    role = "worker"
+
+    def __init__(self, config: Config, policy_specs: Sequence[str] = (), *, grace: float = 30.0,
+                 worker_id: Optional[str] = None) -> None:
+        super().__init__(config)
+        self.id = worker_id or f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.policy_specs = list(policy_specs)
+        self.grace = grace
+        self.slots = config.worker_concurrency or os.cpu_count() or 1
+        self.prefetch = self.slots if config.worker_prefetch < 0 else config.worker_prefetch
+        self.local: collections.deque[TaskSpec] = collections.deque()
+        self.running: dict[str, tuple[TaskSpec, Optional[float]]] = {}  # id -> (spec, deadline)
+        self.abandoned: set[str] = set()  # timed out or cancelled; completion to be discarded
+        self.fn_store: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+        self.started_ids: list[str] = []
+        self.done_ids: list[str] = []
+        self.done_states: list[str] = []
+        self.credit_back = 0
+        self.accepting = True
+
+    # -- sockets ----------------------------------------------------------------------
+    def setup(self) -> None:
+        assert self.ctx is not None
+        cfg = self.config
+        self.poller = zmq.Poller()
+        self.poller.register(self._waker.fileno(), zmq.POLLIN)
+        policies: list[Policy] = load_policies(self.policy_specs)
+        if cfg.worker_executor == "process":
+            self.executor: Any = ProcessExecutor(self.slots, self.policy_specs, cfg.max_message_size - 4096)
+        else:
+            self.executor = ThreadExecutor(self.slots, policies, self._waker.wake, cfg.max_message_size - 4096)
+        for fd in self.executor.fds():
+            self.poller.register(fd, zmq.POLLIN)
+        self.sink = SinkLink(self, cfg.sink_endpoint, f"worker-{self.id}".encode(), self.poller)
+        self.backoff = cfg.heartbeat_interval
+        self._connect_ventilator()
+        self.endpoints = {"ventilator": cfg.ventilator_workers, "sink": cfg.sink_endpoint}
+
+    def _connect_ventilator(self) -> None:
+        assert self.ctx is not None
+        self.vent = dealer(self.ctx, self.config.ventilator_workers, self.id.encode(), self.config.max_message_size)
+        self.poller.register(self.vent, zmq.POLLIN)
+        self.vent_last_recv = time.monotonic()
+        self.vent_last_send = 0.0
+        self._send_ready()
+
+    def _send_ready(self) -> None:
+        held = len(self.local) + len(self.running)
+        credit = max(0, self.slots + self.prefetch - held) if self.accepting else 0
+        self._to_vent(P.READY, {
+            "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
+            "pid": os.getpid(), "executor": self.executor.kind, "concurrency": self.slots,
+        })
+
+    def _to_vent(self, cmd: bytes, header: dict) -> None:
+        try:
+            self.vent.send_multipart(P.pack(cmd, header), flags=zmq.NOBLOCK)
+            self.vent_last_send = time.monotonic()
+        except zmq.Again:
+            self.counters["ventilator_send_dropped"] += 1
+
+    def close(self) -> None:
+        ex = getattr(self, "executor", None)
+        if ex is not None:
+            ex.close(1.0)
+        if getattr(self, "vent", None) is not None:
+            self.vent.close(0)
+        if getattr(self, "sink", None) is not None:
+            self.sink.close()
+
+    # -- the loop ---------------------------------------------------------------------
+    def loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        next_tick = 0.0
+        while True:
+            events = dict(self.poller.poll(int(interval * 500) or 1))
+            if self.vent in events:
+                self._drain_ventilator()
+            if self.sink.socket in events:
+                self.sink.on_readable()
+            if self._waker.fileno() in events:
+                self._waker.drain()
+            self._collect(set(events))
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + interval / 2
+            if self.stopping and not self._stop_step(now):
+                break
+            self._start_tasks(now)
+            self._report()
+            self.sink.flush()
+
+    def _drain_ventilator(self, limit: int = 1000) -> None:
+        for _ in range(limit):
+            try:
+                frames = self.vent.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.vent_last_recv = time.monotonic()
+            self.backoff = self.config.heartbeat_interval
+            try:
+                self._on_ventilator(P.unpack(frames))
+            except ProtocolError as exc:
+                self.bad_message("ventilator", exc)
+            except Exception as exc:
+                self.counters["internal_errors"] += 1
+                log.exception("error handling a ventilator message: %s", exc)
+
+    def _on_ventilator(self, msg: P.Message) -> None:
+        cmd = msg.command
+        if cmd == P.TASKS:
+            tasks, fns = P.unpack_tasks(msg)
+            for digest, frame in fns.items():
+                self.fn_store[digest] = frame
+            while len(self.fn_store) > FN_STORE:
+                self.fn_store.popitem(last=False)
+            if not self.accepting:  # stopping: give them straight back
+                self._to_vent(P.BYE, {"ids": [t.task_id for t in tasks]})
+                return
+            self.local.extend(tasks)
+        elif cmd == P.CANCEL:
+            for tid in P.str_list(msg.header, "ids", cmd):
+                self._cancel(tid)
+        elif cmd == P.UNKNOWN:
+            log.info("ventilator does not know this worker (it restarted?): registering again")
+            self._send_ready()
+        elif cmd in (P.HEARTBEAT, P.ERROR):
+            if cmd == P.ERROR:
+                log.warning("ventilator refused a message: %s", msg.header.get("msg"))
+        else:
+            raise ProtocolError(f"the ventilator may not send {cmd.decode()}")
+
+    def _cancel(self, tid: str) -> None:
+        for spec in list(self.local):
+            if spec.task_id == tid:
+                self.local.remove(spec)
+                self._finish(spec, TaskState.CANCELED, None)
+                return
+        entry = self.running.get(tid)
+        if entry is not None and self.executor.kill(tid):
+            self.running.pop(tid)
+            self._finish(entry[0], TaskState.CANCELED, None)
+
+    # -- running tasks ----------------------------------------------------------------
+    def _start_tasks(self, now: float) -> None:
+        if not self.accepting:
+            return
+        ex = self.executor
+        while self.local and ex.free() > 0:
+            spec = self.local.popleft()
+            fn = self.fn_store.get(spec.digest)
+            ex.start(spec, fn)
+            self.running[spec.task_id] = (spec, now + spec.timeout if spec.timeout else None)
+            self.started_ids.append(spec.task_id)
+
+    def _collect(self, readable: set) -> None:
+        for comp in self.executor.collect(readable):
+            tid = comp[0]
+            if tid in self.abandoned:  # timed out earlier: the slot is free only now
+                self.abandoned.discard(tid)
+                self.credit_back += 1
+                continue
+            entry = self.running.pop(tid, None)
+            if entry is None:
+                continue
+            spec = entry[0]
+            state = TaskState(comp[1])
+            error = ErrorInfo.from_row(comp[2])
+            row = result_row(spec, state, error, worker=self.id, started_at=comp[4], finished_at=comp[5],
+                             run_seconds=comp[6], pid=comp[7], payload=comp[3])
+            self._complete(spec, state, error, row)
+        for tid, reason in self.executor.lost():
+            entry = self.running.pop(tid, None)
+            if entry is None:
+                continue
+            spec = entry[0]
+            cause = f"attempt {spec.attempt}: {reason} on worker {self.id} host {HOST}"
+            spec.lost.append(cause)
+            self.counters["lost_in_executor"] += 1
+            if len(spec.lost) >= 3:
+                msg = (f"task {spec.task_id} ({spec.name}) lost its worker {len(spec.lost)} times: "
+                       + "; ".join(spec.lost))
+                self._finish(spec, TaskState.FAILED, ErrorInfo("WorkerLost", msg, "", "zq.errors"))
+            else:
+                self._retry(spec, delay=0.0, lost=True)
+
+    def _complete(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], row: Any) -> None:
+        retries_used = spec.attempt - 1 - len(spec.lost)
+        if (state is TaskState.FAILED and error is not None and error.type != "SerializationError"
+                and retries_used < spec.retries and self.accepting):
+            self._retry(spec, delay=min(RETRY_CAP, RETRY_BASE * (2 ** retries_used)))
+            return
+        self.sink.add(row)
+        self.done_ids.append(spec.task_id)
+        self.done_states.append(state.value)
+        self.credit_back += 1
+
+    def _retry(self, spec: TaskSpec, delay: float, lost: bool = False) -> None:
+        header: dict = {"id": spec.task_id, "delay": delay, "credit": 1}
+        if lost:
+            header["lost"] = spec.lost[-1]
+        self._to_vent(P.RETRY, header)
+        self.counters["retries"] += 1
+
+    def _finish(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo]) -> None:
+        """Finish a task that produced no completion of its own (cancel, timeout, loss)."""
+        self._complete(spec, state, error, result_row(spec, state, error, worker=self.id))
+
+    def _report(self) -> None:
+        if self.started_ids:
+            self._to_vent(P.STARTED, {"ids": self.started_ids})
+            self.started_ids = []
+        if self.done_ids or self.credit_back:
+            self._to_vent(P.DONE, {"ids": self.done_ids, "states": self.done_states,
+                                   "credit": self.credit_back if self.accepting else 0})
+            self.done_ids, self.done_states, self.credit_back = [], [], 0
+
+    def _tick(self, now: float) -> None:
+        cfg = self.config
+        for tid, (spec, deadline) in list(self.running.items()):
+            if deadline is not None and now > deadline:
+                del self.running[tid]
+                err = ErrorInfo("TaskTimeout", f"task {tid} ({spec.name}) ran longer than its "
+                                f"timeout of {spec.timeout:g}s", "", "zq.errors")
+                if not self.executor.kill(tid):
+                    self.abandoned.add(tid)  # thread: its slot stays busy until it returns
+                    self.credit_back -= 1  # ... and so does its credit
+                self._finish(spec, TaskState.FAILED, err)
+        if now - self.vent_last_send >= cfg.heartbeat_interval:
+            self._to_vent(P.HEARTBEAT, {"id": self.id, "instance": self.instance})
+        if now - self.vent_last_recv > max(cfg.heartbeat_timeout, self.backoff):
+            log.warning("ventilator %s silent for %.1fs: reconnecting", cfg.ventilator_workers,
+                        now - self.vent_last_recv)
+            self.backoff = min(self.backoff * 2, 30.0)
+            self.poller.unregister(self.vent)
+            self.vent.close(0)
+            self._connect_ventilator()
+        self.sink.tick(now)
+
+    # -- graceful stop ----------------------------------------------------------------
+    def _stop_step(self, now: float) -> bool:
+        """One step of a graceful stop; False when the worker may exit."""
+        if self.accepting:
+            self.accepting = False
+            self._stop_deadline = now + self.grace
+            handed = [s.task_id for s in self.local]
+            self.local.clear()
+            self._to_vent(P.BYE, {"ids": handed})
+            log.info("stopping: handed back %d queued task(s), waiting up to %.0fs for %d running",
+                     len(handed), self.grace, len(self.running))
+        if self.running and now < self._stop_deadline:
+            return True
+        if self.running:
+            ids = list(self.running)
+            log.warning("grace period over: handing back %d running task(s)", len(ids))
+            for tid in ids:
+                self.executor.kill(tid)
+            self.running.clear()
+            self._report()
+            self._to_vent(P.BYE, {"ids": ids, "final": True})
+        else:
+            self._report()
+            self._to_vent(P.BYE, {"ids": [], "final": True})
+        # deliver what we hold to the sink (bounded wait)
+        deadline = time.monotonic() + min(5.0, max(1.0, self.grace))
+        while self.sink.unacked and time.monotonic() < deadline:
+            self.sink.flush()
+            if self.sink.socket.poll(100):
+                self.sink.on_readable()
+        if self.sink.unacked:
+            log.warning("%d result(s) not acknowledged by the sink at exit", len(self.sink.unacked))
+        return False

@@ -1,0 +1,35 @@
+"""zq: a brokerless task cluster for Python on ZeroMQ.
+
+    import zq
+    with zq.Client() as client:          # an embedded local cluster
+        fut = client.submit(pow, 2, 10)
+        print(fut.result())              # 1024
+"""
+
+from .client import Client
+from .config import Config, load_config
+from .envelope import ErrorInfo, Result, TaskInfo, TaskState
+from .errors import (
+    BindError,
+    ClientClosed,
+    ConfigError,
+    InsecureBindError,
+    NodeUnreachable,
+    ProtocolError,
+    SerializationError,
+    TaskFailed,
+    WorkerLost,
+    ZqError,
+)
+from .futures import TaskFuture
+from .policy import LoggingPolicy, Policy
+from .task import Task, current_client, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client", "Config", "load_config", "ErrorInfo", "Result", "TaskInfo", "TaskState",
+    "BindError", "ClientClosed", "ConfigError", "InsecureBindError", "NodeUnreachable",
+    "ProtocolError", "SerializationError", "TaskFailed", "WorkerLost", "ZqError", "TaskFuture",
+    "LoggingPolicy", "Policy", "Task", "current_client", "task", "__version__",
+]

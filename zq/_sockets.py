@@ -1,0 +1,70 @@
+"""Socket construction shared by the client and the nodes (options in one place)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket as _socket
+from typing import Optional
+
+import zmq
+
+from .errors import BindError
+
+HWM = 100_000
+
+
+def normalize_bind(endpoint: str) -> str:
+    """``tcp://host:0`` means a random port, as ``tcp://host:*`` does in libzmq."""
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        return endpoint[:-2] + ":*"
+    return endpoint
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on a loopback address or localhost."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in _socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def router(ctx: zmq.Context, endpoint: str, max_message: int, mandatory: bool = True) -> tuple[zmq.Socket, str]:
+    """A bound ROUTER: mandatory routing (no silent drops), handover of identities."""
+    s = ctx.socket(zmq.ROUTER)
+    s.setsockopt(zmq.LINGER, 0)
+    if mandatory:
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    s.setsockopt(zmq.MAXMSGSIZE, max_message)
+    s.setsockopt(zmq.SNDHWM, HWM)
+    s.setsockopt(zmq.RCVHWM, HWM)
+    try:
+        s.bind(normalize_bind(endpoint))
+    except zmq.ZMQError as exc:
+        s.close(0)
+        raise BindError(f"cannot bind {endpoint}: {exc.strerror}") from None
+    return s, s.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+
+def dealer(ctx: zmq.Context, endpoint: str, identity: Optional[bytes] = None,
+           max_message: Optional[int] = None) -> zmq.Socket:
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    if identity is not None:
+        s.setsockopt(zmq.ROUTING_ID, identity)
+    if max_message:
+        s.setsockopt(zmq.MAXMSGSIZE, max_message)
+    s.setsockopt(zmq.SNDHWM, HWM)
+    s.setsockopt(zmq.RCVHWM, HWM)
+    s.setsockopt(zmq.RECONNECT_IVL, 100)
+    s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    s.connect(endpoint)
+    return s

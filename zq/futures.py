@@ -1,0 +1,125 @@
+"""``TaskFuture`` and turning a result envelope into a value or a typed exception."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sys
+from typing import TYPE_CHECKING, Any, Generator, Optional
+
+from .envelope import Result, TaskState
+from .errors import SerializationError, TaskFailed, WorkerLost, ZqError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Client
+
+
+class RemoteTraceback(Exception):
+    """Carries the remote traceback text as ``__cause__`` of a TaskFailed."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class TaskFuture(concurrent.futures.Future):
+    """A ``concurrent.futures.Future`` for a zq task; awaitable in asyncio."""
+
+    def __init__(self, task_id: str, client: Optional["Client"] = None) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self.envelope: Optional[Result] = None
+        self._client = client
+
+    def cancel(self) -> bool:
+        """Cancel the task on the cluster; True if it will not run (or was stopped)."""
+        if self.done():
+            return self.cancelled()
+        if self._client is None:
+            return super().cancel()
+        return self._client._cancel_futures([self])[0]
+
+    def _cancel_local(self) -> bool:
+        return super().cancel()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        return f"<TaskFuture {self.task_id} {self._state}>"
+
+
+_combined: dict[type, type] = {}
+
+
+def _remote_class(module: str, name: str) -> Optional[type]:
+    """The exception class if already imported on this side (never imports anything)."""
+    mod = sys.modules.get(module) if module else None
+    if mod is None and module in ("builtins", ""):
+        mod = sys.modules["builtins"]
+    if mod is None:
+        return None
+    obj: Any = mod
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    if isinstance(obj, type) and issubclass(obj, Exception) and not issubclass(obj, ZqError):
+        return obj
+    return None
+
+
+def make_exception(result: Result) -> BaseException:
+    """The exception a failed result raises from ``Future.result()``."""
+    err = result.error
+    if err is None:
+        return TaskFailed("Unknown", f"task {result.task_id} failed without an error", "", "", result.task_id)
+    exc: BaseException
+    if err.type == "WorkerLost":
+        exc = WorkerLost(err.message)
+    elif err.type == "SerializationError" and err.module.startswith("zq"):
+        exc = SerializationError(err.message)
+    else:
+        cls = _remote_class(err.module, err.type)
+        exc = TaskFailed(err.type, err.message, err.traceback, err.module, result.task_id)
+        if cls is not None:
+            combo = _combined.get(cls)
+            if combo is None:
+                try:
+                    combo = type(f"TaskFailed[{cls.__name__}]", (TaskFailed, cls), {
+                        "__init__": TaskFailed.__init__, "__str__": TaskFailed.__str__,
+                        "__module__": "zq.errors"})
+                except TypeError:  # incompatible layout (e.g. OSError): plain TaskFailed
+                    combo = TaskFailed
+                _combined[cls] = combo
+            if combo is not TaskFailed:
+                exc = combo(err.type, err.message, err.traceback, err.module, result.task_id)
+    if err.traceback:
+        exc.__cause__ = RemoteTraceback(err.traceback)
+    setattr(exc, "envelope", result)
+    return exc
+
+
+def settle(fut: TaskFuture, result: Result) -> None:
+    """Complete ``fut`` from its envelope (no-op if already done, e.g. cancelled)."""
+    if fut.done():
+        return
+    fut.envelope = result
+    try:
+        if result.state is TaskState.SUCCESS:
+            try:
+                value = result.value
+            except SerializationError as exc:
+                fut.set_exception(exc)
+                return
+            fut.set_result(value)
+        elif result.state is TaskState.CANCELED:
+            fut._cancel_local()
+            fut.set_running_or_notify_cancel()
+        else:
+            fut.set_exception(make_exception(result))
+    except concurrent.futures.InvalidStateError:  # raced with a local cancel
+        pass

@@ -1,0 +1,322 @@
+"""The zq wire protocol: the only module that knows frame layout.
+
+Every message, after the ROUTER identity frame where there is one, is::
+
+    [PROTOCOL, COMMAND, HEADER, *PAYLOAD]
+
+* ``PROTOCOL`` is ``b"ZQ01"``: a node answers any other version with ``ERROR``.
+* ``COMMAND`` is one of the byte strings below.
+* ``HEADER`` is a msgpack map.  Routers read only this frame.
+* ``PAYLOAD`` frames carry pickled bytes (functions, arguments, values); no
+  node that merely routes a message unpickles them.
+
+Tasks and results travel in batches: one ``SUBMIT``/``TASKS`` message holds any
+number of tasks (rows in the header, one argument frame each, preceded by the
+frames of the functions the receiver has not seen yet), one ``RESULT`` message
+any number of results.  Batching is opportunistic: a sender packs whatever is
+ready, it never waits to fill a batch.
+
+Who sends what (C client, V ventilator, W worker, S sink):
+
+==========  ==========  =====================================================
+command     direction   header / payload
+==========  ==========  =====================================================
+SUBMIT      C -> V      {"t": [task rows], "f": [digests]}; fn frames, arg frames
+REJECT      V -> C      {"ids": [...], "code": str, "msg": str}
+CANCELED    V -> C      {"ids": [...]} tasks of this client cancelled by anyone
+REQUEST     C -> V/S    {"req": int, "op": str, ...}
+REPLY       V/S -> C    {"req": int, "ok": bool, "data"|"error": ...}
+READY       W -> V      {"id", "queues", "credit", "host", "pid", "executor", "concurrency"}
+TASKS       V -> W      like SUBMIT, rows carry attempt and lost causes
+STARTED     W -> V      {"ids": [...]}
+DONE        W -> V      {"ids": [...], "credit": int}
+RETRY       W -> V      {"id": str, "delay": float, "error": [..]}
+CANCEL      V -> W      {"ids": [...]} stop these tasks if they run
+BYE         W -> V      {"ids": [...]} tasks handed back (graceful stop)
+UNKNOWN     V -> W      {} you are not registered: send READY again
+RESULT      W -> S, S -> C  {"r": [result rows]}; one value frame per row
+ACK         S -> W      {"ids": [...]} results recorded, forget them
+HELLO       C -> S      {"client": id} route my results to this socket
+HEARTBEAT   any         {"id": node id, "instance": random id of this run}
+ERROR       any         {"code": str, "msg": str} your message was refused
+==========  ==========  =====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import msgpack
+
+from .envelope import ErrorInfo, Result, TaskState
+from .errors import ProtocolError
+
+PROTOCOL = b"ZQ01"
+
+SUBMIT = b"SUBMIT"
+REJECT = b"REJECT"
+CANCELED = b"CANCELED"
+REQUEST = b"REQUEST"
+REPLY = b"REPLY"
+READY = b"READY"
+TASKS = b"TASKS"
+STARTED = b"STARTED"
+DONE = b"DONE"
+RETRY = b"RETRY"
+CANCEL = b"CANCEL"
+BYE = b"BYE"
+UNKNOWN = b"UNKNOWN"
+RESULT = b"RESULT"
+ACK = b"ACK"
+HELLO = b"HELLO"
+HEARTBEAT = b"HEARTBEAT"
+ERROR = b"ERROR"
+
+COMMANDS = frozenset(
+    {SUBMIT, REJECT, CANCELED, REQUEST, REPLY, READY, TASKS, STARTED, DONE, RETRY,
+     CANCEL, BYE, UNKNOWN, RESULT, ACK, HELLO, HEARTBEAT, ERROR}
+)
+
+#: Default maximum size of one message on every bound socket (libzmq MAXMSGSIZE).
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+
+
+@dataclass(frozen=True)
+class Message:
+    command: bytes
+    header: dict
+    payload: list  # list of bytes-like frames
+
+
+def pack(command: bytes, header: Optional[dict] = None, payload: Sequence[Any] = ()) -> list:
+    """Frames for one message (without any ROUTER identity)."""
+    return [PROTOCOL, command, _packb(header or {}), *payload]
+
+
+def unpack(frames: Sequence[Any]) -> Message:
+    """Parse frames (without identity) into a :class:`Message` or raise ProtocolError."""
+    if len(frames) < 3:
+        raise ProtocolError(f"message has {len(frames)} frame(s), needs at least 3")
+    version = bytes(frames[0])
+    if version != PROTOCOL:
+        raise ProtocolError(f"unsupported protocol version {version[:16]!r}, expected {PROTOCOL!r}")
+    command = bytes(frames[1])
+    if command not in COMMANDS:
+        raise ProtocolError(f"unknown command {command[:32]!r}")
+    try:
+        header = _unpackb(bytes(frames[2]))
+    except Exception as exc:
+        raise ProtocolError(f"undecodable {command.decode()} header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"{command.decode()} header is not a map")
+    return Message(command, header, list(frames[3:]))
+
+
+def field(header: dict, key: str, kind: type | tuple, command: bytes = b"") -> Any:
+    """``header[key]``, checked to be of ``kind``; ProtocolError otherwise."""
+    try:
+        value = header[key]
+    except KeyError:
+        raise ProtocolError(f"{command.decode() or 'message'} header lacks {key!r}") from None
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{command.decode() or 'message'} header field {key!r} has wrong type")
+    return value
+
+
+def str_list(header: dict, key: str, command: bytes = b"") -> list[str]:
+    value = field(header, key, list, command)
+    if not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"{command.decode()} header field {key!r} must hold strings")
+    return value
+
+
+def error_message(code: str, msg: str) -> list:
+    return pack(ERROR, {"code": code, "msg": msg})
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class TaskSpec:
+    """One task as it travels client -> ventilator -> worker (args stay pickled)."""
+
+    __slots__ = (
+        "task_id", "name", "queue", "digest", "client", "retain", "retries", "timeout",
+        "submitted_at", "attempt", "lost", "opts", "args",
+    )
+
+    def __init__(
+        self,
+        task_id: str,
+        name: str,
+        queue: str,
+        digest: bytes,
+        client: str,
+        retain: Optional[bool],
+        retries: int,
+        timeout: Optional[float],
+        submitted_at: float,
+        attempt: int = 1,
+        lost: Optional[list] = None,
+        opts: Optional[dict] = None,
+        args: Any = b"",
+    ) -> None:
+        self.task_id = task_id
+        self.name = name
+        self.queue = queue
+        self.digest = digest
+        self.client = client
+        self.retain = retain
+        self.retries = retries
+        self.timeout = timeout
+        self.submitted_at = submitted_at
+        self.attempt = attempt
+        self.lost = lost if lost is not None else []
+        self.opts = opts
+        self.args = args
+
+    def row(self) -> list:
+        return [self.task_id, self.name, self.queue, self.digest, self.client, self.retain,
+                self.retries, self.timeout, self.submitted_at, self.attempt, self.lost, self.opts]
+
+    @classmethod
+    def from_row(cls, row: Any, args: Any) -> "TaskSpec":
+        if not isinstance(row, list) or len(row) != 12:
+            raise ProtocolError("task row must be a list of 12 fields")
+        (task_id, name, queue, digest, client, retain, retries, timeout, submitted_at,
+         attempt, lost, opts) = row
+        if not (isinstance(task_id, str) and 0 < len(task_id) <= 128):
+            raise ProtocolError("task id must be a non-empty string of at most 128 characters")
+        if not isinstance(name, str) or not isinstance(client, str):
+            raise ProtocolError(f"task {task_id}: name and client must be strings")
+        if not (isinstance(queue, str) and 0 < len(queue) <= 200):
+            raise ProtocolError(f"task {task_id}: queue must be a non-empty string of at most 200 characters")
+        if not (isinstance(digest, bytes) and len(digest) == 16):
+            raise ProtocolError(f"task {task_id}: function digest must be 16 bytes")
+        if retain is not None and not isinstance(retain, bool):
+            raise ProtocolError(f"task {task_id}: retain must be a bool or nil")
+        if not isinstance(retries, int) or retries < 0:
+            raise ProtocolError(f"task {task_id}: retries must be a non-negative int")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ProtocolError(f"task {task_id}: timeout must be a positive number or nil")
+        if not isinstance(submitted_at, (int, float)) or not isinstance(attempt, int) or attempt < 1:
+            raise ProtocolError(f"task {task_id}: bad submitted_at or attempt")
+        if not isinstance(lost, list) or (opts is not None and not isinstance(opts, dict)):
+            raise ProtocolError(f"task {task_id}: bad lost or opts field")
+        return cls(task_id, name, queue, digest, client, retain, retries,
+                   float(timeout) if timeout is not None else None, float(submitted_at),
+                   attempt, lost, opts, args)
+
+
+def pack_tasks(command: bytes, tasks: Iterable[TaskSpec], fns: dict[bytes, Any]) -> list:
+    """A SUBMIT or TASKS message: ``fns`` maps digest -> pickled function to include."""
+    tasks = list(tasks)
+    header = {"t": [t.row() for t in tasks], "f": list(fns)}
+    return [PROTOCOL, command, _packb(header), *fns.values(), *(t.args for t in tasks)]
+
+
+def unpack_tasks(msg: Message) -> tuple[list[TaskSpec], dict[bytes, Any]]:
+    rows = field(msg.header, "t", list, msg.command)
+    digests = field(msg.header, "f", list, msg.command)
+    if len(msg.payload) != len(rows) + len(digests):
+        raise ProtocolError(
+            f"{msg.command.decode()}: {len(rows)} task(s) and {len(digests)} function(s) "
+            f"but {len(msg.payload)} payload frame(s)"
+        )
+    fns: dict[bytes, Any] = {}
+    for d, frame in zip(digests, msg.payload):
+        if not (isinstance(d, bytes) and len(d) == 16):
+            raise ProtocolError("function digest must be 16 bytes")
+        fns[d] = frame
+    n = len(digests)
+    tasks = [TaskSpec.from_row(row, msg.payload[n + i]) for i, row in enumerate(rows)]
+    return tasks, fns
+
+
+# ------------------------------------------------------------------------- results
+
+
+def result_row(r: Result, client: str, retain: Optional[bool]) -> list:
+    return [
+        r.task_id, r.name, r.state.value, r.error.to_row() if r.error else None, r.attempts,
+        r.worker, r.host, r.pid, r.queue, r.submitted_at, r.started_at, r.finished_at,
+        r.run_seconds, client, retain, list(r.lost),
+    ]
+
+
+class ResultRow:
+    """A result as routed by the sink: the header row and the value frame, never unpickled."""
+
+    __slots__ = ("row", "payload")
+
+    def __init__(self, row: list, payload: Any) -> None:
+        self.row = row
+        self.payload = payload
+
+    @property
+    def task_id(self) -> str:
+        return self.row[0]
+
+    @property
+    def client(self) -> str:
+        return self.row[13]
+
+    @property
+    def retain(self) -> Optional[bool]:
+        return self.row[14]
+
+    def to_result(self) -> Result:
+        r = self.row
+        return Result(
+            task_id=r[0], name=r[1], state=TaskState(r[2]), error=ErrorInfo.from_row(r[3]),
+            attempts=r[4], worker=r[5], host=r[6], pid=r[7], queue=r[8], submitted_at=r[9],
+            started_at=r[10], finished_at=r[11], run_seconds=r[12],
+            payload=bytes(self.payload), lost=tuple(r[15]),
+        )
+
+
+def _check_result_row(row: Any) -> list:
+    if not isinstance(row, list) or len(row) != 16:
+        raise ProtocolError("result row must be a list of 16 fields")
+    if not isinstance(row[0], str) or not isinstance(row[13], str) or not isinstance(row[1], str):
+        raise ProtocolError("result row: task id, name and client must be strings")
+    try:
+        TaskState(row[2])
+    except ValueError:
+        raise ProtocolError(f"result row: unknown state {row[2]!r}") from None
+    err = row[3]
+    if err is not None and not (isinstance(err, list) and len(err) == 4 and all(isinstance(x, str) for x in err)):
+        raise ProtocolError("result row: error must be nil or 4 strings")
+    if not isinstance(row[4], int) or not isinstance(row[7], int):
+        raise ProtocolError("result row: attempts and pid must be ints")
+    if not all(isinstance(row[i], (int, float)) for i in (9, 10, 11, 12)):
+        raise ProtocolError("result row: timestamps must be numbers")
+    if not all(isinstance(row[i], str) for i in (5, 6, 8)) or not isinstance(row[15], list):
+        raise ProtocolError("result row: worker, host, queue must be strings")
+    if row[14] is not None and not isinstance(row[14], bool):
+        raise ProtocolError("result row: retain must be a bool or nil")
+    return row
+
+
+def pack_results(results: Sequence[ResultRow]) -> list:
+    return [PROTOCOL, RESULT, _packb({"r": [r.row for r in results]}), *(r.payload for r in results)]
+
+
+def unpack_results(msg: Message) -> list[ResultRow]:
+    rows = field(msg.header, "r", list, msg.command)
+    if len(rows) != len(msg.payload):
+        raise ProtocolError(f"RESULT: {len(rows)} row(s) but {len(msg.payload)} value frame(s)")
+    return [ResultRow(_check_result_row(row), p) for row, p in zip(rows, msg.payload)]
+
+
+def new_instance_id() -> str:
+    import os
+
+    return os.urandom(6).hex()

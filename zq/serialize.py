@@ -1,0 +1,155 @@
+"""Pickling of functions, arguments and results.
+
+* Functions are pickled once with cloudpickle (by value when the workers could
+  not import them: ``__main__``, notebooks, local functions) and identified by a
+  16-byte BLAKE2 digest of those bytes, so each worker receives each function
+  once.
+* Plain data (numbers, strings, bytes and containers of them) skips
+  cloudpickle and uses the C pickler, protocol 5.
+* Anything else goes through cloudpickle.  Both outputs load with
+  :func:`pickle.loads`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+from typing import Any, Callable
+
+import cloudpickle
+
+from .errors import SerializationError
+
+_PLAIN_SCALARS = (int, float, str, bytes, bool, type(None), complex)
+
+
+def _is_plain(obj: Any, depth: int = 0) -> bool:
+    t = type(obj)
+    if t in _PLAIN_SCALARS:
+        return True
+    if depth > 4:
+        return False
+    if t is tuple or t is list:
+        if len(obj) > 64:
+            return False
+        return all(_is_plain(x, depth + 1) for x in obj)
+    if t is dict:
+        if len(obj) > 64:
+            return False
+        return all(type(k) is str and _is_plain(v, depth + 1) for k, v in obj.items())
+    return False
+
+
+def dumps(obj: Any, what: str = "object") -> bytes:
+    """Pickle ``obj``; SerializationError naming ``what`` if it cannot be pickled."""
+    try:
+        if _is_plain(obj):
+            return pickle.dumps(obj, protocol=5)
+        return cloudpickle.dumps(obj, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"{what} could not be pickled: {type(exc).__name__}: {exc}") from exc
+
+
+def loads(data: Any, what: str = "object") -> Any:
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise SerializationError(f"{what} could not be unpickled: {type(exc).__name__}: {exc}") from exc
+
+
+def loads_args(data: Any) -> tuple[tuple, dict]:
+    obj = loads(data, "task arguments")
+    if type(obj) is tuple and len(obj) == 2 and type(obj[0]) is tuple and type(obj[1]) is dict:
+        # (args, kwargs) form; pack_args never sends a bare (tuple, dict) pair of
+        # positional arguments without wrapping it, so this is unambiguous.
+        return obj[0], obj[1]
+    return obj, {}
+
+
+def _ambiguous(args: tuple) -> bool:
+    return len(args) == 2 and type(args[0]) is tuple and type(args[1]) is dict
+
+
+def pack_args(args: tuple, kwargs: dict) -> bytes:
+    """Arguments as one pickled frame; ``loads_args`` inverts it."""
+    if kwargs or _ambiguous(args):
+        return dumps((args, kwargs), "task arguments")
+    return dumps(args, "task arguments")
+
+
+class FunctionCache:
+    """Pickled functions by identity: ``fn -> (digest, bytes)``, pickled once."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._by_fn: dict[Any, tuple[bytes, bytes]] = {}
+        self._limit = limit
+
+    def get(self, fn: Callable) -> tuple[bytes, bytes]:
+        try:
+            hit = self._by_fn.get(fn)
+        except TypeError:  # unhashable callable
+            hit = None
+            return pickle_function(fn)
+        if hit is None:
+            hit = pickle_function(fn)
+            if len(self._by_fn) >= self._limit:
+                self._by_fn.clear()
+            self._by_fn[fn] = hit
+        return hit
+
+
+def _ship_by_value_if_local(fn: Any) -> None:
+    """Register the function's module for pickling by value unless it is installed.
+
+    Workers on other machines can import installed packages (site-packages, the
+    standard library) but not a user's script directory or notebook, so those
+    modules travel by value.  ``__main__`` is always by value in cloudpickle.
+    """
+    name = getattr(fn, "__module__", None)
+    if not name or name == "__main__" or name in _BY_VALUE_CHECKED:
+        return
+    _BY_VALUE_CHECKED.add(name)
+    mod = sys.modules.get(name)
+    path = getattr(mod, "__file__", None)
+    if mod is None or not path or name.split(".")[0] in ("zq", "nodes", "bench"):
+        return
+    path = os.path.realpath(path)
+    if any(path.startswith(p) for p in _installed_prefixes()):
+        return
+    try:
+        cloudpickle.register_pickle_by_value(mod)
+    except Exception:  # not a real module object; pickle by reference as usual
+        pass
+
+
+_BY_VALUE_CHECKED: set = set()
+
+
+def _installed_prefixes() -> list[str]:
+    import sysconfig
+
+    paths = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return [os.path.realpath(p) for p in paths if p]
+
+
+def pickle_function(fn: Callable) -> tuple[bytes, bytes]:
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is not callable")
+    _ship_by_value_if_local(getattr(fn, "fn", fn) if getattr(fn, "_zq_task", False) else fn)
+    try:
+        data = cloudpickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise SerializationError(
+            f"function {getattr(fn, '__qualname__', fn)!r} could not be pickled: {type(exc).__name__}: {exc}"
+        ) from exc
+    return hashlib.blake2b(data, digest_size=16).digest(), data
+
+
+def function_name(fn: Any) -> str:
+    inner = getattr(fn, "fn", None)  # a zq.task
+    target = inner if inner is not None and getattr(fn, "_zq_task", False) else fn
+    mod = getattr(target, "__module__", None) or ""
+    qual = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or type(target).__name__
+    return f"{mod}.{qual}" if mod else str(qual)
