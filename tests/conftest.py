@@ -1,0 +1,82 @@
+"""Fixtures: real nodes as child processes on loopback with random ports.
+
+``make_cluster(...)`` starts a :class:`nodes.local.LocalCluster` (sink, ventilator,
+workers, each a ``python -m nodes`` process that printed its READY line) and
+stops it at teardown; ``make_client(cluster)`` returns a connected ``zq.Client``
+that is shut down at teardown.  Nothing here sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import zq
+from nodes.local import LocalCluster
+
+# fast failure detection in tests: heartbeat every 0.2 s, lost after 1.2 s
+FAST_ENV = {"ZQ_CLUSTER_HEARTBEAT_INTERVAL": "0.2", "ZQ_CLUSTER_HEARTBEAT_LIVENESS": "6"}
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
+    made: list[LocalCluster] = []
+
+    def make(**kw: Any) -> LocalCluster:
+        env = {**FAST_ENV, **kw.pop("env", {})}
+        c = LocalCluster(env=env, **kw)
+        made.append(c)
+        c.start()
+        return c
+
+    yield make
+    for c in made:
+        c.stop(timeout=20)
+        for n in c.nodes():
+            if n.alive():
+                n.kill()
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., zq.Client]]:
+    made: list[zq.Client] = []
+
+    def make(cluster: LocalCluster, **kw: Any) -> zq.Client:
+        cfg = zq.load_config(None, {
+            "ventilator_clients": cluster.endpoints["clients"],
+            "sink_endpoint": cluster.endpoints["sink"],
+            "heartbeat_interval": 0.2,
+        })
+        c = zq.Client(cfg, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+    """Two thread-executor workers."""
+    return make_cluster(workers=2, executor="thread", concurrency=2)
+
+
+@pytest.fixture
+def client(cluster: LocalCluster, make_client: Callable[..., zq.Client]) -> zq.Client:
+    return make_client(cluster)
+
+
+def zq_script() -> str:
+    """The installed ``zq`` console script (next to this interpreter)."""
+    path = os.path.join(os.path.dirname(sys.executable), "zq")
+    return path if os.path.exists(path) else (shutil.which("zq") or "zq")
+
+
+def run_zq(*args: str, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([zq_script(), *args], capture_output=True, text=True, timeout=timeout, **kw)
