@@ -91,6 +91,8 @@ def run_node(node: Node, exit_with_parent: Optional[int]) -> None:
 config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                           help="TOML config file (see configs/).")
 parent_opt = click.option("--exit-with-parent", type=int, default=None, hidden=True)
+insecure_opt = click.option("--insecure", is_flag=True, default=None,
+                            help="Bind non-loopback addresses without keys (not recommended).")
 policy_opt = click.option("--policy", "policies", multiple=True, metavar="MOD:NAME",
                           help="Policy class to load (repeatable).")
 
@@ -110,13 +112,15 @@ def cli(log_level: str) -> None:
 @click.option("--clients", help="Endpoint clients connect to (ROUTER).")
 @click.option("--workers", help="Endpoint workers connect to (ROUTER).")
 @click.option("--sink", help="The sink's endpoint (for results the ventilator decides).")
+@insecure_opt
 @parent_opt
 def ventilator(config_path: Optional[str], clients: Optional[str], workers: Optional[str],
-               sink: Optional[str], exit_with_parent: Optional[int]) -> None:
+               sink: Optional[str], insecure: Optional[bool], exit_with_parent: Optional[int]) -> None:
     """Accept tasks from clients and dispatch them to workers by credit."""
     from .ventilator import Ventilator
 
-    cfg = _config(config_path, ventilator_clients=clients, ventilator_workers=workers, sink_endpoint=sink)
+    cfg = _config(config_path, ventilator_clients=clients, ventilator_workers=workers, sink_endpoint=sink,
+                  insecure=insecure)
     run_node(Ventilator(cfg), exit_with_parent)
 
 
@@ -127,16 +131,18 @@ def ventilator(config_path: Optional[str], clients: Optional[str], workers: Opti
 @click.option("--result-ttl", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a retained (or undelivered) result is kept (default 3600).")
 @policy_opt
+@insecure_opt
 @parent_opt
 def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[bool],
-         result_ttl: Optional[float], policies: Sequence[str], exit_with_parent: Optional[int]) -> None:
+         result_ttl: Optional[float], policies: Sequence[str], insecure: Optional[bool],
+         exit_with_parent: Optional[int]) -> None:
     """Record results once, fire on_done policies, deliver and retain them."""
     from zq.policy import load_policies
 
     from .sink import Sink
 
     cfg = _config(config_path, sink_endpoint=endpoint, sink_retain=retain, sink_result_ttl=result_ttl,
-                  sink_policies=tuple(policies))
+                  sink_policies=tuple(policies), insecure=insecure)
     try:
         loaded = load_policies(cfg.sink_policies)
     except ConfigError as exc:

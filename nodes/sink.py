@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import router
+from zq._sockets import check_bind_allowed, router
 from zq.config import Config
 from zq.errors import ProtocolError
 from zq.policy import Policy, run_hooks
@@ -52,6 +52,7 @@ class Sink(Node):
 
     def setup(self) -> None:
         assert self.ctx is not None
+        check_bind_allowed(self.config.sink_endpoint, secured=False, insecure=self.config.insecure)
         self.sock, ep = router(self.ctx, self.config.sink_endpoint, self.config.max_message_size)
         self.endpoints = {"endpoint": ep}
         self.poller = zmq.Poller()

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import zmq
 
 from zq import protocol as P
-from zq._sockets import router
+from zq._sockets import check_bind_allowed, router
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskState
 from zq.errors import ProtocolError
@@ -99,6 +99,8 @@ class Ventilator(Node):
     def setup(self) -> None:
         assert self.ctx is not None
         cfg = self.config
+        for ep in (cfg.ventilator_clients, cfg.ventilator_workers):
+            check_bind_allowed(ep, secured=False, insecure=cfg.insecure)
         self.clients, ep_c = router(self.ctx, cfg.ventilator_clients, cfg.max_message_size)
         self.wsock, ep_w = router(self.ctx, cfg.ventilator_workers, cfg.max_message_size)
         self.endpoints = {"clients": ep_c, "workers": ep_w}

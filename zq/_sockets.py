@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket as _socket
 from typing import Optional
 
 import zmq
 
-from .errors import BindError
+from .errors import BindError, InsecureBindError
+
+log = logging.getLogger("zq.net")
 
 HWM = 100_000
 
@@ -34,6 +37,17 @@ def is_loopback(endpoint: str) -> bool:
             return all(ipaddress.ip_address(a[4][0]).is_loopback for a in _socket.getaddrinfo(host, None))
         except OSError:
             return False
+
+
+def check_bind_allowed(endpoint: str, secured: bool, insecure: bool) -> None:
+    """Refuse a non-loopback bind without keys unless ``insecure`` says so explicitly."""
+    if secured or is_loopback(endpoint):
+        return
+    if not insecure:
+        raise InsecureBindError(
+            f"refusing to bind {endpoint} without keys: anyone who reaches it can run code on "
+            f"the workers; use --keys DIR, or --insecure to do it anyway")
+    log.warning("binding %s WITHOUT authentication or encryption (--insecure)", endpoint)
 
 
 def router(ctx: zmq.Context, endpoint: str, max_message: int, mandatory: bool = True) -> tuple[zmq.Socket, str]:

@@ -45,6 +45,8 @@ class Config:
     heartbeat_interval: float = 0.5
     heartbeat_liveness: int = 6  # missed intervals before a peer is declared lost
     max_message_size: int = 64 * 1024 * 1024
+    #: bind non-loopback addresses without CURVE keys (logged as a warning)
+    insecure: bool = False
 
     @property
     def heartbeat_timeout(self) -> float:
@@ -69,6 +71,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("cluster", "heartbeat_interval"): "heartbeat_interval",
     ("cluster", "heartbeat_liveness"): "heartbeat_liveness",
     ("cluster", "max_message_size"): "max_message_size",
+    ("cluster", "insecure"): "insecure",
 }
 
 
