@@ -118,6 +118,7 @@ class SinkLink:
         self.unacked: dict[str, ResultRow] = {}
         self.pending: collections.deque[ResultRow] = collections.deque()
         self.sink_instance: Optional[str] = None
+        self.heard = False  # any heartbeat from the sink yet
         self.socket: zmq.Socket = self._connect()
         now = time.monotonic()
         self.last_recv = now
@@ -144,8 +145,9 @@ class SinkLink:
         self.pending.append(row)
 
     def flush(self) -> None:
+        limit = P.batch_limit(self.node.config.max_message_size)
         while self.pending:
-            n = min(len(self.pending), self.MAX_BATCH)
+            n = P.take_batch(self.pending, limit, self.MAX_BATCH)
             batch = [self.pending[i] for i in range(n)]
             try:
                 self.socket.send_multipart(P.pack_results(batch), flags=zmq.NOBLOCK, copy=False)
@@ -170,6 +172,7 @@ class SinkLink:
                         self.unacked.pop(tid, None)
                 elif msg.command == P.HEARTBEAT:
                     inst = msg.header.get("instance")
+                    self.heard = True
                     if self.sink_instance is not None and inst != self.sink_instance:
                         log.info("sink %s restarted: resending %d result(s)", self.endpoint, len(self.unacked))
                         self.resend_all()

@@ -48,6 +48,8 @@ class Sink(Node):
         self.retained: dict[str, tuple[ResultRow, float]] = {}
         self.expiry: list[tuple[float, str]] = []
         self.undelivered: dict[str, collections.deque[tuple[float, ResultRow]]] = {}
+        self.awaiting: dict[str, bytes] = {}  # task id -> sender to ACK once it is safe
+        self._acks: dict[bytes, list[str]] = {}
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
 
     def setup(self) -> None:
@@ -82,7 +84,7 @@ class Sink(Node):
             try:
                 frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                break
             ident = frames[0].bytes
             try:
                 self._on_message(ident, P.unpack(frames[1:]))
@@ -92,6 +94,7 @@ class Sink(Node):
             except Exception as exc:
                 self.counters["internal_errors"] += 1
                 log.exception("error handling a message: %s", exc)
+        self._flush_acks()
 
     def _send(self, ident: bytes, frames: list) -> bool:
         try:
@@ -103,11 +106,13 @@ class Sink(Node):
     def _on_message(self, ident: bytes, msg: P.Message) -> None:
         cmd = msg.command
         if cmd == P.RESULT:
-            rows = P.unpack_results(msg)
-            self._send(ident, P.pack(P.ACK, {"ids": [r.task_id for r in rows]}))
-            self._record(rows)
+            self._record(ident, P.unpack_results(msg))
+        elif cmd == P.ACK:  # a client received these results: release their senders
+            for tid in P.str_list(msg.header, "ids", cmd):
+                self._release(tid)
         elif cmd == P.HEARTBEAT or cmd == P.HELLO:
-            self._send(ident, P.pack(P.HEARTBEAT, {"id": "sink", "instance": self.instance}))
+            self._send(ident, P.pack(P.HEARTBEAT, {"id": "sink", "instance": self.instance,
+                                                   "max": self.config.max_message_size}))
             self._flush_client(ident.decode("utf-8", "replace"))
         elif cmd == P.REQUEST:
             req = P.field(msg.header, "req", int, cmd)
@@ -119,8 +124,28 @@ class Sink(Node):
         else:
             raise ProtocolError(f"the sink does not take {cmd.decode()}")
 
+    # -- acknowledgements -------------------------------------------------------------
+    # A worker (or the ventilator) keeps a result until the sink ACKs it.  The sink
+    # ACKs only once the result is safe without that copy: the client acknowledged
+    # it, or it is retained here (client gone), or it expired undelivered.  So a
+    # sink killed between receiving and delivering loses nothing: the sender
+    # resends to the next sink.
+    def _ack_later(self, tid: str, sender: bytes) -> None:
+        self.awaiting[tid] = sender
+
+    def _release(self, tid: str) -> None:
+        sender = self.awaiting.pop(tid, None)
+        if sender is not None:
+            self._acks.setdefault(sender, []).append(tid)
+
+    def _flush_acks(self) -> None:
+        for sender, ids in self._acks.items():
+            for i in range(0, len(ids), 20000):
+                self._send(sender, P.pack(P.ACK, {"ids": ids[i:i + 20000]}))
+        self._acks.clear()
+
     # -- the one place results are recorded and policies fire ---------------------------
-    def _record(self, rows: list[ResultRow]) -> None:
+    def _record(self, sender: bytes, rows: list[ResultRow]) -> None:
         by_client: dict[str, list[ResultRow]] = {}
         now = time.monotonic()
         ttl = self.config.sink_result_ttl
@@ -128,6 +153,10 @@ class Sink(Node):
             tid = r.task_id
             if tid in self.recorded:
                 self.counters["duplicates_dropped"] += 1
+                if tid in self.awaiting:
+                    self.awaiting[tid] = sender  # still on its way to the client
+                else:
+                    self._acks.setdefault(sender, []).append(tid)
                 continue
             self.recorded[tid] = None
             if len(self.recorded) > DEDUP_MEMORY:
@@ -139,38 +168,40 @@ class Sink(Node):
             if retain:
                 self.retained[tid] = (r, now + ttl)
                 heapq.heappush(self.expiry, (now + ttl, tid))
+            self._ack_later(tid, sender)
             by_client.setdefault(r.client, []).append(r)
         for client, batch in by_client.items():
             self._deliver(client, batch)
+        self._flush_acks()
 
     def _deliver(self, client: str, batch: list[ResultRow]) -> None:
         q = self.undelivered.get(client)
-        if q:  # keep order: older undelivered results first
-            now = time.monotonic()
-            q.extend((now, r) for r in batch)
-            self._flush_client(client)
-            return
-        for i in range(0, len(batch), 2000):
-            part = batch[i:i + 2000]
-            if not self._send(client.encode(), P.pack_results(part)):
-                now = time.monotonic()
-                self.undelivered.setdefault(client, collections.deque()).extend(
-                    (now, r) for r in batch[i:])
-                self.counters["delivery_deferred"] += len(batch) - i
-                return
-            self.counters["delivered"] += len(part)
+        now = time.monotonic()
+        if q is None:
+            q = self.undelivered[client] = collections.deque()
+        q.extend((now, r) for r in batch)
+        self._flush_client(client)
 
     def _flush_client(self, client: str) -> None:
+        """Send a client what waits for it, oldest first; keep the rest if it is away."""
         q = self.undelivered.get(client)
+        limit = P.batch_limit(self.config.max_message_size)
         while q:
-            n = min(len(q), 2000)
+            n = P.take_batch(q, limit, 2000, size=lambda item: item[1].payload)
             part = [q[i][1] for i in range(n)]
             if not self._send(client.encode(), P.pack_results(part)):
+                self._undeliverable(client, q)
                 return
             for _ in range(n):
                 q.popleft()
             self.counters["delivered"] += n
         self.undelivered.pop(client, None)
+
+    def _undeliverable(self, client: str, q: collections.deque) -> None:
+        """The client is not connected (or not reading): retained results are safe here."""
+        for _, r in q:
+            if r.task_id in self.retained:
+                self._release(r.task_id)
 
     def _request(self, ident: bytes, req: int, op: str, h: dict) -> None:
         if op == "get_result":
@@ -199,12 +230,14 @@ class Sink(Node):
         for client in list(self.undelivered):
             q = self.undelivered[client]
             while q and now - q[0][0] > ttl:
-                q.popleft()
+                _, r = q.popleft()
+                self._release(r.task_id)  # given up: its sender may forget it too
                 self.counters["undelivered_expired"] += 1
             if q:
                 self._flush_client(client)
             else:
                 self.undelivered.pop(client, None)
+        self._flush_acks()
         self.rate_samples.append((now, self.counters["results"]))
 
     def stats(self) -> dict:
@@ -218,6 +251,7 @@ class Sink(Node):
             "endpoints": self.endpoints,
             "retained": len(self.retained),
             "undelivered": sum(len(q) for q in self.undelivered.values()),
+            "awaiting_ack": len(self.awaiting),
             "counters": dict(self.counters),
             "results_per_second": rate,
             "policies": [type(p).__name__ for p in self.policies],

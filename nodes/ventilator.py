@@ -181,7 +181,8 @@ class Ventilator(Node):
                 reply = {"req": req, "ok": False, "error": f"{op}: {exc}"}
             self._send(self.clients, ident, P.pack(P.REPLY, reply))
         elif cmd == P.HEARTBEAT:
-            self._send(self.clients, ident, P.pack(P.HEARTBEAT, {"id": "ventilator", "instance": self.instance}))
+            self._send(self.clients, ident, P.pack(P.HEARTBEAT, {
+                "id": "ventilator", "instance": self.instance, "max": self.config.max_message_size}))
         else:
             raise ProtocolError(f"clients may not send {cmd.decode()}")
 
@@ -405,7 +406,11 @@ class Ventilator(Node):
         batch: list[TaskSpec] = []
         fns: dict[bytes, Any] = {}
         n = min(w.credit, len(q))
+        limit = P.batch_limit(self.config.max_message_size)
+        size = 0
         for _ in range(n):
+            if size > limit:
+                break
             tid = q.popleft()
             rec = self.tasks.get(tid)
             if rec is None or rec.state is not TaskState.QUEUED or rec.worker is not None:
@@ -419,7 +424,9 @@ class Ventilator(Node):
                         "", "zq.errors"))
                     continue
                 fns[spec.digest] = fn
+                size += len(fn)
             batch.append(spec)
+            size += len(spec.args)
         if not batch:
             return
         if not self._send(self.wsock, w.ident, P.pack_tasks(P.TASKS, batch, fns)):

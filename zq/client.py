@@ -102,6 +102,9 @@ class Client(concurrent.futures.Executor):
         self._requests: dict[int, concurrent.futures.Future] = {}
         self._req_ids = itertools.count(1)
         self._waker = Waker()
+        #: the smallest maximum message size of this client and its nodes (from heartbeats)
+        self._max_message = cfg.max_message_size
+        self._peer_max: dict[str, int] = {}
         self._closed = False
         self._stop_io = False
         self._io_error: Optional[BaseException] = None
@@ -161,11 +164,11 @@ class Client(concurrent.futures.Executor):
         args = tuple(args)
         kwargs = kwargs or {}
         payload = pack_args(args, kwargs)
-        limit = self.config.max_message_size - 4096
+        limit = self._max_message - 4096
         if len(payload) + len(fn_data) > limit:
             raise SerializationError(
                 f"task is {len(payload) + len(fn_data)} bytes pickled, over the cluster's maximum "
-                f"message size of {self.config.max_message_size} bytes")
+                f"message size of {self._max_message} bytes")
         task_id = f"{self.id}-{next(self._ids)}"
         task_name = name or (fn.name if is_task else function_name(fn))
         spec = TaskSpec(task_id, task_name, queue, digest, self.id, retain_result, retries,
@@ -402,15 +405,10 @@ class Client(concurrent.futures.Executor):
 
     def _send_outbox(self) -> None:
         tasks: list[TaskSpec] = []
-        size = 0
         while self._outbox:
             item = self._outbox.popleft()
             if isinstance(item, TaskSpec):
                 tasks.append(item)
-                size += len(item.args)
-                if len(tasks) >= 5000 or size > 8 * 1024 * 1024:
-                    self._send_tasks(tasks)
-                    tasks, size = [], 0
             else:
                 _, node, header = item
                 sock = self.vsock if node == "ventilator" else self.ssock
@@ -419,12 +417,19 @@ class Client(concurrent.futures.Executor):
             self._send_tasks(tasks)
 
     def _send_tasks(self, tasks: list[TaskSpec], force_fns: bool = False) -> None:
-        fns = {}
-        for t in tasks:
-            if force_fns or t.digest not in self._sent_fns:
-                fns[t.digest] = self._fn_bytes[t.digest]
-        self._send(self.vsock, "ventilator", P.pack_tasks(P.SUBMIT, tasks, fns))
-        self._sent_fns.update(fns)
+        """SUBMIT ``tasks`` in as few messages as the size limit allows."""
+        limit = P.batch_limit(self._max_message)
+        start = 0
+        while start < len(tasks):
+            n = P.take_batch(tasks[start:start + 5000], limit, size=lambda t: t.args)
+            batch = tasks[start:start + n]
+            start += n
+            fns = {}
+            for t in batch:
+                if (force_fns or t.digest not in self._sent_fns) and t.digest not in fns:
+                    fns[t.digest] = self._fn_bytes[t.digest]
+            self._send(self.vsock, "ventilator", P.pack_tasks(P.SUBMIT, batch, fns))
+            self._sent_fns.update(fns)
 
     def _send(self, sock: zmq.Socket, node: str, frames: list) -> None:
         while True:
@@ -458,7 +463,11 @@ class Client(concurrent.futures.Executor):
     def _on_message(self, node: str, msg: P.Message) -> None:
         cmd = msg.command
         if cmd == P.RESULT:
-            self._on_results(P.unpack_results(msg))
+            rows = P.unpack_results(msg)
+            # acknowledge every result received, even one already settled (a resend):
+            # only then may its worker forget it
+            self._send(self.ssock, "sink", P.pack(P.ACK, {"ids": [r.task_id for r in rows]}))
+            self._on_results(rows)
         elif cmd == P.REPLY:
             req = msg.header.get("req")
             with self._lock:
@@ -475,6 +484,10 @@ class Client(concurrent.futures.Executor):
             if info["instance"] is not None and inst != info["instance"]:
                 self._node_restarted(node)
             info["instance"] = inst
+            peer_max = msg.header.get("max")
+            if isinstance(peer_max, int) and peer_max >= 1024:
+                self._peer_max[node] = peer_max
+                self._max_message = min(self.config.max_message_size, *self._peer_max.values())
         elif cmd == P.REJECT:
             ids = msg.header.get("ids") or []
             if msg.header.get("code") == "unknown-function":
@@ -492,8 +505,7 @@ class Client(concurrent.futures.Executor):
             with self._lock:
                 specs = list(self._unfinished.values())
             log.warning("ventilator restarted: submitting %d unfinished task(s) again", len(specs))
-            for i in range(0, len(specs), 5000):
-                self._send_tasks(specs[i:i + 5000])
+            self._send_tasks(specs)
         else:
             log.warning("sink restarted")
             self._send(self.ssock, "sink", P.pack(P.HELLO, {"client": self.id}))

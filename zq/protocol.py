@@ -316,6 +316,29 @@ def unpack_results(msg: Message) -> list[ResultRow]:
     return [ResultRow(_check_result_row(row), p) for row, p in zip(rows, msg.payload)]
 
 
+def batch_limit(max_message: int) -> int:
+    """Bytes of payload one batched message may carry: well under the peers' maximum."""
+    return max(1024, min(8 * 1024 * 1024, max_message // 2))
+
+
+def take_batch(items: Any, max_bytes: int, max_count: int = 5000, size: Any = None) -> int:
+    """How many of ``items`` (a sequence or deque, from the left) fit in one message.
+
+    Always at least one, so a single large item still travels (its size was
+    checked against the maximum when it was created).
+    """
+    total = 0
+    n = 0
+    limit = min(len(items), max_count)
+    while n < limit:
+        item = items[n]
+        total += len(size(item) if size else item.payload)
+        if n and total > max_bytes:
+            break
+        n += 1
+    return n
+
+
 def new_instance_id() -> str:
     import os
 
