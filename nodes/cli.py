@@ -112,16 +112,19 @@ def cli(log_level: str) -> None:
 @click.option("--clients", help="Endpoint clients connect to (ROUTER).")
 @click.option("--workers", help="Endpoint workers connect to (ROUTER).")
 @click.option("--sink", help="The sink's endpoint (for results the ventilator decides).")
+@click.option("--journal", type=click.Path(dir_okay=False), default=None,
+              help="SQLite file keeping accepted tasks across a restart.")
 @insecure_opt
 @parent_opt
 def ventilator(config_path: Optional[str], clients: Optional[str], workers: Optional[str],
-               sink: Optional[str], insecure: Optional[bool], exit_with_parent: Optional[int]) -> None:
+               sink: Optional[str], journal: Optional[str], insecure: Optional[bool],
+               exit_with_parent: Optional[int]) -> None:
     """Accept tasks from clients and dispatch them to workers by credit."""
     from .ventilator import Ventilator
 
     cfg = _config(config_path, ventilator_clients=clients, ventilator_workers=workers, sink_endpoint=sink,
                   insecure=insecure)
-    run_node(Ventilator(cfg), exit_with_parent)
+    run_node(Ventilator(cfg, journal=journal), exit_with_parent)
 
 
 @cli.command()

@@ -174,14 +174,42 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None
         conn.send_bytes(pickle.dumps(comp, protocol=5))
 
 
+def oom_kills() -> Optional[int]:
+    """The cgroup's count of OOM kills (v2 ``memory.events``, v1 ``memory.oom_control``)."""
+    candidates = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                path = path.rstrip("/")
+                if controllers == "":
+                    candidates.append(f"/sys/fs/cgroup{path}/memory.events")
+                elif "memory" in controllers.split(","):
+                    candidates.append(f"/sys/fs/cgroup/memory{path}/memory.oom_control")
+    except (OSError, ValueError):
+        return None
+    candidates += ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
+    for path in candidates:
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 class _Child:
-    __slots__ = ("proc", "conn", "task", "digests")
+    __slots__ = ("proc", "conn", "task", "digests", "oom_at_start")
 
     def __init__(self, proc: Any, conn: Any) -> None:
         self.proc = proc
         self.conn = conn
         self.task: Optional[str] = None
         self.digests: set[bytes] = set()
+        self.oom_at_start = oom_kills()
 
 
 class ProcessExecutor:
@@ -232,7 +260,8 @@ class ProcessExecutor:
                 self._replace(i, None)
         return out
 
-    def _describe_exit(self, proc: Any) -> str:
+    def _describe_exit(self, child: _Child) -> str:
+        proc = child.proc
         proc.join(2.0)
         code = proc.exitcode
         if code is None:
@@ -244,14 +273,18 @@ class ProcessExecutor:
                 name = f"signal {-code}"
             why = f"executor process {proc.pid} killed by {name}"
             if -code == signal.SIGKILL:
-                why += " (killed by the kernel or an operator; check dmesg for the OOM killer)"
+                now = oom_kills()
+                if now is not None and child.oom_at_start is not None and now > child.oom_at_start:
+                    why += " (out of memory: the kernel's OOM killer, per the cgroup's memory.events)"
+                else:
+                    why += " (by an operator, a supervisor or the kernel)"
             return why
         return f"executor process {proc.pid} exited with code {code}"
 
     def _replace(self, i: int, reason: Optional[str]) -> None:
         c = self.children[i]
         if reason is None:
-            reason = self._describe_exit(c.proc)
+            reason = self._describe_exit(c)
         else:
             c.proc.kill()
             c.proc.join(2.0)

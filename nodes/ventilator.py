@@ -34,6 +34,7 @@ from zq.errors import ProtocolError
 from zq.protocol import TaskSpec
 
 from .common import HOST, Node, SinkLink, result_row
+from .journal import Journal
 
 log = logging.getLogger("zq.ventilator")
 
@@ -85,8 +86,11 @@ class TaskRecord:
 class Ventilator(Node):
     role = "ventilator"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, journal: Optional[str] = None) -> None:
         super().__init__(config)
+        self.journal_path = journal
+        self.journal: Optional[Journal] = None
+        self._journaled_fns: set[bytes] = set()
         self.tasks: dict[str, TaskRecord] = {}
         self.queues: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self.delayed: list[tuple[float, str]] = []  # (monotonic not-before, task id)
@@ -109,7 +113,24 @@ class Ventilator(Node):
         self.poller.register(self.wsock, zmq.POLLIN)
         self.poller.register(self._waker.fileno(), zmq.POLLIN)
         self.sink = SinkLink(self, cfg.sink_endpoint, f"ventilator-{self.instance}".encode(), self.poller)
+        if self.journal_path:
+            self._resume(self.journal_path)
 
+    def _resume(self, path: str) -> None:
+        """Open the journal and queue again every task it holds (results retained)."""
+        self.journal = Journal(path)
+        specs, fns = self.journal.load()
+        self.fns.update(fns)
+        self._journaled_fns.update(fns)
+        for spec in specs:
+            spec.retain = True  # its client may be gone: keep the result at the sink
+            self.tasks[spec.task_id] = TaskRecord(spec, spec.client.encode())
+            self.queues[spec.queue].append(spec.task_id)
+            self.journal.put(spec)
+        self.journal.prune_functions(s.digest for s in specs)
+        self.journal.commit()
+        if specs:
+            log.info("journal %s: resumed %d task(s)", path, len(specs))
     def close(self) -> None:
         for s in ("clients", "wsock"):
             sock = getattr(self, s, None)
@@ -117,6 +138,8 @@ class Ventilator(Node):
                 sock.close(0)
         if getattr(self, "sink", None) is not None:
             self.sink.close()
+        if self.journal is not None:
+            self.journal.close()
 
     # -- the loop ---------------------------------------------------------------------
     def loop(self) -> None:
@@ -136,6 +159,8 @@ class Ventilator(Node):
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + self.config.heartbeat_interval / 2
+            if self.journal is not None and self.journal.dirty:
+                self.journal.commit()  # durable before any worker sees a task
             self._dispatch()
             self.sink.flush()
         self._shutdown()
@@ -206,6 +231,11 @@ class Ventilator(Node):
                 continue  # already ran; its result is at the sink
             spec.client = spec.client or ident.decode("utf-8", "replace")
             self.tasks[spec.task_id] = TaskRecord(spec, ident)
+            if self.journal is not None:
+                self.journal.put(spec)
+                if spec.digest not in self._journaled_fns:
+                    self.journal.put_function(spec.digest, self.fns[spec.digest])
+                    self._journaled_fns.add(spec.digest)
             self.queues[spec.queue].append(spec.task_id)
             self.counters["submitted"] += 1
         if missing:
@@ -252,9 +282,14 @@ class Ventilator(Node):
     def _finish(self, rec: TaskRecord, state: TaskState, error: Optional[ErrorInfo]) -> None:
         """Finish a task that no worker will report on: the result goes to the sink."""
         spec = rec.spec
-        self.tasks.pop(spec.task_id, None)
+        self._forget_task(spec.task_id)
         self._remember(spec.task_id, state)
         self.sink.add(result_row(spec, state, error, worker="ventilator", attempts=spec.attempt))
+
+    def _forget_task(self, task_id: str) -> None:
+        self.tasks.pop(task_id, None)
+        if self.journal is not None:
+            self.journal.remove(task_id)
 
     def _remember(self, task_id: str, state: TaskState) -> None:
         self.finished[task_id] = state
@@ -282,7 +317,7 @@ class Ventilator(Node):
                 w.inflight.discard(tid)
                 rec = self.tasks.get(tid)
                 if rec is not None and rec.worker == ident:
-                    del self.tasks[tid]
+                    self._forget_task(tid)
                     self._remember(tid, TaskState(st))
                     self.counters["done"] += 1
                     w.done += 1
@@ -337,6 +372,8 @@ class Ventilator(Node):
     def _requeue(self, rec: TaskRecord, delay: float = 0.0) -> None:
         rec.state = TaskState.QUEUED
         rec.worker = None
+        if self.journal is not None:
+            self.journal.put(rec.spec)  # attempt and lost causes changed
         if delay > 0:
             heapq.heappush(self.delayed, (time.monotonic() + delay, rec.spec.task_id))
         else:

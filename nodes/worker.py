@@ -236,7 +236,10 @@ class Worker(Node):
         retries_used = spec.attempt - 1 - len(spec.lost)
         if (state is TaskState.FAILED and error is not None and error.type != "SerializationError"
                 and retries_used < spec.retries and self.accepting):
-            self._retry(spec, delay=min(RETRY_CAP, RETRY_BASE * (2 ** retries_used)))
+            opts = spec.opts or {}
+            base = opts.get("backoff", RETRY_BASE)
+            cap = opts.get("backoff_max", RETRY_CAP)
+            self._retry(spec, delay=min(float(cap), float(base) * (2 ** retries_used)))
             return
         self.sink.add(row)
         self.done_ids.append(spec.task_id)

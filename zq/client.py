@@ -139,8 +139,15 @@ class Client(concurrent.futures.Executor):
         retries: Optional[int] = None,
         timeout: Optional[float] = None,
         name: Optional[str] = None,
+        retry_backoff: Optional[float] = None,
+        retry_backoff_max: Optional[float] = None,
     ) -> TaskFuture:
-        """Submit ``fn(*args, **kwargs)`` with per-task options (defaults from a ``zq.task``)."""
+        """Submit ``fn(*args, **kwargs)`` with per-task options (defaults from a ``zq.task``).
+
+        ``retries=N`` reruns a task that raised up to N more times, waiting
+        ``retry_backoff * 2**k`` seconds (default 0.1) capped at ``retry_backoff_max``
+        (default 30) before rerun k+1.
+        """
         if self._closed:
             raise ClientClosed("cannot submit after shutdown()")
         is_task = isinstance(fn, Task)
@@ -169,10 +176,20 @@ class Client(concurrent.futures.Executor):
             raise SerializationError(
                 f"task is {len(payload) + len(fn_data)} bytes pickled, over the cluster's maximum "
                 f"message size of {self._max_message} bytes")
+        opts = None
+        if retry_backoff is not None or retry_backoff_max is not None:
+            if (retry_backoff or 0) < 0 or (retry_backoff_max or 0) < 0:
+                raise ValueError("retry_backoff and retry_backoff_max must be >= 0 seconds")
+            opts = {}
+            if retry_backoff is not None:
+                opts["backoff"] = float(retry_backoff)
+            if retry_backoff_max is not None:
+                opts["backoff_max"] = float(retry_backoff_max)
         task_id = f"{self.id}-{next(self._ids)}"
         task_name = name or (fn.name if is_task else function_name(fn))
         spec = TaskSpec(task_id, task_name, queue, digest, self.id, retain_result, retries,
-                        float(timeout) if timeout is not None else None, time.time(), args=payload)
+                        float(timeout) if timeout is not None else None, time.time(), opts=opts,
+                        args=payload)
         if self.policies:
             info = TaskInfo(task_id, task_name, queue, 1, args, kwargs, retries, timeout, retain_result)
             for p in self.policies:
