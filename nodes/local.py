@@ -94,6 +94,34 @@ class LocalCluster:
             w.wait_ready(timeout)
         return w
 
+    def restart(self, role: str, *, kill: bool = True, extra: Sequence[str] = (),
+                timeout: float = 60.0) -> NodeProcess:
+        """Stop (SIGKILL by default) the ventilator or the sink and start it again on the
+        same endpoints; ``extra`` arguments are added (e.g. ``--journal FILE``)."""
+        old = getattr(self, role)
+        if old is not None:
+            if kill:
+                old.kill()
+            else:
+                old.stop()
+        self.start_node(role, extra, timeout)
+        return getattr(self, role)
+
+    def start_node(self, role: str, extra: Sequence[str] = (), timeout: float = 60.0) -> NodeProcess:
+        """Start the ventilator or the sink on the cluster's known endpoints."""
+        eps = self.endpoints
+        if role == "sink":
+            args = ["sink", *self._cfg(), "--endpoint", eps["sink"], *self.sink_args]
+        elif role == "ventilator":
+            args = ["ventilator", *self._cfg(), "--clients", eps["clients"], "--workers", eps["workers"],
+                    "--sink", eps["sink"], *self.ventilator_args]
+        else:
+            raise ValueError(f"cannot start {role!r} this way")
+        node = NodeProcess([*args, *extra, *self.parent], self.env, self.echo, role).start()
+        setattr(self, role, node)
+        node.wait_ready(timeout)
+        return node
+
     def nodes(self) -> list[NodeProcess]:
         return [n for n in (*self.workers, self.ventilator, self.sink) if n is not None]
 

@@ -232,10 +232,12 @@ class Worker(Node):
             else:
                 self._retry(spec, delay=0.0, lost=True)
 
-    def _complete(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], row: Any) -> None:
+    def _complete(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], row: Any,
+                  retryable: bool = True) -> None:
+        """A task ended here: retry it (``retries``), or send its result and free its credit."""
         retries_used = spec.attempt - 1 - len(spec.lost)
-        if (state is TaskState.FAILED and error is not None and error.type != "SerializationError"
-                and retries_used < spec.retries and self.accepting):
+        if (retryable and state is TaskState.FAILED and error is not None
+                and error.type != "SerializationError" and retries_used < spec.retries and self.accepting):
             opts = spec.opts or {}
             base = opts.get("backoff", RETRY_BASE)
             cap = opts.get("backoff_max", RETRY_CAP)
@@ -253,9 +255,10 @@ class Worker(Node):
         self._to_vent(P.RETRY, header)
         self.counters["retries"] += 1
 
-    def _finish(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo]) -> None:
+    def _finish(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo],
+                retryable: bool = False) -> None:
         """Finish a task that produced no completion of its own (cancel, timeout, loss)."""
-        self._complete(spec, state, error, result_row(spec, state, error, worker=self.id))
+        self._complete(spec, state, error, result_row(spec, state, error, worker=self.id), retryable)
 
     def _report(self) -> None:
         if self.started_ids:
@@ -276,7 +279,7 @@ class Worker(Node):
                 if not self.executor.kill(tid):
                     self.abandoned.add(tid)  # thread: its slot stays busy until it returns
                     self.credit_back -= 1  # ... and so does its credit
-                self._finish(spec, TaskState.FAILED, err)
+                self._finish(spec, TaskState.FAILED, err, retryable=True)
         if now - self.vent_last_send >= cfg.heartbeat_interval:
             self._to_vent(P.HEARTBEAT, {"id": self.id, "instance": self.instance})
         if now - self.vent_last_recv > max(cfg.heartbeat_timeout, self.backoff):
