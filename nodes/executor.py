@@ -1,14 +1,16 @@
 """Where user code runs on a worker: a thread pool or a pool of long-lived processes.
 
-Both executors have slots; the worker's IO thread starts a task only on a free
-slot (so "started" is known exactly) and collects completions.  Executor
-threads and child processes never touch a socket:
+Both executors have slots.  The worker's IO thread hands a free slot a *batch*
+of tasks (one task when tasks are long or have a timeout, several when they
+are short, so that no-op tasks do not pay a thread or process hand-off each)
+and collects one completion per task.  Executor threads and child processes
+never touch a socket:
 
-    IO thread ──(spec, fn bytes)──▶ SimpleQueue ──▶ executor threads
-              ◀──completions deque + Waker pipe ──┘
+    IO thread ──[batch]──▶ SimpleQueue ──▶ executor thread ── runs each task
+              ◀──completions deque (+ Waker when the loop sleeps)──┘
 
-    IO thread ──pipe (one per child)──▶ child process (runs one task at a time)
-              ◀──completion, or EOF when the child died
+    IO thread ──[batch] over a pipe──▶ child process ── runs each task
+              ◀──one completion per task; EOF when the child died──┘
 
 ``execute`` is the one function that runs a task: unpickle arguments, run the
 ``on_running`` hooks, call the function, pickle the value, time it all.
@@ -28,6 +30,7 @@ import traceback
 from collections import deque
 from typing import Any, Callable, Optional, Sequence
 
+from zq._wake import Waker
 from zq.envelope import ErrorInfo, TaskInfo, TaskState
 from zq.policy import Policy, load_policies, run_hooks
 from zq.protocol import TaskSpec
@@ -37,6 +40,8 @@ log = logging.getLogger("zq.worker")
 
 #: (task_id, state, error row | None, payload, started_at, finished_at, run_seconds, pid)
 Completion = tuple
+#: what a slot is given: [(task row, argument bytes, function bytes or None), ...]
+Batch = list
 
 
 def _error(exc: BaseException, tb: str = "") -> list:
@@ -56,7 +61,7 @@ def load_function(cache: dict, digest: bytes, data: Any) -> Callable:
 def execute(row: list, args_data: Any, fn_getter: Callable[[], Callable], policies: Sequence[Policy],
             max_result: int) -> Completion:
     """Run one task; never raises.  ``row`` is a TaskSpec row."""
-    task_id, name, queue_name = row[0], row[1], row[2]
+    task_id = row[0]
     started_at = time.time()
     t0 = time.monotonic()
     pid = os.getpid()
@@ -70,14 +75,13 @@ def execute(row: list, args_data: Any, fn_getter: Callable[[], Callable], polici
     except Exception as exc:
         return done(TaskState.FAILED, _error(exc))
     if policies:
-        info = TaskInfo(task_id=task_id, name=name, queue=queue_name, attempt=row[9], args=args,
+        info = TaskInfo(task_id=task_id, name=row[1], queue=row[2], attempt=row[9], args=args,
                         kwargs=kwargs, retries=row[6], timeout=row[7], retain_result=row[5])
         run_hooks(policies, "on_running", info, task_id)
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # SystemExit from a task is a failure, not an exit
-        tb = traceback.format_exc()
-        return done(TaskState.FAILED, _error(exc, tb))
+        return done(TaskState.FAILED, _error(exc, traceback.format_exc()))
     try:
         payload = dumps(value, f"result of task {task_id}")
     except Exception as exc:
@@ -89,15 +93,19 @@ def execute(row: list, args_data: Any, fn_getter: Callable[[], Callable], polici
     return done(TaskState.SUCCESS, None, payload)
 
 
+def _batch(specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> Batch:
+    return [(s.row(), s.args, fns.get(s.digest)) for s in specs]
+
+
 class ThreadExecutor:
     """``slots`` threads; a task that overran its timeout keeps its slot until it returns."""
 
     kind = "thread"
 
-    def __init__(self, slots: int, policies: Sequence[Policy], wake: Callable[[], None], max_result: int) -> None:
+    def __init__(self, slots: int, policies: Sequence[Policy], waker: Waker, max_result: int) -> None:
         self.slots = slots
         self.policies = list(policies)
-        self.wake = wake
+        self.waker = waker
         self.max_result = max_result
         self.busy = 0
         self.completions: deque[Completion] = deque()
@@ -114,33 +122,43 @@ class ThreadExecutor:
     def free(self) -> int:
         return self.slots - self.busy
 
-    def start(self, spec: TaskSpec, fn_data: Any) -> int:
+    def pending(self) -> bool:
+        return bool(self.completions)
+
+    def start(self, specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> None:
         self.busy += 1
-        self._inbox.put((spec.row(), spec.args, fn_data))
-        return os.getpid()
+        self._inbox.put(_batch(specs, fns))
 
     def _run(self) -> None:
+        out = self.completions
         while True:
-            item = self._inbox.get()
-            if item is None:
+            batch = self._inbox.get()
+            if batch is None:
                 return
-            row, args, fn_data = item
-            comp = execute(row, args, lambda: load_function(self._fns, row[3], fn_data), self.policies,
-                           self.max_result)
-            self.completions.append(comp)
-            self.wake()
+            last = len(batch) - 1
+            for i, (row, args, fn_data) in enumerate(batch):
+                comp = execute(row, args, lambda: load_function(self._fns, row[3], fn_data), self.policies,
+                               self.max_result)
+                # the last completion of a batch also frees the slot (see collect)
+                out.append((comp, i == last))
+                self.waker.wake_if_sleeping()
 
     def collect(self, readable: set) -> list[Completion]:
         out = []
         while self.completions:
-            out.append(self.completions.popleft())
-            self.busy -= 1
+            comp, frees = self.completions.popleft()
+            out.append(comp)
+            if frees:
+                self.busy -= 1
         return out
 
-    def kill(self, task_id: str) -> bool:
-        return False  # a thread cannot be stopped; see README "Time limits"
+    def kill(self, task_id: str, reason: str = "") -> bool:
+        return False  # a thread cannot be stopped; see README "Guarantees"
 
     def lost(self) -> list[tuple[str, str]]:
+        return []
+
+    def handed_back(self) -> list[str]:
         return []
 
     def close(self, wait: float) -> None:
@@ -152,7 +170,8 @@ class ThreadExecutor:
 
 
 def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None:
-    """A long-lived executor process: run tasks sent down ``conn`` one at a time."""
+    """A long-lived executor process: run the batches sent down ``conn``, one task at a time,
+    sending each completion back as soon as it is ready."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when children stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
@@ -166,12 +185,12 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None
             msg = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        item = pickle.loads(msg)
-        if item is None:
+        batch = pickle.loads(msg)
+        if batch is None:
             return
-        row, args, fn_data = item
-        comp = execute(row, args, lambda: load_function(fns, row[3], fn_data), policies, max_result)
-        conn.send_bytes(pickle.dumps(comp, protocol=5))
+        for row, args, fn_data in batch:
+            comp = execute(row, args, lambda: load_function(fns, row[3], fn_data), policies, max_result)
+            conn.send_bytes(pickle.dumps(comp, protocol=5))
 
 
 def oom_kills() -> Optional[int]:
@@ -202,18 +221,22 @@ def oom_kills() -> Optional[int]:
 
 
 class _Child:
-    __slots__ = ("proc", "conn", "task", "digests", "oom_at_start")
+    __slots__ = ("proc", "conn", "tasks", "digests", "oom_at_start")
 
     def __init__(self, proc: Any, conn: Any) -> None:
         self.proc = proc
         self.conn = conn
-        self.task: Optional[str] = None
+        self.tasks: deque[str] = deque()  # ids sent and not completed, in order
         self.digests: set[bytes] = set()
         self.oom_at_start = oom_kills()
 
 
 class ProcessExecutor:
-    """``slots`` long-lived child processes, each running one task at a time."""
+    """``slots`` long-lived child processes, each running its batch one task at a time.
+
+    When a child dies, the task it was running (the first not completed) is lost
+    with the cause; the rest of its batch never started and is handed back.
+    """
 
     kind = "process"
 
@@ -224,6 +247,8 @@ class ProcessExecutor:
         self._mp = multiprocessing.get_context("spawn")
         self.children: list[_Child] = [self._spawn() for _ in range(slots)]
         self._lost: list[tuple[str, str]] = []
+        self._handed_back: list[str] = []
+        self.fds_changed = False
 
     def _spawn(self) -> _Child:
         parent, child = self._mp.Pipe(duplex=True)
@@ -237,15 +262,23 @@ class ProcessExecutor:
         return [c.conn.fileno() for c in self.children]
 
     def free(self) -> int:
-        return sum(1 for c in self.children if c.task is None)
+        return sum(1 for c in self.children if not c.tasks)
 
-    def start(self, spec: TaskSpec, fn_data: Any) -> int:
-        child = next(c for c in self.children if c.task is None)
-        send_fn = fn_data if spec.digest not in child.digests else None
-        child.digests.add(spec.digest)
-        child.task = spec.task_id
-        child.conn.send_bytes(pickle.dumps((spec.row(), bytes(spec.args), send_fn and bytes(send_fn)), protocol=5))
-        return child.proc.pid or 0
+    def pending(self) -> bool:
+        return False
+
+    def start(self, specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> None:
+        child = next(c for c in self.children if not c.tasks)
+        items = []
+        for s in specs:
+            fn = None
+            if s.digest not in child.digests:
+                fn = fns.get(s.digest)
+                fn = bytes(fn) if fn is not None else None
+                child.digests.add(s.digest)
+            items.append((s.row(), bytes(s.args), fn))
+            child.tasks.append(s.task_id)
+        child.conn.send_bytes(pickle.dumps(items, protocol=5))
 
     def collect(self, readable: set) -> list[Completion]:
         out = []
@@ -254,8 +287,10 @@ class ProcessExecutor:
                 continue
             try:
                 while c.conn.poll():
-                    out.append(pickle.loads(c.conn.recv_bytes()))
-                    c.task = None
+                    comp = pickle.loads(c.conn.recv_bytes())
+                    if c.tasks and c.tasks[0] == comp[0]:
+                        c.tasks.popleft()
+                    out.append(comp)
             except (EOFError, OSError):
                 self._replace(i, None)
         return out
@@ -275,7 +310,7 @@ class ProcessExecutor:
             if -code == signal.SIGKILL:
                 now = oom_kills()
                 if now is not None and child.oom_at_start is not None and now > child.oom_at_start:
-                    why += " (out of memory: the kernel's OOM killer, per the cgroup's memory.events)"
+                    why += " (out of memory: the kernel's OOM killer, per the cgroup's memory counters)"
                 else:
                     why += " (by an operator, a supervisor or the kernel)"
             return why
@@ -289,21 +324,29 @@ class ProcessExecutor:
             c.proc.kill()
             c.proc.join(2.0)
         c.conn.close()
-        if c.task is not None:
-            self._lost.append((c.task, reason))
+        if c.tasks:
+            self._lost.append((c.tasks.popleft(), reason))
+            self._handed_back.extend(c.tasks)
         log.warning("%s; starting a new one", reason)
         self.children[i] = self._spawn()
+        self.fds_changed = True
 
     def lost(self) -> list[tuple[str, str]]:
-        """Tasks whose process died since the last call, with the cause."""
+        """Tasks whose process died while running them since the last call, with the cause."""
         out, self._lost = self._lost, []
         return out
 
+    def handed_back(self) -> list[str]:
+        """Tasks of a dead process's batch that had not started: to be run again, not lost."""
+        out, self._handed_back = self._handed_back, []
+        return out
+
     def kill(self, task_id: str, reason: str = "cancelled") -> bool:
+        """Terminate the process running ``task_id`` if it is running it now."""
         for i, c in enumerate(self.children):
-            if c.task == task_id:
-                c.task = None  # its completion is produced by the caller
+            if c.tasks and c.tasks[0] == task_id:
                 self._replace(i, f"executor process {c.proc.pid} terminated: {reason}")
+                self._lost = [(t, r) for t, r in self._lost if t != task_id]
                 return True
         return False
 

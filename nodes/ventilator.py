@@ -321,7 +321,7 @@ class Ventilator(Node):
                     self._remember(tid, TaskState(st))
                     self.counters["done"] += 1
                     w.done += 1
-            w.credit = max(-100_000, min(100_000, w.credit + credit))  # negative: a slot still busy
+            w.credit = max(0, min(100_000, w.credit + credit))
         elif cmd == P.STARTED:
             for tid in P.str_list(msg.header, "ids", cmd):
                 rec = self.tasks.get(tid)

@@ -3,13 +3,20 @@
     ventilator ◀──READY/STARTED/DONE/RETRY/BYE/HB── [DEALER] ┐
                ──TASKS/CANCEL/HB/UNKNOWN────────▶            │ IO thread (Worker.loop):
     sink       ◀──RESULT/HB── [DEALER, SinkLink] ──ACK/HB──▶ │ owns every socket,
-    executor   ◀──tasks on free slots── ──completions──▶     ┘ never runs user code
+    executor   ◀──batches on free slots── ──completions──▶   ┘ never runs user code
 
-Credit: the worker announces ``slots + prefetch`` in READY and returns one
-credit per finished task, so it never holds more than that.  Tasks beyond the
-free slots wait in ``self.local`` (FIFO).  Results stay in the SinkLink until
-the sink acknowledges them.  A ventilator silent for the liveness timeout means
-a new socket and a fresh READY (capped exponential backoff).
+Credit (``_grant``): the worker wants to hold ``slots + prefetch`` tasks.  With
+the default adaptive prefetch, ``prefetch`` is the number of tasks it expects
+to finish in ``PREFETCH_SECONDS`` (from the measured run time of recent tasks,
+at most ``MAX_PREFETCH``): short tasks keep a deep pipeline, long tasks are not
+hoarded while another worker idles.  It grants the ventilator exactly the
+difference between that target and what it holds or was already promised.
+
+Hand-off (``_start_tasks``): each free executor slot gets the next task, or a
+batch of the next tasks when they are short, so short tasks do not pay a thread
+or process hand-off each.  Results stay in the SinkLink until the sink
+acknowledges them.  A ventilator silent for the liveness timeout means a new
+socket and a fresh READY (capped exponential backoff).
 
 Stop (SIGTERM): stop taking work, hand back unstarted tasks (BYE), let running
 ones finish within ``grace`` seconds, hand back the rest, deliver results, exit.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import time
 import uuid
@@ -42,6 +50,10 @@ log = logging.getLogger("zq.worker")
 RETRY_BASE = 0.1
 RETRY_CAP = 30.0
 FN_STORE = 4096
+PREFETCH_SECONDS = 0.02  # adaptive prefetch: hold about this much work beyond the slots
+MAX_PREFETCH = 2000
+BATCH_MAX = 64  # tasks handed to one slot at once (short tasks only)
+SHORT_TASK = 0.001  # seconds: tasks shorter than this are batched
 
 
 class Worker(Node):
@@ -54,16 +66,18 @@ class Worker(Node):
         self.policy_specs = list(policy_specs)
         self.grace = grace
         self.slots = config.worker_concurrency or os.cpu_count() or 1
-        self.prefetch = self.slots if config.worker_prefetch < 0 else config.worker_prefetch
+        self.fixed_prefetch: Optional[int] = None if config.worker_prefetch < 0 else config.worker_prefetch
+        self.avg_run: Optional[float] = None  # EWMA of task run time, seconds
         self.local: collections.deque[TaskSpec] = collections.deque()
         self.running: dict[str, tuple[TaskSpec, Optional[float]]] = {}  # id -> (spec, deadline)
-        self.abandoned: set[str] = set()  # timed out or cancelled; completion to be discarded
+        self.abandoned: set[str] = set()  # timed out or cancelled while running; still busy
         self.fn_store: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.started_ids: list[str] = []
         self.done_ids: list[str] = []
         self.done_states: list[str] = []
-        self.credit_back = 0
+        self.promised = 0  # credit the ventilator holds for us (granted - received)
         self.accepting = True
+        self._fds: set[int] = set()
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -72,16 +86,27 @@ class Worker(Node):
         self.poller = zmq.Poller()
         self.poller.register(self._waker.fileno(), zmq.POLLIN)
         policies: list[Policy] = load_policies(self.policy_specs)
+        max_result = cfg.max_message_size - 4096
         if cfg.worker_executor == "process":
-            self.executor: Any = ProcessExecutor(self.slots, self.policy_specs, cfg.max_message_size - 4096)
+            self.executor: Any = ProcessExecutor(self.slots, self.policy_specs, max_result)
         else:
-            self.executor = ThreadExecutor(self.slots, policies, self._waker.wake, cfg.max_message_size - 4096)
-        for fd in self.executor.fds():
-            self.poller.register(fd, zmq.POLLIN)
+            self.executor = ThreadExecutor(self.slots, policies, self._waker, max_result)
+        self._sync_fds()
         self.sink = SinkLink(self, cfg.sink_endpoint, f"worker-{self.id}".encode(), self.poller)
         self.backoff = cfg.heartbeat_interval
+        self.reconnect_at = 0.0
         self._connect_ventilator()
         self.endpoints = {"ventilator": cfg.ventilator_workers, "sink": cfg.sink_endpoint}
+
+    def _sync_fds(self) -> None:
+        """Poll exactly the executor's current pipes (a replaced child has a new one)."""
+        now = set(self.executor.fds())
+        for fd in self._fds - now:
+            self.poller.unregister(fd)
+        for fd in now - self._fds:
+            self.poller.register(fd, zmq.POLLIN)
+        self._fds = now
+        self.executor.fds_changed = False
 
     def _connect_ventilator(self) -> None:
         assert self.ctx is not None
@@ -92,8 +117,9 @@ class Worker(Node):
         self._send_ready()
 
     def _send_ready(self) -> None:
-        held = len(self.local) + len(self.running)
-        credit = max(0, self.slots + self.prefetch - held) if self.accepting else 0
+        self.promised = 0
+        credit = self._wanted()
+        self.promised = credit
         self._to_vent(P.READY, {
             "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
             "pid": os.getpid(), "executor": self.executor.kind, "concurrency": self.slots,
@@ -115,18 +141,37 @@ class Worker(Node):
         if getattr(self, "sink", None) is not None:
             self.sink.close()
 
+    # -- credit -----------------------------------------------------------------------
+    def _prefetch(self) -> int:
+        if self.fixed_prefetch is not None:
+            return self.fixed_prefetch
+        if self.avg_run is None:
+            return self.slots
+        return min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(self.avg_run, 1e-6)))
+
+    def _wanted(self) -> int:
+        """How much more credit to grant: target minus what we hold and were promised."""
+        if not self.accepting:
+            return 0
+        held = len(self.local) + len(self.running) + len(self.abandoned)
+        return max(0, self.slots + self._prefetch() - held - self.promised)
+
     # -- the loop ---------------------------------------------------------------------
     def loop(self) -> None:
         interval = self.config.heartbeat_interval
         next_tick = 0.0
+        waker = self._waker
         while True:
-            events = dict(self.poller.poll(int(interval * 500) or 1))
+            waker.sleeping = True
+            timeout = 0 if self.executor.pending() else int(interval * 500) or 1
+            events = dict(self.poller.poll(timeout))
+            waker.sleeping = False
             if self.vent in events:
                 self._drain_ventilator()
             if self.sink.socket in events:
                 self.sink.on_readable()
-            if self._waker.fileno() in events:
-                self._waker.drain()
+            if waker.fileno() in events:
+                waker.drain()
             self._collect(set(events))
             now = time.monotonic()
             if now >= next_tick:
@@ -158,6 +203,7 @@ class Worker(Node):
         cmd = msg.command
         if cmd == P.TASKS:
             tasks, fns = P.unpack_tasks(msg)
+            self.promised = max(0, self.promised - len(tasks))
             for digest, frame in fns.items():
                 self.fn_store[digest] = frame
             while len(self.fn_store) > FN_STORE:
@@ -172,52 +218,70 @@ class Worker(Node):
         elif cmd == P.UNKNOWN:
             log.info("ventilator does not know this worker (it restarted?): registering again")
             self._send_ready()
-        elif cmd in (P.HEARTBEAT, P.ERROR):
-            if cmd == P.ERROR:
-                log.warning("ventilator refused a message: %s", msg.header.get("msg"))
-        else:
+        elif cmd == P.ERROR:
+            log.warning("ventilator refused a message: %s", msg.header.get("msg"))
+        elif cmd != P.HEARTBEAT:
             raise ProtocolError(f"the ventilator may not send {cmd.decode()}")
 
     def _cancel(self, tid: str) -> None:
-        for spec in list(self.local):
+        for spec in self.local:
             if spec.task_id == tid:
                 self.local.remove(spec)
                 self._finish(spec, TaskState.CANCELED, None)
                 return
         entry = self.running.get(tid)
-        if entry is not None and self.executor.kill(tid):
-            self.running.pop(tid)
-            self._finish(entry[0], TaskState.CANCELED, None)
+        if entry is None:
+            return
+        if not self.executor.kill(tid, "cancelled"):
+            self.abandoned.add(tid)  # started in a batch: its result will be dropped
+        self.running.pop(tid)
+        self._finish(entry[0], TaskState.CANCELED, None)
 
     # -- running tasks ----------------------------------------------------------------
     def _start_tasks(self, now: float) -> None:
-        if not self.accepting:
+        if not self.accepting or not self.local:
             return
         ex = self.executor
-        while self.local and ex.free() > 0:
-            spec = self.local.popleft()
-            fn = self.fn_store.get(spec.digest)
-            ex.start(spec, fn)
-            self.running[spec.task_id] = (spec, now + spec.timeout if spec.timeout else None)
-            self.started_ids.append(spec.task_id)
+        free = ex.free()
+        short = self.avg_run is not None and self.avg_run < SHORT_TASK
+        while self.local and free > 0:
+            n = min(BATCH_MAX, math.ceil(len(self.local) / free)) if short else 1
+            batch: list[TaskSpec] = []
+            while self.local and len(batch) < n:
+                spec = self.local[0]
+                if spec.timeout is not None and batch:
+                    break  # a task with a time limit starts alone, so its clock is right
+                self.local.popleft()
+                batch.append(spec)
+                deadline = now + spec.timeout if spec.timeout else None
+                self.running[spec.task_id] = (spec, deadline)
+                self.started_ids.append(spec.task_id)
+                if deadline is not None:
+                    break
+            ex.start(batch, {s.digest: self.fn_store.get(s.digest) for s in batch})
+            free -= 1
 
     def _collect(self, readable: set) -> None:
-        for comp in self.executor.collect(readable):
+        ex = self.executor
+        comps = ex.collect(readable)
+        for comp in comps:
             tid = comp[0]
-            if tid in self.abandoned:  # timed out earlier: the slot is free only now
+            if tid in self.abandoned:  # timed out or cancelled earlier: only now is it gone
                 self.abandoned.discard(tid)
-                self.credit_back += 1
                 continue
             entry = self.running.pop(tid, None)
             if entry is None:
                 continue
             spec = entry[0]
+            run = comp[6]
+            self.avg_run = run if self.avg_run is None else 0.9 * self.avg_run + 0.1 * run
             state = TaskState(comp[1])
             error = ErrorInfo.from_row(comp[2])
             row = result_row(spec, state, error, worker=self.id, started_at=comp[4], finished_at=comp[5],
-                             run_seconds=comp[6], pid=comp[7], payload=comp[3])
+                             run_seconds=run, pid=comp[7], payload=comp[3])
             self._complete(spec, state, error, row)
-        for tid, reason in self.executor.lost():
+        for tid, reason in ex.lost():
+            self.abandoned.discard(tid)
             entry = self.running.pop(tid, None)
             if entry is None:
                 continue
@@ -231,6 +295,12 @@ class Worker(Node):
                 self._finish(spec, TaskState.FAILED, ErrorInfo("WorkerLost", msg, "", "zq.errors"))
             else:
                 self._retry(spec, delay=0.0, lost=True)
+        for tid in reversed(ex.handed_back()):  # never started: run them again here
+            entry = self.running.pop(tid, None)
+            if entry is not None:
+                self.local.appendleft(entry[0])
+        if getattr(ex, "fds_changed", False):
+            self._sync_fds()
 
     def _complete(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], row: Any,
                   retryable: bool = True) -> None:
@@ -246,10 +316,9 @@ class Worker(Node):
         self.sink.add(row)
         self.done_ids.append(spec.task_id)
         self.done_states.append(state.value)
-        self.credit_back += 1
 
     def _retry(self, spec: TaskSpec, delay: float, lost: bool = False) -> None:
-        header: dict = {"id": spec.task_id, "delay": delay, "credit": 1}
+        header: dict = {"id": spec.task_id, "delay": delay, "credit": 0}
         if lost:
             header["lost"] = spec.lost[-1]
         self._to_vent(P.RETRY, header)
@@ -264,10 +333,11 @@ class Worker(Node):
         if self.started_ids:
             self._to_vent(P.STARTED, {"ids": self.started_ids})
             self.started_ids = []
-        if self.done_ids or self.credit_back:
-            self._to_vent(P.DONE, {"ids": self.done_ids, "states": self.done_states,
-                                   "credit": self.credit_back if self.accepting else 0})
-            self.done_ids, self.done_states, self.credit_back = [], [], 0
+        credit = self._wanted()
+        if self.done_ids or credit:
+            self.promised += credit
+            self._to_vent(P.DONE, {"ids": self.done_ids, "states": self.done_states, "credit": credit})
+            self.done_ids, self.done_states = [], []
 
     def _tick(self, now: float) -> None:
         cfg = self.config
@@ -276,19 +346,26 @@ class Worker(Node):
                 del self.running[tid]
                 err = ErrorInfo("TaskTimeout", f"task {tid} ({spec.name}) ran longer than its "
                                 f"timeout of {spec.timeout:g}s", "", "zq.errors")
-                if not self.executor.kill(tid):
+                if not self.executor.kill(tid, "timeout"):
                     self.abandoned.add(tid)  # thread: its slot stays busy until it returns
-                    self.credit_back -= 1  # ... and so does its credit
                 self._finish(spec, TaskState.FAILED, err, retryable=True)
+        if self.executor.kind == "process" and self.executor.fds_changed:
+            self._sync_fds()
         if now - self.vent_last_send >= cfg.heartbeat_interval:
             self._to_vent(P.HEARTBEAT, {"id": self.id, "instance": self.instance})
-        if now - self.vent_last_recv > max(cfg.heartbeat_timeout, self.backoff):
-            log.warning("ventilator %s silent for %.1fs: reconnecting", cfg.ventilator_workers,
-                        now - self.vent_last_recv)
+        silent = now - self.vent_last_recv
+        if silent <= cfg.heartbeat_timeout:
+            self.backoff = cfg.heartbeat_interval
+        elif now >= self.reconnect_at:
+            # Paranoid Pirate: a fresh socket and READY, then wait longer (capped) next time
+            log.warning("ventilator %s silent for %.1fs: reconnecting", cfg.ventilator_workers, silent)
+            self.reconnect_at = now + self.backoff
             self.backoff = min(self.backoff * 2, 30.0)
             self.poller.unregister(self.vent)
             self.vent.close(0)
+            last = self.vent_last_recv
             self._connect_ventilator()
+            self.vent_last_recv = last  # still silent until it answers
         self.sink.tick(now)
 
     # -- graceful stop ----------------------------------------------------------------
@@ -304,17 +381,14 @@ class Worker(Node):
                      len(handed), self.grace, len(self.running))
         if self.running and now < self._stop_deadline:
             return True
-        if self.running:
-            ids = list(self.running)
+        ids = list(self.running)
+        if ids:
             log.warning("grace period over: handing back %d running task(s)", len(ids))
             for tid in ids:
-                self.executor.kill(tid)
+                self.executor.kill(tid, "worker stopping")
             self.running.clear()
-            self._report()
-            self._to_vent(P.BYE, {"ids": ids, "final": True})
-        else:
-            self._report()
-            self._to_vent(P.BYE, {"ids": [], "final": True})
+        self._report()
+        self._to_vent(P.BYE, {"ids": ids, "final": True})
         # deliver what we hold to the sink (bounded wait)
         deadline = time.monotonic() + min(5.0, max(1.0, self.grace))
         while self.sink.unacked and time.monotonic() < deadline:

@@ -9,6 +9,9 @@ class Waker:
     """``wake()`` from any thread; the loop polls ``fileno()`` and calls ``drain()``."""
 
     def __init__(self) -> None:
+        #: set by the loop just before it blocks in poll; producers that see it False
+        #: skip the system call (the loop checks its queues before blocking)
+        self.sleeping = True
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
@@ -22,6 +25,10 @@ class Waker:
             os.write(self._w, b"x")
         except (BlockingIOError, OSError):  # pipe full (already woken) or closed
             pass
+
+    def wake_if_sleeping(self) -> None:
+        if self.sleeping:
+            self.wake()
 
     def drain(self) -> None:
         try:

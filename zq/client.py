@@ -202,7 +202,7 @@ class Client(concurrent.futures.Executor):
             self._futures[task_id] = fut
             self._unfinished[task_id] = spec
             self._outbox.append(spec)
-        self._waker.wake()
+        self._waker.wake_if_sleeping()
         return fut
 
     def map(self, fn: Callable, *iterables: Iterable[Any], timeout: Optional[float] = None,
@@ -406,10 +406,15 @@ class Client(concurrent.futures.Executor):
     def _io_loop(self) -> None:
         interval = self.config.heartbeat_interval
         next_tick = 0.0
+        waker = self._waker
         while not self._stop_io:
-            events = dict(self.poller.poll(int(interval * 500) or 1))
-            if self._waker.fileno() in events:
-                self._waker.drain()
+            waker.sleeping = True
+            # submitters skip the wake-up system call unless we sleep, so look at the
+            # outbox after announcing it and before blocking
+            events = dict(self.poller.poll(0 if self._outbox else int(interval * 500) or 1))
+            waker.sleeping = False
+            if waker.fileno() in events:
+                waker.drain()
             if self.vsock in events:
                 self._drain(self.vsock, "ventilator")
             if self.ssock in events:
