@@ -31,7 +31,7 @@ from zq.errors import ProtocolError
 from zq.policy import Policy, run_hooks
 from zq.protocol import ResultRow
 
-from .common import HOST, Node
+from .common import HOST, Node, Peers
 
 log = logging.getLogger("zq.sink")
 
@@ -50,6 +50,7 @@ class Sink(Node):
         self.undelivered: dict[str, collections.deque[tuple[float, ResultRow]]] = {}
         self.awaiting: dict[str, bytes] = {}  # task id -> sender to ACK once it is safe
         self._acks: dict[bytes, list[str]] = {}
+        self.peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
 
     def setup(self) -> None:
@@ -103,16 +104,20 @@ class Sink(Node):
         except zmq.ZMQError:
             return False
 
+    def _heartbeat(self) -> list:
+        return P.pack(P.HEARTBEAT, {"id": "sink", "instance": self.instance,
+                                    "max": self.config.max_message_size})
+
     def _on_message(self, ident: bytes, msg: P.Message) -> None:
         cmd = msg.command
+        if self.peers.seen(ident, time.monotonic()):
+            self._send(ident, self._heartbeat())  # a new peer learns our instance at once
         if cmd == P.RESULT:
             self._record(ident, P.unpack_results(msg))
         elif cmd == P.ACK:  # a client received these results: release their senders
             for tid in P.str_list(msg.header, "ids", cmd):
                 self._release(tid)
         elif cmd == P.HEARTBEAT or cmd == P.HELLO:
-            self._send(ident, P.pack(P.HEARTBEAT, {"id": "sink", "instance": self.instance,
-                                                   "max": self.config.max_message_size}))
             self._flush_client(ident.decode("utf-8", "replace"))
         elif cmd == P.REQUEST:
             req = P.field(msg.header, "req", int, cmd)
@@ -220,6 +225,8 @@ class Sink(Node):
             raise ValueError(f"unknown operation {op!r}")
 
     def _tick(self, now: float) -> None:
+        for ident in self.peers.due(now):
+            self._send(ident, self._heartbeat())
         while self.expiry and self.expiry[0][0] <= now:
             _, tid = heapq.heappop(self.expiry)
             hit = self.retained.get(tid)

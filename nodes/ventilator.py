@@ -33,7 +33,7 @@ from zq.envelope import ErrorInfo, TaskState
 from zq.errors import ProtocolError
 from zq.protocol import TaskSpec
 
-from .common import HOST, Node, SinkLink, result_row
+from .common import HOST, Node, Peers, SinkLink, result_row
 from .journal import Journal
 
 log = logging.getLogger("zq.ventilator")
@@ -98,6 +98,7 @@ class Ventilator(Node):
         self.workers: dict[bytes, WorkerInfo] = {}
         self.finished: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
+        self.client_peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -192,8 +193,14 @@ class Ventilator(Node):
             return False
 
     # -- clients ----------------------------------------------------------------------
+    def _heartbeat(self) -> list:
+        return P.pack(P.HEARTBEAT, {"id": "ventilator", "instance": self.instance,
+                                    "max": self.config.max_message_size})
+
     def _on_client(self, ident: bytes, msg: P.Message) -> None:
         cmd = msg.command
+        if self.client_peers.seen(ident, time.monotonic()):
+            self._send(self.clients, ident, self._heartbeat())  # a new client learns our instance
         if cmd == P.SUBMIT:
             self._on_submit(ident, msg)
         elif cmd == P.REQUEST:
@@ -206,8 +213,7 @@ class Ventilator(Node):
                 reply = {"req": req, "ok": False, "error": f"{op}: {exc}"}
             self._send(self.clients, ident, P.pack(P.REPLY, reply))
         elif cmd == P.HEARTBEAT:
-            self._send(self.clients, ident, P.pack(P.HEARTBEAT, {
-                "id": "ventilator", "instance": self.instance, "max": self.config.max_message_size}))
+            pass  # liveness only: we heartbeat our clients from _tick
         else:
             raise ProtocolError(f"clients may not send {cmd.decode()}")
 
@@ -367,7 +373,7 @@ class Ventilator(Node):
         else:
             log.info("%s joined, queues=%s credit=%d", new.describe(), ",".join(new.queues), new.credit)
         self.workers[ident] = new
-        self._send(self.wsock, ident, P.pack(P.HEARTBEAT, {"id": "ventilator", "instance": self.instance}))
+        self._send(self.wsock, ident, self._heartbeat())
 
     def _requeue(self, rec: TaskRecord, delay: float = 0.0) -> None:
         rec.state = TaskState.QUEUED
@@ -411,9 +417,9 @@ class Ventilator(Node):
                 continue
             if now - w.last_sent >= cfg.heartbeat_interval:
                 w.last_sent = now
-                if not self._send(self.wsock, w.ident, P.pack(P.HEARTBEAT, {"id": "ventilator",
-                                                                           "instance": self.instance})):
-                    pass
+                self._send(self.wsock, w.ident, self._heartbeat())
+        for ident in self.client_peers.due(now):
+            self._send(self.clients, ident, self._heartbeat())
         while self.delayed and self.delayed[0][0] <= now:
             _, tid = heapq.heappop(self.delayed)
             rec = self.tasks.get(tid)

@@ -558,7 +558,10 @@ class Client(concurrent.futures.Executor):
         cfg = self.config
         for node, sock_attr in (("ventilator", "vsock"), ("sink", "ssock")):
             info = self._nodes[node]
-            if now - info["last_send"] >= cfg.heartbeat_interval:
+            # heartbeat on a fixed schedule, busy or not: the nodes answer heartbeats,
+            # not submissions, and their answers are how we know they are alive
+            if now - info.get("last_hb", 0.0) >= cfg.heartbeat_interval:
+                info["last_hb"] = now
                 self._send(getattr(self, sock_attr), node,
                            P.pack(P.HEARTBEAT, {"id": self.id, "client": self.id}))
             silent = now - info["last_recv"]
@@ -575,7 +578,9 @@ class Client(concurrent.futures.Executor):
                 self.poller.unregister(old)
                 old.close(0)
                 setattr(self, sock_attr, self._connect(node))
-                if node == "ventilator":
+                if node == "ventilator" and info["instance"] is None:
+                    # never heard from it: what we sent may be lost. (Otherwise its next
+                    # heartbeat tells whether it restarted: see _on_message.)
                     self._node_restarted("ventilator")
             if silent > self.unreachable_timeout and (self._futures or self._requests):
                 self._fail_all(NodeUnreachable(
