@@ -93,6 +93,10 @@ config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=Fa
 parent_opt = click.option("--exit-with-parent", type=int, default=None, hidden=True)
 insecure_opt = click.option("--insecure", is_flag=True, default=None,
                             help="Bind non-loopback addresses without keys (not recommended).")
+keys_opt = click.option("--keys", type=click.Path(file_okay=False), default=None,
+                        help="CURVE key directory (zq keys generate); secures and encrypts the node.")
+key_name_opt = click.option("--key-name", default=None,
+                            help="This node's key pair in --keys (default: its role).")
 policy_opt = click.option("--policy", "policies", multiple=True, metavar="MOD:NAME",
                           help="Policy class to load (repeatable).")
 
@@ -114,16 +118,18 @@ def cli(log_level: str) -> None:
 @click.option("--sink", help="The sink's endpoint (for results the ventilator decides).")
 @click.option("--journal", type=click.Path(dir_okay=False), default=None,
               help="SQLite file keeping accepted tasks across a restart.")
+@keys_opt
+@key_name_opt
 @insecure_opt
 @parent_opt
 def ventilator(config_path: Optional[str], clients: Optional[str], workers: Optional[str],
-               sink: Optional[str], journal: Optional[str], insecure: Optional[bool],
-               exit_with_parent: Optional[int]) -> None:
+               sink: Optional[str], journal: Optional[str], keys: Optional[str], key_name: Optional[str],
+               insecure: Optional[bool], exit_with_parent: Optional[int]) -> None:
     """Accept tasks from clients and dispatch them to workers by credit."""
     from .ventilator import Ventilator
 
     cfg = _config(config_path, ventilator_clients=clients, ventilator_workers=workers, sink_endpoint=sink,
-                  insecure=insecure)
+                  insecure=insecure, keys=keys, key_name=key_name)
     run_node(Ventilator(cfg, journal=journal), exit_with_parent)
 
 
@@ -134,18 +140,20 @@ def ventilator(config_path: Optional[str], clients: Optional[str], workers: Opti
 @click.option("--result-ttl", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a retained (or undelivered) result is kept (default 3600).")
 @policy_opt
+@keys_opt
+@key_name_opt
 @insecure_opt
 @parent_opt
 def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[bool],
-         result_ttl: Optional[float], policies: Sequence[str], insecure: Optional[bool],
-         exit_with_parent: Optional[int]) -> None:
+         result_ttl: Optional[float], policies: Sequence[str], keys: Optional[str], key_name: Optional[str],
+         insecure: Optional[bool], exit_with_parent: Optional[int]) -> None:
     """Record results once, fire on_done policies, deliver and retain them."""
     from zq.policy import load_policies
 
     from .sink import Sink
 
     cfg = _config(config_path, sink_endpoint=endpoint, sink_retain=retain, sink_result_ttl=result_ttl,
-                  sink_policies=tuple(policies), insecure=insecure)
+                  sink_policies=tuple(policies), insecure=insecure, keys=keys, key_name=key_name)
     try:
         loaded = load_policies(cfg.sink_policies)
     except ConfigError as exc:
@@ -166,10 +174,13 @@ def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[b
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running tasks may take to finish on SIGTERM.")
 @policy_opt
+@keys_opt
+@key_name_opt
 @parent_opt
 def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str], executor: Optional[str],
            concurrency: Optional[int], prefetch: Optional[int], queues: Sequence[str], grace: float,
-           policies: Sequence[str], exit_with_parent: Optional[int]) -> None:
+           policies: Sequence[str], keys: Optional[str], key_name: Optional[str],
+           exit_with_parent: Optional[int]) -> None:
     """Run tasks from the ventilator; send results to the sink."""
     from zq.policy import load_policies
 
@@ -177,7 +188,7 @@ def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str],
 
     cfg = _config(config_path, ventilator_workers=vent, sink_endpoint=sink, worker_executor=executor,
                   worker_concurrency=concurrency, worker_prefetch=prefetch, worker_queues=tuple(queues),
-                  worker_policies=tuple(policies))
+                  worker_policies=tuple(policies), keys=keys, key_name=key_name)
     try:
         load_policies(cfg.worker_policies)  # fail fast with one line, before any process starts
     except ConfigError as exc:
@@ -190,16 +201,17 @@ def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str],
 @click.option("--workers", "n_workers", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--executor", type=click.Choice(["thread", "process"]), default="process", show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=None)
+@keys_opt
 @parent_opt
 def up(config_path: Optional[str], n_workers: int, executor: str, concurrency: Optional[int],
-       exit_with_parent: Optional[int]) -> None:
+       keys: Optional[str], exit_with_parent: Optional[int]) -> None:
     """Every role on this machine, in the foreground; Ctrl-C stops all cleanly."""
     from .local import LocalCluster
 
-    if config_path:
-        _config(config_path)  # validate before starting anything
+    _config(config_path, keys=keys)  # validate before starting anything
+    env = {"ZQ_SECURITY_KEYS": os.path.abspath(keys)} if keys else {}
     cluster = LocalCluster(workers=n_workers, executor=executor, concurrency=concurrency or 0,
-                           config=config_path, echo=True, exit_with_parent=True)
+                           config=config_path, echo=True, exit_with_parent=True, env=env)
     stop = threading.Event()
     _install_signals(stop.set)
     if exit_with_parent:
@@ -229,17 +241,43 @@ def up(config_path: Optional[str], n_workers: int, executor: str, concurrency: O
 @click.option("--sink", help="The sink's endpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @click.option("--timeout", type=float, default=5.0, show_default=True)
+@keys_opt
+@key_name_opt
 def status(config_path: Optional[str], vent: Optional[str], sink: Optional[str], as_json: bool,
-           timeout: float) -> None:
+           timeout: float, keys: Optional[str], key_name: Optional[str]) -> None:
     """Workers with their queues and load, queued/running/done counts, tasks/s."""
     from .status import fetch, render
 
-    cfg = _config(config_path, ventilator_clients=vent, sink_endpoint=sink)
+    cfg = _config(config_path, ventilator_clients=vent, sink_endpoint=sink, keys=keys, key_name=key_name)
     try:
         data = fetch(cfg, timeout)
     except ZqError as exc:
         _fail(str(exc), EXIT_FAILURE)
     click.echo(json.dumps(data, indent=2, default=str) if as_json else render(data))
+
+
+@cli.group()
+def keys() -> None:
+    """CURVE keys for a secured cluster."""
+
+
+@keys.command("generate")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--name", default=None, help="Add one identity NAME instead of a whole cluster's keys.")
+@click.option("--role", type=click.Choice(["client", "worker"]), default="client", show_default=True,
+              help="With --name: what the new identity may do.")
+def keys_generate(directory: str, name: Optional[str], role: str) -> None:
+    """Create a cluster's key pairs (or one more identity) in DIRECTORY."""
+    from zq.security import generate
+
+    try:
+        written = generate(directory, name, role)
+    except (ConfigError, OSError) as exc:
+        _fail(str(exc))
+    for path in written:
+        click.echo(path)
+    if not written:
+        click.echo(f"zq: nothing to do: the keys already exist in {directory}", err=True)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from zq._wake import Waker
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskState
 from zq.protocol import ResultRow, TaskSpec
+from zq.security import Authenticator, Keys
 
 log = logging.getLogger("zq.node")
 
@@ -43,6 +44,16 @@ class Node:
         self.ctx: Optional[zmq.Context] = None
         self.endpoints: dict[str, str] = {}
         self.started = time.time()
+        self.keys: Optional[Keys] = (
+            Keys.load(config.keys, config.key_name or self.role) if config.keys else None)
+        self.auth: Optional[Authenticator] = None
+
+    def start_auth(self, domains: dict[str, tuple[str, ...]]) -> None:
+        """Start the ZAP authenticator (servers with keys only) before binding."""
+        if self.keys is not None:
+            assert self.ctx is not None
+            self.auth = Authenticator(self.ctx, self.keys, domains)
+            self.auth.start()
 
     # -- life cycle -------------------------------------------------------------------
     def run(self, ready: Optional[Callable[[dict[str, str]], None]] = None) -> None:
@@ -55,6 +66,8 @@ class Node:
             self.loop()
         finally:
             self.close()
+            if self.auth is not None:
+                self.auth.stop()
             self.ctx.destroy(linger=0)
             self._waker.close()
 
@@ -163,7 +176,8 @@ class SinkLink:
 
     def _connect(self) -> zmq.Socket:
         assert self.node.ctx is not None
-        s = dealer(self.node.ctx, self.endpoint, self.identity, self.node.config.max_message_size)
+        s = dealer(self.node.ctx, self.endpoint, self.identity, self.node.config.max_message_size,
+                   keys=self.node.keys, server="sink")
         self.poller.register(s, zmq.POLLIN)
         return s
 

@@ -135,8 +135,8 @@ class LocalCluster:
             return codes
         for w in self.workers:
             w.terminate()
-        for w in self.workers:
-            codes[w.name] = w.stop(timeout)
+        for w in self.workers:  # one signal each: a second one means "stop at once"
+            codes[w.name] = w.stop(timeout, signal_first=False)
         for n in (self.ventilator, self.sink):
             if n is not None:
                 codes[n.name] = n.stop(timeout)

@@ -30,6 +30,7 @@ from zq.config import Config
 from zq.errors import ProtocolError
 from zq.policy import Policy, run_hooks
 from zq.protocol import ResultRow
+from zq.security import peer_role
 
 from .common import HOST, Node, Peers
 
@@ -50,13 +51,17 @@ class Sink(Node):
         self.undelivered: dict[str, collections.deque[tuple[float, ResultRow]]] = {}
         self.awaiting: dict[str, bytes] = {}  # task id -> sender to ACK once it is safe
         self._acks: dict[bytes, list[str]] = {}
+        self._role = ""
         self.peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
 
     def setup(self) -> None:
         assert self.ctx is not None
-        check_bind_allowed(self.config.sink_endpoint, secured=False, insecure=self.config.insecure)
-        self.sock, ep = router(self.ctx, self.config.sink_endpoint, self.config.max_message_size)
+        check_bind_allowed(self.config.sink_endpoint, secured=self.keys is not None,
+                           insecure=self.config.insecure)
+        self.start_auth({"sink": ("clients", "workers", "ventilator")})
+        self.sock, ep = router(self.ctx, self.config.sink_endpoint, self.config.max_message_size,
+                               keys=self.keys, domain="sink")
         self.endpoints = {"endpoint": ep}
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -88,6 +93,8 @@ class Sink(Node):
                 break
             ident = frames[0].bytes
             try:
+                if self.keys is not None:
+                    self._role = peer_role(frames[1])
                 self._on_message(ident, P.unpack(frames[1:]))
             except ProtocolError as exc:
                 self.bad_message("endpoint", exc)
@@ -113,6 +120,8 @@ class Sink(Node):
         if self.peers.seen(ident, time.monotonic()):
             self._send(ident, self._heartbeat())  # a new peer learns our instance at once
         if cmd == P.RESULT:
+            if self.keys is not None and self._role not in ("worker", "ventilator"):
+                raise ProtocolError(f"a {self._role or 'unknown'} key may not post results")
             self._record(ident, P.unpack_results(msg))
         elif cmd == P.ACK:  # a client received these results: release their senders
             for tid in P.str_list(msg.header, "ids", cmd):
@@ -256,6 +265,7 @@ class Sink(Node):
             "instance": self.instance,
             "host": HOST,
             "endpoints": self.endpoints,
+            "secured": self.keys is not None,
             "retained": len(self.retained),
             "undelivered": sum(len(q) for q in self.undelivered.values()),
             "awaiting_ack": len(self.awaiting),

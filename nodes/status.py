@@ -12,10 +12,11 @@ from zq import protocol as P
 from zq._sockets import dealer
 from zq.config import Config
 from zq.errors import ZqError
+from zq.security import Keys
 
 
-def _ask(ctx: zmq.Context, endpoint: str, node: str, timeout: float) -> Any:
-    s = dealer(ctx, endpoint, f"status-{os.urandom(4).hex()}".encode())
+def _ask(ctx: zmq.Context, endpoint: str, node: str, timeout: float, keys: Any = None) -> Any:
+    s = dealer(ctx, endpoint, f"status-{os.urandom(4).hex()}".encode(), keys=keys, server=node)
     try:
         s.send_multipart(P.pack(P.REQUEST, {"req": 1, "op": "stats"}))
         deadline = time.monotonic() + timeout
@@ -31,10 +32,11 @@ def _ask(ctx: zmq.Context, endpoint: str, node: str, timeout: float) -> Any:
 
 
 def fetch(cfg: Config, timeout: float = 5.0) -> dict:
+    keys = Keys.load(cfg.keys, cfg.key_name or "client") if cfg.keys else None
     ctx = zmq.Context()
     try:
-        return {"ventilator": _ask(ctx, cfg.ventilator_clients, "ventilator", timeout),
-                "sink": _ask(ctx, cfg.sink_endpoint, "sink", timeout)}
+        return {"ventilator": _ask(ctx, cfg.ventilator_clients, "ventilator", timeout, keys),
+                "sink": _ask(ctx, cfg.sink_endpoint, "sink", timeout, keys)}
     finally:
         ctx.destroy(0)
 
@@ -46,6 +48,7 @@ def render(data: dict) -> str:
     lines = [
         f"ventilator {v['endpoints'].get('clients')} on {v['host']}  up {v['uptime']:.0f}s  "
         f"{v['tasks_per_second']:.1f} tasks/s",
+        f"security   {'CURVE (authenticated, encrypted)' if v.get('secured') and s.get('secured') else 'NONE (no keys: loopback or --insecure)'}",
         f"sink       {s['endpoints'].get('endpoint')} on {s['host']}  "
         f"{s['results_per_second']:.1f} results/s  retained {s['retained']}  undelivered {s['undelivered']}",
         "",

@@ -105,9 +105,13 @@ class Ventilator(Node):
         assert self.ctx is not None
         cfg = self.config
         for ep in (cfg.ventilator_clients, cfg.ventilator_workers):
-            check_bind_allowed(ep, secured=False, insecure=cfg.insecure)
-        self.clients, ep_c = router(self.ctx, cfg.ventilator_clients, cfg.max_message_size)
-        self.wsock, ep_w = router(self.ctx, cfg.ventilator_workers, cfg.max_message_size)
+            check_bind_allowed(ep, secured=self.keys is not None, insecure=cfg.insecure)
+        # separate key lists: a client key cannot register as a worker, nor a worker key submit
+        self.start_auth({"clients": ("clients",), "workers": ("workers",)})
+        self.clients, ep_c = router(self.ctx, cfg.ventilator_clients, cfg.max_message_size,
+                                    keys=self.keys, domain="clients")
+        self.wsock, ep_w = router(self.ctx, cfg.ventilator_workers, cfg.max_message_size,
+                                  keys=self.keys, domain="workers")
         self.endpoints = {"clients": ep_c, "workers": ep_w}
         self.poller = zmq.Poller()
         self.poller.register(self.clients, zmq.POLLIN)
@@ -507,6 +511,7 @@ class Ventilator(Node):
             "host": HOST,
             "endpoints": self.endpoints,
             "uptime": time.time() - self.started,
+            "secured": self.keys is not None,
             "workers": [
                 {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
                  "concurrency": w.concurrency, "running": len(w.inflight), "credit": w.credit,

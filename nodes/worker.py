@@ -110,7 +110,8 @@ class Worker(Node):
 
     def _connect_ventilator(self) -> None:
         assert self.ctx is not None
-        self.vent = dealer(self.ctx, self.config.ventilator_workers, self.id.encode(), self.config.max_message_size)
+        self.vent = dealer(self.ctx, self.config.ventilator_workers, self.id.encode(),
+                           self.config.max_message_size, keys=self.keys, server="ventilator")
         self.poller.register(self.vent, zmq.POLLIN)
         self.vent_last_recv = time.monotonic()
         self.vent_last_send = 0.0

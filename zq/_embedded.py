@@ -110,11 +110,12 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, timeout: float = 15.0) -> Optional[int]:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL.  The exit code."""
+    def stop(self, timeout: float = 15.0, signal_first: bool = True) -> Optional[int]:
+        """SIGTERM (unless already sent), wait up to ``timeout``, then SIGKILL.  The exit code."""
         if self.proc is None:
             return None
-        self.terminate()
+        if signal_first:
+            self.terminate()
         code = self.wait(timeout)
         if code is None:
             self.kill()
@@ -125,7 +126,8 @@ class NodeProcess:
 class EmbeddedCluster:
     """``python -m nodes up`` on random loopback ports, tied to this process's life."""
 
-    def __init__(self, workers: int = 1, executor: str = "process", concurrency: int = 0) -> None:
+    def __init__(self, workers: int = 1, executor: str = "process", concurrency: int = 0,
+                 keys: Optional[str] = None) -> None:
         args = ["up", "--workers", str(workers), "--executor", executor,
                 "--exit-with-parent", str(os.getpid())]
         if concurrency:
@@ -135,6 +137,8 @@ class EmbeddedCluster:
             "ZQ_VENTILATOR_WORKERS": "tcp://127.0.0.1:0",
             "ZQ_SINK_ENDPOINT": "tcp://127.0.0.1:0",
         }
+        if keys:
+            env["ZQ_SECURITY_KEYS"] = os.path.abspath(keys)
         self.node = NodeProcess(args, env=env, name="embedded cluster")
 
     def start(self, timeout: float = 60.0) -> dict[str, str]:

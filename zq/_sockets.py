@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket as _socket
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import zmq
 
 from .errors import BindError, InsecureBindError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .security import Keys
 
 log = logging.getLogger("zq.net")
 
@@ -50,9 +53,13 @@ def check_bind_allowed(endpoint: str, secured: bool, insecure: bool) -> None:
     log.warning("binding %s WITHOUT authentication or encryption (--insecure)", endpoint)
 
 
-def router(ctx: zmq.Context, endpoint: str, max_message: int, mandatory: bool = True) -> tuple[zmq.Socket, str]:
-    """A bound ROUTER: mandatory routing (no silent drops), handover of identities."""
+def router(ctx: zmq.Context, endpoint: str, max_message: int, mandatory: bool = True,
+           keys: Optional["Keys"] = None, domain: str = "") -> tuple[zmq.Socket, str]:
+    """A bound ROUTER: mandatory routing (no silent drops), handover of identities;
+    a CURVE server in ZAP ``domain`` when ``keys`` are given."""
     s = ctx.socket(zmq.ROUTER)
+    if keys is not None:
+        keys.make_server(s, domain)
     s.setsockopt(zmq.LINGER, 0)
     if mandatory:
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -69,8 +76,11 @@ def router(ctx: zmq.Context, endpoint: str, max_message: int, mandatory: bool = 
 
 
 def dealer(ctx: zmq.Context, endpoint: str, identity: Optional[bytes] = None,
-           max_message: Optional[int] = None) -> zmq.Socket:
+           max_message: Optional[int] = None, keys: Optional["Keys"] = None, server: str = "") -> zmq.Socket:
+    """A connected DEALER; a CURVE client of ``server`` when ``keys`` are given."""
     s = ctx.socket(zmq.DEALER)
+    if keys is not None:
+        keys.make_client(s, server)
     s.setsockopt(zmq.LINGER, 0)
     if identity is not None:
         s.setsockopt(zmq.ROUTING_ID, identity)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import os
@@ -40,6 +41,7 @@ from .errors import ClientClosed, NodeUnreachable, SerializationError, ZqError
 from .futures import TaskFuture, settle
 from .policy import Policy
 from .protocol import ResultRow, TaskSpec
+from .security import Keys
 from .serialize import FunctionCache, function_name, pack_args
 from .task import Task, _pop_client, _push_client
 
@@ -70,6 +72,8 @@ class Client(concurrent.futures.Executor):
         policies: Sequence[Policy] = (),
         retain_result: Optional[bool] = False,
         unreachable_timeout: float = 60.0,
+        keys: Optional[str] = None,
+        key_name: Optional[str] = None,
         workers: int = 1,
         executor: str = "process",
         concurrency: int = 0,
@@ -78,15 +82,20 @@ class Client(concurrent.futures.Executor):
         if isinstance(config, Config):
             cfg = config
         else:
-            overrides = {"ventilator_clients": ventilator, "sink_endpoint": sink}
+            overrides = {"ventilator_clients": ventilator, "sink_endpoint": sink, "keys": keys,
+                          "key_name": key_name}
             cfg = load_config(config, overrides)
         if config is None and ventilator is None and sink is None:
             from ._embedded import EmbeddedCluster
 
-            self._embedded = EmbeddedCluster(workers=workers, executor=executor, concurrency=concurrency)
+            self._embedded = EmbeddedCluster(workers=workers, executor=executor, concurrency=concurrency,
+                                             keys=keys)
             eps = self._embedded.start()
             cfg = load_config(None, {"ventilator_clients": eps["clients"], "sink_endpoint": eps["sink"]})
+        if keys is not None or key_name is not None:
+            cfg = dataclasses.replace(cfg, keys=keys or cfg.keys, key_name=key_name or cfg.key_name)
         self.config = cfg
+        self._keys = Keys.load(cfg.keys, cfg.key_name or "client") if cfg.keys else None
         self.policies = list(policies)
         self.retain_result = retain_result
         self.unreachable_timeout = float(unreachable_timeout)
@@ -394,12 +403,17 @@ class Client(concurrent.futures.Executor):
         self.vsock = self._connect("ventilator")
         self.ssock = self._connect("sink")
         self._sent_fns: set[bytes] = set()
+        self._backlog: dict[str, collections.deque[list]] = {
+            "ventilator": collections.deque(), "sink": collections.deque()}
 
     def _connect(self, node: str) -> zmq.Socket:
-        s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode())
+        s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode(), keys=self._keys, server=node)
         self.poller.register(s, zmq.POLLIN)
-        s.send_multipart(P.pack(P.HELLO if node == "sink" else P.HEARTBEAT,
-                                {"id": self.id, "client": self.id}))
+        try:
+            s.send_multipart(P.pack(P.HELLO if node == "sink" else P.HEARTBEAT,
+                                    {"id": self.id, "client": self.id}), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # our regular heartbeat follows
         self._nodes[node]["last_send"] = time.monotonic()
         return s
 
@@ -419,6 +433,7 @@ class Client(concurrent.futures.Executor):
                 self._drain(self.vsock, "ventilator")
             if self.ssock in events:
                 self._drain(self.ssock, "sink")
+            self._flush_backlog()
             self._send_outbox()
             now = time.monotonic()
             if now >= next_tick:
@@ -453,20 +468,30 @@ class Client(concurrent.futures.Executor):
             self._send(self.vsock, "ventilator", P.pack_tasks(P.SUBMIT, batch, fns))
             self._sent_fns.update(fns)
 
-    def _send(self, sock: zmq.Socket, node: str, frames: list) -> None:
-        while True:
+    def _send(self, sock: zmq.Socket, node: str, frames: list, droppable: bool = False) -> None:
+        """Send without ever blocking the IO thread: a node that is away or not reading
+        (high-water mark) gets the message later, in order; heartbeats are dropped."""
+        backlog = self._backlog[node]
+        if not backlog:
             try:
                 sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
                 self._nodes[node]["last_send"] = time.monotonic()
                 return
             except zmq.Again:
-                # the node is not taking messages (high-water mark): wait for it, but keep
-                # reading what it sends us so that neither side deadlocks
-                if self._stop_io:
-                    return
-                self.poller.poll(50)
-                self._drain(self.vsock, "ventilator")
-                self._drain(self.ssock, "sink")
+                pass
+        if not droppable:
+            backlog.append(frames)
+
+    def _flush_backlog(self) -> None:
+        for node, sock in (("ventilator", self.vsock), ("sink", self.ssock)):
+            backlog = self._backlog[node]
+            while backlog:
+                try:
+                    sock.send_multipart(backlog[0], copy=False, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                backlog.popleft()
+                self._nodes[node]["last_send"] = time.monotonic()
 
     def _drain(self, sock: zmq.Socket, node: str, limit: int = 1000) -> None:
         info = self._nodes[node]
@@ -504,6 +529,7 @@ class Client(concurrent.futures.Executor):
             info = self._nodes[node]
             inst = msg.header.get("instance")
             if info["instance"] is not None and inst != info["instance"]:
+                log.warning("%s restarted (new instance %s)", node, inst)
                 self._node_restarted(node)
             info["instance"] = inst
             peer_max = msg.header.get("max")
@@ -526,10 +552,10 @@ class Client(concurrent.futures.Executor):
             self._sent_fns.clear()
             with self._lock:
                 specs = list(self._unfinished.values())
-            log.warning("ventilator restarted: submitting %d unfinished task(s) again", len(specs))
+            if specs:
+                log.warning("submitting %d unfinished task(s) again", len(specs))
             self._send_tasks(specs)
         else:
-            log.warning("sink restarted")
             self._send(self.ssock, "sink", P.pack(P.HELLO, {"client": self.id}))
 
     def _on_results(self, rows: list[ResultRow]) -> None:
@@ -563,7 +589,7 @@ class Client(concurrent.futures.Executor):
             if now - info.get("last_hb", 0.0) >= cfg.heartbeat_interval:
                 info["last_hb"] = now
                 self._send(getattr(self, sock_attr), node,
-                           P.pack(P.HEARTBEAT, {"id": self.id, "client": self.id}))
+                           P.pack(P.HEARTBEAT, {"id": self.id, "client": self.id}), droppable=True)
             silent = now - info["last_recv"]
             if silent <= cfg.heartbeat_timeout:
                 info["backoff"] = cfg.heartbeat_interval

@@ -47,6 +47,9 @@ class Config:
     max_message_size: int = 64 * 1024 * 1024
     #: bind non-loopback addresses without CURVE keys (logged as a warning)
     insecure: bool = False
+    # [security]
+    keys: str = ""  # key directory (zq keys generate); empty: no CURVE
+    key_name: str = ""  # own key pair's name in it; empty: the role's default
 
     @property
     def heartbeat_timeout(self) -> float:
@@ -54,7 +57,7 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_SECTIONS = ("ventilator", "sink", "worker", "cluster")
+_SECTIONS = ("ventilator", "sink", "worker", "cluster", "security")
 # TOML (section, key) -> field name
 _KEYS: dict[tuple[str, str], str] = {
     ("ventilator", "clients"): "ventilator_clients",
@@ -72,6 +75,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("cluster", "heartbeat_liveness"): "heartbeat_liveness",
     ("cluster", "max_message_size"): "max_message_size",
     ("cluster", "insecure"): "insecure",
+    ("security", "keys"): "keys",
+    ("security", "name"): "key_name",
 }
 
 
@@ -142,8 +147,6 @@ def read_toml(path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, table in data.items():
         if section not in _SECTIONS or not isinstance(table, dict):
-            if section in ("security", "client"):  # read by their own consumers
-                continue
             raise ConfigError(f"config {path}: unknown section [{section}]")
         for key, value in table.items():
             name = _KEYS.get((section, key))

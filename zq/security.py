@@ -1,0 +1,181 @@
+"""CURVE security: key files, socket setup and the ZAP authenticator.
+
+A key directory made by ``zq keys generate DIR`` holds::
+
+    DIR/ventilator.key_secret  DIR/ventilator.key     the ventilator's pair
+    DIR/sink.key_secret        DIR/sink.key           the sink's pair
+    DIR/client.key_secret      DIR/client.key         a client identity
+    DIR/worker.key_secret      DIR/worker.key         a worker identity
+    DIR/clients/*.key                                 public keys allowed to submit
+    DIR/workers/*.key                                 public keys allowed to take tasks
+
+The ventilator and the sink are CURVE servers; workers and clients are CURVE
+clients that know the servers' public keys.  A ZAP authenticator (pyzmq's
+``zmq.auth``) admits only listed keys, per socket: the ventilator's *clients*
+endpoint admits ``clients/``, its *workers* endpoint ``workers/``, and the sink
+admits both (plus the ventilator) and tells the sink each peer's role, so a
+client key cannot post results.  Everything on a secured socket is encrypted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from .errors import ConfigError
+
+log = logging.getLogger("zq.security")
+
+SERVERS = ("ventilator", "sink")
+ROLES = ("client", "worker")
+
+
+def generate(directory: str, name: Optional[str] = None, role: str = "client") -> list[str]:
+    """Create a cluster's keys in ``directory`` (or one more identity ``name`` of ``role``).
+
+    Returns the files written.  Existing pairs are never overwritten.
+    """
+    os.makedirs(directory, exist_ok=True)
+    for sub in ("clients", "workers"):
+        os.makedirs(os.path.join(directory, sub), exist_ok=True)
+    written: list[str] = []
+
+    def pair(stem: str) -> str:
+        public = os.path.join(directory, f"{stem}.key")
+        if not os.path.exists(public):
+            pub, sec = zmq.auth.create_certificates(directory, stem)
+            os.chmod(sec, 0o600)
+            written.extend([pub, sec])
+        return public
+
+    if name is None:
+        for server in SERVERS:
+            pair(server)
+        stems = [("client", "client"), ("worker", "worker")]
+    else:
+        if role not in ROLES:
+            raise ConfigError(f"role must be one of {', '.join(ROLES)}")
+        if not name.replace("-", "").replace("_", "").isalnum() or name in SERVERS:
+            raise ConfigError(f"key name {name!r} must be letters, digits, - or _ (and not a server's)")
+        stems = [(name, role)]
+    for stem, r in stems:
+        public = pair(stem)
+        dest = os.path.join(directory, f"{r}s", f"{stem}.key")
+        if not os.path.exists(dest):
+            shutil.copyfile(public, dest)
+            written.append(dest)
+    return written
+
+
+@dataclass(frozen=True)
+class Keys:
+    """A key directory as one node sees it; ``name`` picks its own key pair."""
+
+    directory: str
+    name: str
+
+    @classmethod
+    def load(cls, directory: str, name: str) -> "Keys":
+        keys = cls(os.path.abspath(directory), name)
+        keys.own()  # fail early, with the file named
+        return keys
+
+    def _read(self, path: str, secret: bool) -> tuple[bytes, Optional[bytes]]:
+        try:
+            pub, sec = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read key file {path}: {exc}") from None
+        if secret and not sec:
+            raise ConfigError(f"{path} holds no secret key")
+        return pub, sec
+
+    def own(self) -> tuple[bytes, bytes]:
+        pub, sec = self._read(os.path.join(self.directory, f"{self.name}.key_secret"), True)
+        assert sec is not None
+        return pub, sec
+
+    def server(self, name: str) -> bytes:
+        """A server's public key (``ventilator`` or ``sink``)."""
+        path = os.path.join(self.directory, f"{name}.key")
+        if not os.path.exists(path):
+            path = os.path.join(self.directory, f"{name}.key_secret")
+        return self._read(path, False)[0]
+
+    def allowed(self, kind: str) -> set[bytes]:
+        """Public keys listed in ``clients/`` or ``workers/`` (z85)."""
+        d = os.path.join(self.directory, kind)
+        if not os.path.isdir(d):
+            raise ConfigError(f"key directory {self.directory} has no {kind}/ folder")
+        return set(zmq.auth.load_certificates(d).keys())
+
+    # -- sockets ----------------------------------------------------------------------
+    def make_server(self, sock: zmq.Socket, domain: str) -> None:
+        pub, sec = self.own()
+        sock.curve_secretkey = sec
+        sock.curve_publickey = pub
+        sock.curve_server = True
+        sock.zap_domain = domain.encode()
+
+    def make_client(self, sock: zmq.Socket, server: str) -> None:
+        pub, sec = self.own()
+        sock.curve_secretkey = sec
+        sock.curve_publickey = pub
+        sock.curve_serverkey = self.server(server)
+
+
+class _KeyList:
+    """A ZAP credentials provider: a key is admitted if listed."""
+
+    def __init__(self, keys: set[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+class Authenticator(ThreadAuthenticator):
+    """ZAP handler admitting the key lists of each domain; User-Id = ``role:key``."""
+
+    def __init__(self, context: zmq.Context, keys: Keys, domains: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(context, log=logging.getLogger("zq.security.zap"))
+        self.roles: dict[bytes, str] = {}
+        lists: dict[str, set[bytes]] = {}
+        for kind, role in (("clients", "client"), ("workers", "worker")):
+            ks = keys.allowed(kind)
+            lists[kind] = ks
+            for k in ks:
+                self.roles.setdefault(k, role)
+        for server in SERVERS:
+            try:
+                k = zmq.utils.z85.encode(keys.server(server))
+            except ConfigError:
+                continue
+            lists[server] = {k}
+            self.roles[k] = server
+        self._domains = {d: _KeyList(set().union(*(lists.get(k, set()) for k in kinds)))
+                         for d, kinds in domains.items()}
+
+    def start(self) -> None:
+        super().start()
+        for domain, provider in self._domains.items():
+            self.configure_curve_callback(domain, provider)
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        z = zmq.utils.z85.encode(client_public_key)
+        return f"{self.roles.get(z, 'unknown')}:{z.decode('ascii')}"
+
+
+def peer_role(frame: Any) -> str:
+    """The role ZAP gave the sender of a received frame ('' when not secured)."""
+    try:
+        uid = frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return ""
+    return uid.split(":", 1)[0] if uid else ""
