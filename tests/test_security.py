@@ -1,0 +1,158 @@
+"""CURVE security: only listed keys get anything executed; safe defaults for binding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import zmq
+
+import zq
+from zq import protocol as P
+from zq._embedded import parse_ready
+from zq.security import generate
+from zq.serialize import pack_args, pickle_function
+
+from .conftest import run_zq, zq_script
+
+
+def write_marker(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
+
+
+def square(x):
+    return x * x
+
+
+@pytest.fixture
+def keydir(tmp_path):
+    d = str(tmp_path / "keys")
+    generate(d)
+    generate(d, name="mallory", role="client")
+    os.remove(os.path.join(d, "clients", "mallory.key"))  # a key nobody listed
+    return d
+
+
+@pytest.fixture
+def secured(make_cluster, keydir):
+    return make_cluster(workers=1, executor="thread", concurrency=1, env={"ZQ_SECURITY_KEYS": keydir})
+
+
+def client_for(cluster, **kw):
+    cfg = zq.load_config(None, {"ventilator_clients": cluster.endpoints["clients"],
+                                "sink_endpoint": cluster.endpoints["sink"], "heartbeat_interval": 0.2})
+    return zq.Client(cfg, unreachable_timeout=kw.pop("unreachable_timeout", 60.0), **kw)
+
+
+def test_secured_cluster_runs_a_job_and_says_so(secured, keydir):
+    with client_for(secured, keys=keydir) as c:
+        assert list(c.map(square, range(50), timeout=30)) == [x * x for x in range(50)]
+        stats = c.stats()
+    assert stats["ventilator"]["secured"] and stats["sink"]["secured"]
+    out = run_zq("status", "--ventilator", secured.endpoints["clients"], "--sink", secured.endpoints["sink"],
+                 "--keys", keydir)
+    assert out.returncode == 0, out.stderr
+    assert "CURVE" in out.stdout
+
+
+@pytest.mark.parametrize("who", ["unknown key", "no key", "worker key"])
+def test_unauthorised_clients_get_nothing_executed(secured, keydir, tmp_path, who):
+    marker = tmp_path / "marker"
+    kw = {"unknown key": {"keys": keydir, "key_name": "mallory"}, "no key": {},
+          "worker key": {"keys": keydir, "key_name": "worker"}}[who]
+    bad = client_for(secured, unreachable_timeout=2.0, **kw)
+    try:
+        fut = bad.submit(write_marker, str(marker))
+        with pytest.raises(zq.NodeUnreachable):
+            fut.result(timeout=30)
+    finally:
+        bad.shutdown(wait=False)
+    # the legitimate client is still served; FIFO with one worker slot: had the bad task
+    # been accepted, it would have run before this one
+    with client_for(secured, keys=keydir) as good:
+        assert good.submit(square, 7).result(timeout=30) == 49
+        assert good.stats()["ventilator"]["counters"].get("submitted") == 1
+    assert not marker.exists()
+
+
+def test_plain_socket_cannot_submit(secured, keydir, tmp_path):
+    marker = tmp_path / "marker"
+    digest, fn = pickle_function(write_marker)
+    spec = P.TaskSpec("raw-1", "raw", "default", digest, "raw", None, 0, None, 0.0,
+                      args=pack_args((str(marker),), {}))
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(secured.endpoints["clients"])
+    s.send_multipart(P.pack_tasks(P.SUBMIT, [spec], {digest: fn}))
+    assert s.poll(500) == 0  # no answer: the handshake never completed
+    s.close(0)
+    ctx.term()
+    with client_for(secured, keys=keydir) as good:
+        assert good.submit(square, 3).result(timeout=30) == 9
+        assert good.stats()["ventilator"]["counters"].get("submitted") == 1
+    assert not marker.exists()
+
+
+def test_client_key_cannot_register_as_worker(make_cluster, keydir):
+    cluster = make_cluster(workers=0, env={"ZQ_SECURITY_KEYS": keydir})
+    intruder = cluster.add_worker(["--key-name", "client"], wait=True)  # READY: it connected...
+    with client_for(cluster, keys=keydir) as c:
+        fut = c.submit(square, 2)
+        # ...but the ventilator never admits it: no worker is registered, the task waits
+        assert c.stats()["ventilator"]["workers"] == []
+        assert c.get_status(fut.task_id) is zq.TaskState.QUEUED
+        cluster.add_worker(wait=True)  # a real worker key takes it
+        assert fut.result(timeout=30) == 4
+        assert fut.envelope.worker != ""
+    assert intruder.alive()
+
+
+def test_bind_non_loopback_without_keys_is_refused(tmp_path):
+    out = run_zq("sink", "--endpoint", "tcp://0.0.0.0:0")
+    assert out.returncode != 0
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "--insecure" in lines[0] and "Traceback" not in out.stderr
+    p = subprocess.Popen([zq_script(), "sink", "--endpoint", "tcp://0.0.0.0:0", "--insecure"],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in p.stderr:
+            seen.append(line)
+            if "READY" in line:
+                break
+        assert any("READY" in l for l in seen) and any("WITHOUT" in l for l in seen)
+    finally:
+        p.terminate()
+        assert p.wait(20) == 0
+
+
+def test_keys_in_config_file_work_like_flags(make_cluster, keydir, tmp_path):
+    cfg = tmp_path / "cluster.toml"
+    cfg.write_text(f'[security]\nkeys = "{keydir}"\n')
+    cluster = make_cluster(workers=1, executor="thread", config=None, env={"ZQ_SECURITY_KEYS": keydir})
+    c = zq.Client(str(cfg), ventilator=cluster.endpoints["clients"], sink=cluster.endpoints["sink"])
+    try:
+        assert c.submit(square, 6).result(timeout=30) == 36
+    finally:
+        c.shutdown()
+    # and the server side from a config file: a sink with [security] keys is secured
+    cfg2 = tmp_path / "sink.toml"
+    cfg2.write_text(f'[sink]\nendpoint = "tcp://127.0.0.1:0"\n[security]\nkeys = "{keydir}"\n')
+    p = subprocess.Popen([zq_script(), "sink", "--config", str(cfg2)], stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:
+            if "READY" in line:
+                ep = parse_ready(line, "sink")["endpoint"]
+                break
+        out = run_zq("status", "--ventilator", cluster.endpoints["clients"], "--sink", ep,
+                     "--keys", keydir, "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["sink"]["secured"] is True
+    finally:
+        p.terminate()
+        p.wait(20)
