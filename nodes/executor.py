@@ -12,85 +12,35 @@ never touch a socket:
     IO thread ──[batch] over a pipe──▶ child process ── runs each task
               ◀──one completion per task; EOF when the child died──┘
 
-``execute`` is the one function that runs a task: unpickle arguments, run the
-``on_running`` hooks, call the function, pickle the value, time it all.
+Tasks report progress and queue follow-ups through *events* (see
+zq.context): the thread executor appends them to the same deque as
+completions, a child process sends them down its pipe.  ``async def`` tasks
+run on one event loop thread (``AsyncRunner``), many at once.  The code that
+runs a task is ``zq.runner.execute`` / ``execute_async``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
-import os
 import pickle
 import queue
 import signal
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Any, Callable, Optional, Sequence
 
 from zq._wake import Waker
-from zq.envelope import ErrorInfo, TaskInfo, TaskState
-from zq.policy import Policy, load_policies, run_hooks
+from zq.policy import Policy, load_policies
 from zq.protocol import TaskSpec
-from zq.serialize import dumps, loads, loads_args
+from zq.runner import Completion, execute, execute_async, load_function
 
 log = logging.getLogger("zq.worker")
 
-#: (task_id, state, error row | None, payload, started_at, finished_at, run_seconds, pid)
-Completion = tuple
 #: what a slot is given: [(task row, argument bytes, function bytes or None), ...]
 Batch = list
-
-
-def _error(exc: BaseException, tb: str = "") -> list:
-    return ErrorInfo.from_exception(exc, tb).to_row()
-
-
-def load_function(cache: dict, digest: bytes, data: Any) -> Callable:
-    fn = cache.get(digest)
-    if fn is None:
-        if data is None:
-            raise LookupError("function not received")
-        fn = loads(data, "task function")
-        cache[digest] = fn
-    return fn
-
-
-def execute(row: list, args_data: Any, fn_getter: Callable[[], Callable], policies: Sequence[Policy],
-            max_result: int) -> Completion:
-    """Run one task; never raises.  ``row`` is a TaskSpec row."""
-    task_id = row[0]
-    started_at = time.time()
-    t0 = time.monotonic()
-    pid = os.getpid()
-
-    def done(state: TaskState, err: Optional[list], payload: bytes = b"") -> Completion:
-        return (task_id, state.value, err, payload, started_at, time.time(), time.monotonic() - t0, pid)
-
-    try:
-        fn = fn_getter()
-        args, kwargs = loads_args(args_data)
-    except Exception as exc:
-        return done(TaskState.FAILED, _error(exc))
-    if policies:
-        info = TaskInfo(task_id=task_id, name=row[1], queue=row[2], attempt=row[9], args=args,
-                        kwargs=kwargs, retries=row[6], timeout=row[7], retain_result=row[5])
-        run_hooks(policies, "on_running", info, task_id)
-    try:
-        value = fn(*args, **kwargs)
-    except BaseException as exc:  # SystemExit from a task is a failure, not an exit
-        return done(TaskState.FAILED, _error(exc, traceback.format_exc()))
-    try:
-        payload = dumps(value, f"result of task {task_id}")
-    except Exception as exc:
-        return done(TaskState.FAILED, _error(exc))
-    if len(payload) > max_result:
-        return done(TaskState.FAILED, ["SerializationError", "zq.errors",
-                                       f"result of task {task_id} is {len(payload)} bytes pickled, over the "
-                                       f"cluster's maximum message size of {max_result} bytes", ""])
-    return done(TaskState.SUCCESS, None, payload)
 
 
 def _batch(specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> Batch:
@@ -108,7 +58,8 @@ class ThreadExecutor:
         self.waker = waker
         self.max_result = max_result
         self.busy = 0
-        self.completions: deque[Completion] = deque()
+        self.completions: deque[tuple] = deque()  # (completion, frees slot) or ("event", event)
+        self.events: deque[tuple] = deque()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._fns: dict[bytes, Callable] = {}
         self._threads = [threading.Thread(target=self._run, name=f"zq-exec-{i}", daemon=True)
@@ -138,10 +89,14 @@ class ThreadExecutor:
             last = len(batch) - 1
             for i, (row, args, fn_data) in enumerate(batch):
                 comp = execute(row, args, lambda: load_function(self._fns, row[3], fn_data), self.policies,
-                               self.max_result)
+                               self.max_result, self._emit)
                 # the last completion of a batch also frees the slot (see collect)
                 out.append((comp, i == last))
                 self.waker.wake_if_sleeping()
+
+    def _emit(self, event: tuple) -> None:
+        self.events.append(event)
+        self.waker.wake_if_sleeping()
 
     def collect(self, readable: set) -> list[Completion]:
         out = []
@@ -150,6 +105,12 @@ class ThreadExecutor:
             out.append(comp)
             if frees:
                 self.busy -= 1
+        return out
+
+    def take_events(self) -> list[tuple]:
+        out = []
+        while self.events:
+            out.append(self.events.popleft())
         return out
 
     def kill(self, task_id: str, reason: str = "") -> bool:
@@ -180,6 +141,10 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None
         log.exception("policies could not be loaded in the executor process")
         policies = []
     fns: dict[bytes, Callable] = {}
+
+    def emit(event: tuple) -> None:
+        conn.send_bytes(pickle.dumps(("event", event), protocol=5))
+
     while True:
         try:
             msg = conn.recv_bytes()
@@ -189,8 +154,8 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None
         if batch is None:
             return
         for row, args, fn_data in batch:
-            comp = execute(row, args, lambda: load_function(fns, row[3], fn_data), policies, max_result)
-            conn.send_bytes(pickle.dumps(comp, protocol=5))
+            comp = execute(row, args, lambda: load_function(fns, row[3], fn_data), policies, max_result, emit)
+            conn.send_bytes(pickle.dumps(("done", comp), protocol=5))
 
 
 def oom_kills() -> Optional[int]:
@@ -248,6 +213,7 @@ class ProcessExecutor:
         self.children: list[_Child] = [self._spawn() for _ in range(slots)]
         self._lost: list[tuple[str, str]] = []
         self._handed_back: list[str] = []
+        self._events: list[tuple] = []
         self.fds_changed = False
 
     def _spawn(self) -> _Child:
@@ -287,10 +253,13 @@ class ProcessExecutor:
                 continue
             try:
                 while c.conn.poll():
-                    comp = pickle.loads(c.conn.recv_bytes())
-                    if c.tasks and c.tasks[0] == comp[0]:
+                    kind, item = pickle.loads(c.conn.recv_bytes())
+                    if kind == "event":
+                        self._events.append(item)
+                        continue
+                    if c.tasks and c.tasks[0] == item[0]:
                         c.tasks.popleft()
-                    out.append(comp)
+                    out.append(item)
             except (EOFError, OSError):
                 self._replace(i, None)
         return out
@@ -331,6 +300,10 @@ class ProcessExecutor:
         self.children[i] = self._spawn()
         self.fds_changed = True
 
+    def take_events(self) -> list[tuple]:
+        out, self._events = self._events, []
+        return out
+
     def lost(self) -> list[tuple[str, str]]:
         """Tasks whose process died while running them since the last call, with the cause."""
         out, self._lost = self._lost, []
@@ -363,3 +336,66 @@ class ProcessExecutor:
                 c.proc.kill()
                 c.proc.join(1.0)
             c.conn.close()
+
+
+class AsyncRunner:
+    """``async def`` tasks: one event loop thread in the worker, up to ``limit`` at once.
+
+    Async code waits on IO rather than the CPU, so these tasks do not take executor
+    slots; their time limits cancel the coroutine.
+    """
+
+    kind = "async"
+
+    def __init__(self, limit: int, policies: Sequence[Policy], waker: Waker, max_result: int) -> None:
+        self.limit = limit
+        self.policies = list(policies)
+        self.waker = waker
+        self.max_result = max_result
+        self.running = 0
+        self.completions: deque[Completion] = deque()
+        self.events: deque[tuple] = deque()
+        self._fns: dict[bytes, Callable] = {}
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="zq-async", daemon=True)
+        self._thread.start()
+
+    def free(self) -> int:
+        return self.limit - self.running
+
+    def _emit(self, event: tuple) -> None:
+        self.events.append(event)
+        self.waker.wake_if_sleeping()
+
+    def start(self, spec: TaskSpec, fn_data: Any) -> None:
+        self.running += 1
+        row, args = spec.row(), spec.args
+        coro = execute_async(row, args, lambda: load_function(self._fns, row[3], fn_data), self.policies,
+                             self.max_result, self._emit)
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: Any) -> None:
+        try:
+            self.completions.append(fut.result())
+        except BaseException as exc:  # execute_async never raises; belt and braces
+            log.error("async task runner failed: %r", exc)
+            return
+        self.waker.wake_if_sleeping()
+
+    def collect(self) -> list[Completion]:
+        out = []
+        while self.completions:
+            out.append(self.completions.popleft())
+            self.running -= 1
+        return out
+
+    def take_events(self) -> list[tuple]:
+        out = []
+        while self.events:
+            out.append(self.events.popleft())
+        return out
+
+    def close(self, wait: float) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(wait)

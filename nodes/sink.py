@@ -20,7 +20,7 @@ import collections
 import heapq
 import logging
 import time
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
 import zmq
 

@@ -37,8 +37,13 @@ UNKNOWN     V -> W      {} you are not registered: send READY again
 RESULT      W -> S, S -> C  {"r": [result rows]}; one value frame per row
 ACK         S -> W      {"ids": [...]} results recorded, forget them
 HELLO       C -> S      {"client": id} route my results to this socket
-HEARTBEAT   any         {"id": node id, "instance": random id of this run}
+HEARTBEAT   any         {"id": node id, "instance": random id of this run, "max": max message}
 ERROR       any         {"code": str, "msg": str} your message was refused
+PROGRESS    W -> V -> C {"p": [[task id, done, total, message, time], ...]}
+SPAWN       W -> V      like SUBMIT: follow-up tasks queued by a running task
+CONTINUE    W -> V      {"id", "name", "digest", "queue", "then"}; fn frame?, arg frame:
+                        the task goes on as another call (trampoline, chain link)
+WATCH       C -> S      {"ids": [...]} send me these results too (retained or future)
 ==========  ==========  =====================================================
 """
 
@@ -72,10 +77,14 @@ ACK = b"ACK"
 HELLO = b"HELLO"
 HEARTBEAT = b"HEARTBEAT"
 ERROR = b"ERROR"
+PROGRESS = b"PROGRESS"
+SPAWN = b"SPAWN"
+CONTINUE = b"CONTINUE"
+WATCH = b"WATCH"
 
 COMMANDS = frozenset(
     {SUBMIT, REJECT, CANCELED, REQUEST, REPLY, READY, TASKS, STARTED, DONE, RETRY,
-     CANCEL, BYE, UNKNOWN, RESULT, ACK, HELLO, HEARTBEAT, ERROR}
+     CANCEL, BYE, UNKNOWN, RESULT, ACK, HELLO, HEARTBEAT, ERROR, PROGRESS, SPAWN, CONTINUE, WATCH}
 )
 
 #: Default maximum size of one message on every bound socket (libzmq MAXMSGSIZE).

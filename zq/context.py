@@ -1,0 +1,96 @@
+"""The running task's context: lineage, a logger, progress and follow-up tasks.
+
+A task gets it by taking a parameter annotated ``zq.TaskContext`` or by calling
+``zq.current_task()``.  ``progress()`` and ``submit()`` never block on the
+network: they hand an event to the worker's IO thread (through a deque in the
+thread executor, the child's pipe in the process executor).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .serialize import function_name, pack_args, pickle_function
+
+_current: contextvars.ContextVar[Optional["TaskContext"]] = contextvars.ContextVar("zq_task", default=None)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a task says it got: ``done`` of ``total``, an optional message, an ETA."""
+
+    done: float
+    total: float
+    message: Optional[str]
+    updated_at: float
+    #: seconds left, estimated from the rate so far (None until it can be)
+    eta: Optional[float] = None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.fraction
+
+
+def estimate_eta(done: float, total: float, started: float, now: float) -> Optional[float]:
+    if done <= 0 or total <= 0 or now <= started:
+        return None
+    rate = done / (now - started)
+    return max(0.0, (total - done) / rate) if rate > 0 else None
+
+
+class TaskContext:
+    """What a running task knows about itself and can do."""
+
+    def __init__(self, row: list, emit: Callable[[tuple], None], started_at: float) -> None:
+        opts = row[11] or {}
+        self.task_id: str = row[0]
+        self.name: str = row[1]
+        self.queue: str = row[2]
+        self.attempt: int = row[9]
+        self.parent_id: Optional[str] = opts.get("parent")
+        self.root_id: str = opts.get("root") or row[0]
+        self.client_id: str = row[4]
+        self.retain: Optional[bool] = row[5]
+        self.started_at = started_at
+        self.logger = logging.LoggerAdapter(logging.getLogger(f"zq.task.{self.name}"),
+                                            {"task_id": self.task_id})
+        self._emit = emit
+        self._children = itertools.count(1)
+
+    def progress(self, done: float, total: float, message: Optional[str] = None) -> None:
+        """Report progress; the client sees it as ``future.progress`` (never blocks)."""
+        self._emit(("progress", self.task_id, float(done), float(total),
+                    None if message is None else str(message)[:1000], time.time()))
+
+    def submit(self, fn: Callable, /, *args: Any, queue: Optional[str] = None,
+               retain_result: Optional[bool] = None, **kwargs: Any) -> str:
+        """Queue a follow-up task (any queue); returns its id without waiting for it.
+
+        Its id is derived from this task's, so a re-run of this task does not queue
+        the follow-up twice.  Its result is retained like this task's."""
+        digest, data = pickle_function(fn)
+        child_id = f"{self.task_id}.{next(self._children)}"
+        name = getattr(fn, "name", None) or function_name(fn)
+        q = queue or getattr(fn, "queue", None) or self.queue
+        opts = {"parent": self.task_id, "root": self.root_id}
+        retain = self.retain if retain_result is None else retain_result
+        self._emit(("spawn", child_id, name, q, digest, data, pack_args(args, kwargs), self.client_id,
+                    retain, opts))
+        return child_id
+
+
+def current_task() -> TaskContext:
+    """The context of the task running in this thread or coroutine."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("zq.current_task() called outside a running zq task")
+    return ctx
