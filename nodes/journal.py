@@ -72,7 +72,9 @@ class Journal:
                 cur.executemany("INSERT OR IGNORE INTO functions VALUES (?, ?)",
                                 [(d, bytes(f)) for d, f in self._fns.items()])
             if self._put:
-                cur.executemany("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?)",
+                # an update keeps the row (and so the task's place in acceptance order)
+                cur.executemany("INSERT INTO tasks VALUES (?, ?, ?) ON CONFLICT(task_id) DO UPDATE "
+                                "SET row = excluded.row, args = excluded.args",
                                 [(s.task_id, msgpack.packb(s.row(), use_bin_type=True), bytes(s.args))
                                  for s in self._put.values()])
             if self._del:

@@ -1,8 +1,8 @@
 """A whole cluster on this machine: one process per node (used by ``zq up`` and tests).
 
-    LocalCluster ── NodeProcess("ventilator") ─┐ started together; their READY
-                 ── NodeProcess("sink") ───────┘ lines give the real endpoints
-                 ── NodeProcess("worker") × N ── started once those are known
+    LocalCluster ── NodeProcess("sink") ──────── its READY line gives its endpoint
+                 ── NodeProcess("ventilator") ── then this, told the sink's endpoint
+                 ── NodeProcess("worker") × N ── then these, told both
 
 Stop order: workers first (they hand back what they have not started and
 deliver what they finished), then the ventilator, then the sink last so that

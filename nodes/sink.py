@@ -20,7 +20,7 @@ import collections
 import heapq
 import logging
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import zmq
 
@@ -49,9 +49,11 @@ class Sink(Node):
         self.retained: dict[str, tuple[ResultRow, float]] = {}
         self.expiry: list[tuple[float, str]] = []
         self.undelivered: dict[str, collections.deque[tuple[float, ResultRow]]] = {}
-        self.awaiting: dict[str, bytes] = {}  # task id -> sender to ACK once it is safe
+        # task id -> (client id, senders to ACK once it is safe, monotonic time recorded)
+        self.awaiting: dict[str, tuple[str, set[bytes], float]] = {}
         self._acks: dict[bytes, list[str]] = {}
         self._role = ""
+        self._next_stale_scan = 0.0
         self.peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
 
@@ -125,7 +127,7 @@ class Sink(Node):
             self._record(ident, P.unpack_results(msg))
         elif cmd == P.ACK:  # a client received these results: release their senders
             for tid in P.str_list(msg.header, "ids", cmd):
-                self._release(tid)
+                self._release(tid, by_client=ident)
         elif cmd == P.HEARTBEAT or cmd == P.HELLO:
             self._flush_client(ident.decode("utf-8", "replace"))
         elif cmd == P.REQUEST:
@@ -144,12 +146,16 @@ class Sink(Node):
     # it, or it is retained here (client gone), or it expired undelivered.  So a
     # sink killed between receiving and delivering loses nothing: the sender
     # resends to the next sink.
-    def _ack_later(self, tid: str, sender: bytes) -> None:
-        self.awaiting[tid] = sender
+    def _ack_later(self, tid: str, client: str, sender: bytes) -> None:
+        self.awaiting[tid] = (client, {sender}, time.monotonic())
 
-    def _release(self, tid: str) -> None:
-        sender = self.awaiting.pop(tid, None)
-        if sender is not None:
+    def _release(self, tid: str, by_client: Optional[bytes] = None) -> None:
+        """ACK ``tid`` to everyone who sent it; ``by_client``: only if it is the task's client."""
+        entry = self.awaiting.get(tid)
+        if entry is None or (by_client is not None and by_client.decode("utf-8", "replace") != entry[0]):
+            return
+        del self.awaiting[tid]
+        for sender in entry[1]:
             self._acks.setdefault(sender, []).append(tid)
 
     def _flush_acks(self) -> None:
@@ -168,7 +174,7 @@ class Sink(Node):
             if tid in self.recorded:
                 self.counters["duplicates_dropped"] += 1
                 if tid in self.awaiting:
-                    self.awaiting[tid] = sender  # still on its way to the client
+                    self.awaiting[tid][1].add(sender)  # still on its way: ACK both senders later
                 else:
                     self._acks.setdefault(sender, []).append(tid)
                 continue
@@ -182,7 +188,7 @@ class Sink(Node):
             if retain:
                 self.retained[tid] = (r, now + ttl)
                 heapq.heappush(self.expiry, (now + ttl, tid))
-            self._ack_later(tid, sender)
+            self._ack_later(tid, r.client, sender)
             by_client.setdefault(r.client, []).append(r)
         for client, batch in by_client.items():
             self._deliver(client, batch)
@@ -201,7 +207,7 @@ class Sink(Node):
         q = self.undelivered.get(client)
         limit = P.batch_limit(self.config.max_message_size)
         while q:
-            n = P.take_batch(q, limit, 2000, size=lambda item: item[1].payload)
+            n = P.take_batch(q, limit, 2000, size=lambda item: len(item[1].payload))
             part = [q[i][1] for i in range(n)]
             if not self._send(client.encode(), P.pack_results(part)):
                 self._undeliverable(client, q)
@@ -253,6 +259,12 @@ class Sink(Node):
                 self._flush_client(client)
             else:
                 self.undelivered.pop(client, None)
+        # a client that received a result but never acknowledged it (it died): give up
+        # after the result TTL so that neither we nor its sender hold it forever
+        if now >= self._next_stale_scan:
+            self._next_stale_scan = now + 5.0
+            for tid in [t for t, (_, _, since) in self.awaiting.items() if now - since > ttl]:
+                self._release(tid)
         self._flush_acks()
         self.rate_samples.append((now, self.counters["results"]))
 

@@ -41,6 +41,10 @@ log = logging.getLogger("zq.ventilator")
 MAX_LOST_ATTEMPTS = 3
 FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
+FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
+
+
+_FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED))
 
 
 class WorkerInfo:
@@ -59,7 +63,7 @@ class WorkerInfo:
         self.queues: list[str] = queues
         self.credit = credit
         self.inflight: set[str] = set()
-        self.fns: set[bytes] = set()
+        self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.host = str(header.get("host", ""))
         self.pid = header.get("pid", 0) if isinstance(header.get("pid"), int) else 0
         self.executor = str(header.get("executor", ""))
@@ -188,13 +192,17 @@ class Ventilator(Node):
                 log.exception("error handling a message: %s", exc)
 
     def _send(self, sock: zmq.Socket, ident: bytes, frames: list) -> bool:
+        return self._try_send(sock, ident, frames) == 0
+
+    def _try_send(self, sock: zmq.Socket, ident: bytes, frames: list) -> int:
+        """0 if sent, else the errno: EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)."""
         try:
             sock.send_multipart([ident, *frames], flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.ZMQError as exc:  # EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)
+            return 0
+        except zmq.ZMQError as exc:
             self.counters["undeliverable"] += 1
             log.debug("cannot send to %r: %s", ident, exc)
-            return False
+            return exc.errno
 
     # -- clients ----------------------------------------------------------------------
     def _heartbeat(self) -> list:
@@ -268,10 +276,13 @@ class Ventilator(Node):
             return rec.state
         return self.finished.get(task_id, TaskState.UNKNOWN)
 
-    def _cancel(self, task_id: str) -> bool:
+    def _cancel(self, task_id: str) -> str:
+        """``"canceled"`` (it will not run), ``"requested"`` (its process worker was asked to
+        stop it: the outcome arrives as its result, CANCELED or not), or ``""`` (too late,
+        or it runs in a thread, which cannot be stopped)."""
         rec = self.tasks.get(task_id)
         if rec is None:
-            return self.finished.get(task_id) is TaskState.CANCELED
+            return "canceled" if self.finished.get(task_id) is TaskState.CANCELED else ""
         if rec.state is TaskState.QUEUED and rec.worker is None:
             try:
                 self.queues[rec.spec.queue].remove(task_id)
@@ -280,14 +291,14 @@ class Ventilator(Node):
                 heapq.heapify(self.delayed)
             self._finish(rec, TaskState.CANCELED, None)
             self.counters["canceled"] += 1
-            return True
+            return "canceled"
         w = self.workers.get(rec.worker) if rec.worker is not None else None
         if w is not None and w.executor == "process":
             # the worker drops it if not started, or terminates the process running it,
             # and reports CANCELED; a thread cannot be stopped, so those say False
             self._send(self.wsock, w.ident, P.pack(P.CANCEL, {"ids": [task_id]}))
-            return True
-        return False
+            return "requested"
+        return ""
 
     def _finish(self, rec: TaskRecord, state: TaskState, error: Optional[ErrorInfo]) -> None:
         """Finish a task that no worker will report on: the result goes to the sink."""
@@ -323,6 +334,8 @@ class Ventilator(Node):
             ids = P.str_list(msg.header, "ids", cmd)
             states = P.str_list(msg.header, "states", cmd)
             credit = P.field(msg.header, "credit", int, cmd)
+            if len(ids) != len(states) or not all(st in _FINAL_STATES for st in states):
+                raise ProtocolError("DONE: ids and final states must pair up")
             for tid, st in zip(ids, states):
                 w.inflight.discard(tid)
                 rec = self.tasks.get(tid)
@@ -476,13 +489,17 @@ class Ventilator(Node):
             size += len(spec.args)
         if not batch:
             return
-        if not self._send(self.wsock, w.ident, P.pack_tasks(P.TASKS, batch, fns)):
-            # the worker is gone: put the batch back and forget the worker
-            for spec in reversed(batch):
+        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, batch, fns))
+        if err:
+            for spec in reversed(batch):  # not sent: put the batch back
                 q.appendleft(spec.task_id)
-            self._drop_worker(w, cause="its connection was closed")
+            if err == zmq.EHOSTUNREACH:  # the worker's connection is gone
+                self._drop_worker(w, cause="its connection was closed")
             return
-        w.fns.update(fns)
+        for d in fns:  # kept in step with the worker's function store (same order, same cap)
+            w.fns[d] = None
+        while len(w.fns) > FN_STORE_PER_WORKER:
+            w.fns.popitem(last=False)
         w.credit -= len(batch)
         w.last_sent = time.monotonic()
         for spec in batch:

@@ -50,8 +50,11 @@ class NodeProcess:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "NodeProcess":
+        # a session of its own: Ctrl-C in a terminal reaches only the parent, which stops
+        # its nodes in order (one SIGTERM each); they exit with their parent regardless
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=self.env, text=True, bufsize=1)
+                                     stderr=subprocess.PIPE, env=self.env, text=True, bufsize=1,
+                                     start_new_session=True)
         threading.Thread(target=self._read, name=f"zq-{self.name}-stderr", daemon=True).start()
         return self
 

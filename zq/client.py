@@ -70,7 +70,7 @@ class Client(concurrent.futures.Executor):
         ventilator: Optional[str] = None,
         sink: Optional[str] = None,
         policies: Sequence[Policy] = (),
-        retain_result: Optional[bool] = False,
+        retain_result: Optional[bool] = None,
         unreachable_timeout: float = 60.0,
         keys: Optional[str] = None,
         key_name: Optional[str] = None,
@@ -237,15 +237,17 @@ class Client(concurrent.futures.Executor):
             try:
                 futs.reverse()
                 while futs:
-                    f = futs.pop()
                     left = None if deadline is None else deadline - time.monotonic()
+                    value = futs[-1].result(left)  # stays in futs (and is cancelled) if it raises
+                    futs.pop()
                     if chunksize == 1:
-                        yield f.result(left)
+                        yield value
                     else:
-                        yield from f.result(left)
+                        yield from value
             finally:
-                for f in futs:
-                    f.cancel()
+                pending = [f for f in futs if not f.done()]
+                if pending:
+                    self._cancel_futures(pending)
 
         return results()
 
@@ -278,7 +280,11 @@ class Client(concurrent.futures.Executor):
         return ResultRow(row, payload).to_result()
 
     def cancel(self, task_id: str) -> bool:
-        """Cancel a task by id; True if it will not run."""
+        """Cancel a task by id; True if it will not run (or was stopped while running)."""
+        with self._lock:
+            fut = self._futures.get(task_id)
+        if fut is not None:
+            return self._cancel_futures([fut])[0]
         return bool(self._request("ventilator", "cancel", {"ids": [task_id]})[0])
 
     def stats(self) -> dict:
@@ -295,11 +301,15 @@ class Client(concurrent.futures.Executor):
             log.warning("cancel failed: %s", exc)
             return [False] * len(futs)
         out = []
+        deadline = time.monotonic() + REQUEST_TIMEOUT
         for f, ok in zip(futs, oks):
-            if ok and f._cancel_local():
-                f.set_running_or_notify_cancel()
+            if ok == "canceled" and f._cancel_local():
                 self._forget(f.task_id, TaskState.CANCELED)
-            out.append(bool(ok) or f.cancelled())
+            elif ok == "requested":
+                # its process is being stopped: the result (CANCELED, or the value if it
+                # finished first) settles the future
+                concurrent.futures.wait([f], timeout=max(0.0, deadline - time.monotonic()))
+            out.append(f.cancelled())
         return out
 
     def _request(self, node: str, op: str, header: dict, timeout: Optional[float] = None,
@@ -458,7 +468,17 @@ class Client(concurrent.futures.Executor):
         limit = P.batch_limit(self._max_message)
         start = 0
         while start < len(tasks):
-            n = P.take_batch(tasks[start:start + 5000], limit, size=lambda t: t.args)
+            # count each new function once with the first task that needs it
+            seen: set[bytes] = set()
+
+            def size(t: TaskSpec) -> int:
+                extra = 0
+                if (force_fns or t.digest not in self._sent_fns) and t.digest not in seen:
+                    seen.add(t.digest)
+                    extra = len(self._fn_bytes[t.digest])
+                return len(t.args) + extra
+
+            n = P.take_batch(tasks[start:start + 5000], limit, size=size)
             batch = tasks[start:start + n]
             start += n
             fns = {}
@@ -614,6 +634,8 @@ class Client(concurrent.futures.Executor):
                     f"(client unreachable_timeout={self.unreachable_timeout:g}s)"))
 
     def _fail_all(self, exc: ZqError) -> None:
+        for backlog in self._backlog.values():
+            backlog.clear()  # nobody waits for these any more
         with self._lock:
             futs = list(self._futures.values())
             self._futures.clear()

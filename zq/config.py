@@ -36,7 +36,7 @@ class Config:
     sink_result_ttl: float = 3600.0
     sink_policies: tuple[str, ...] = ()
     # [worker]
-    worker_executor: str = "thread"
+    worker_executor: str = "process"
     worker_concurrency: int = 0  # 0: os.cpu_count()
     worker_prefetch: int = -1  # -1: same as concurrency
     worker_queues: tuple[str, ...] = ("default",)

@@ -43,7 +43,14 @@ class TaskFuture(concurrent.futures.Future):
         return self._client._cancel_futures([self])[0]
 
     def _cancel_local(self) -> bool:
-        return super().cancel()
+        """Cancel here (no network) and notify waiters; safe to race with another thread."""
+        if not super().cancel():
+            return False
+        try:
+            self.set_running_or_notify_cancel()
+        except RuntimeError:  # another thread notified already
+            pass
+        return True
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
@@ -118,7 +125,6 @@ def settle(fut: TaskFuture, result: Result) -> None:
             fut.set_result(value)
         elif result.state is TaskState.CANCELED:
             fut._cancel_local()
-            fut.set_running_or_notify_cancel()
         else:
             fut.set_exception(make_exception(result))
     except concurrent.futures.InvalidStateError:  # raced with a local cancel

@@ -49,6 +49,7 @@ WATCH       C -> S      {"ids": [...]} send me these results too (retained or fu
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
@@ -333,6 +334,7 @@ def batch_limit(max_message: int) -> int:
 def take_batch(items: Any, max_bytes: int, max_count: int = 5000, size: Any = None) -> int:
     """How many of ``items`` (a sequence or deque, from the left) fit in one message.
 
+    ``size(item)`` is an item's payload size in bytes (default ``len(item.payload)``).
     Always at least one, so a single large item still travels (its size was
     checked against the maximum when it was created).
     """
@@ -341,7 +343,7 @@ def take_batch(items: Any, max_bytes: int, max_count: int = 5000, size: Any = No
     limit = min(len(items), max_count)
     while n < limit:
         item = items[n]
-        total += len(size(item) if size else item.payload)
+        total += size(item) if size else len(item.payload)
         if n and total > max_bytes:
             break
         n += 1
@@ -349,6 +351,4 @@ def take_batch(items: Any, max_bytes: int, max_count: int = 5000, size: Any = No
 
 
 def new_instance_id() -> str:
-    import os
-
     return os.urandom(6).hex()
