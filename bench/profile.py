@@ -10,6 +10,7 @@ inclusive time.
 
     pip install py-spy
     python -m bench.profile [--seconds 8] [--executor thread|process] [--batch 2000] [--out DIR]
+    python -m bench.profile --batch 0      # one task at a time: where the round trip goes
 
 Needs ptrace rights over the child processes (root, or kernel.yama.ptrace_scope=0).
 """
@@ -91,8 +92,14 @@ def _spy(pid: int, seconds: float, rate: int, out: str, spy: str) -> subprocess.
 
 
 def loop(client: Any, seconds: float, batch: int) -> int:
+    """``batch`` > 0: submit ``batch`` tasks, wait for all, repeat.  0: one at a time."""
     t0 = time.perf_counter()
     n = 0
+    if batch <= 0:
+        while time.perf_counter() - t0 < seconds:
+            client.submit(noop, 1).result(timeout=60)
+            n += 1
+        return n
     while time.perf_counter() - t0 < seconds:
         fs = [client.submit(noop, i) for i in range(batch)]
         wait(fs, timeout=120)
@@ -105,7 +112,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--executor", default="thread", choices=("thread", "process"))
     ap.add_argument("--concurrency", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=2000, help="submit this many, wait, repeat")
+    ap.add_argument("--batch", type=int, default=2000,
+                    help="submit this many, wait, repeat (0: one task at a time, the round-trip workload)")
     ap.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--out", default=None, help="keep the raw py-spy files here")
@@ -126,8 +134,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         n = loop(c.client, opts.seconds, opts.batch)
         cpu = meter.stop(n)
         rate = n / cpu["wall_s"]
-        w(f"submit loop without profiler: {rate:,.0f} tasks/s ({n:,} tasks, batches of {opts.batch}, "
-          f"{opts.executor} executor)")
+        what = f"batches of {opts.batch}" if opts.batch > 0 else "one at a time"
+        w(f"submit loop without profiler: {rate:,.0f} tasks/s ({n:,} tasks, {what}, "
+          f"{opts.executor} executor; mean {1e6 / rate:,.0f} us per task)")
         w("CPU us per task: " + ", ".join(f"{k} {v:,.1f}" for k, v in cpu["us_per_task"].items()))
         w("CPU % of wall:   " + ", ".join(f"{k} {v:.0f}%" for k, v in cpu["util_pct"].items()))
         pids = c.pids()
@@ -155,8 +164,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if busy < 0.02 * expected:
                 continue
             w("")
-            w(f"== {name} / thread {tname}: on CPU in ~{min(100.0, 100 * busy / expected):.0f}% of samples "
-              f"({busy} of ~{expected:.0f})")
+            w(f"== {name} / thread {tname}: running in ~{min(100.0, 100 * busy / expected):.0f}% of samples "
+              f"({busy} of ~{expected:.0f}; {t['idle']} more in poll/recv, i.e. woken and waiting for a CPU)")
             w("   top self time (% of this thread's busy samples):")
             for fn, k in t["self"].most_common(opts.top):
                 w(f"   {100 * k / busy:5.1f}%  {fn}")

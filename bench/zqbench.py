@@ -99,8 +99,6 @@ def submit_loop(c: Cluster, n: int, timeout: float) -> dict:
     t1 = time.perf_counter()
     cpu = meter.stop(n)
     if pending:
-        for f in pending:
-            f.cancel()
         return {"error": f"timed out after {timeout:.0f}s with {len(done)}/{n} done", "n": n}
     bad = _failures(fs)
     out = {"tasks_per_s": n / (t1 - t0), "submit_only_tasks_per_s": n / (t_sub - t0), "n": n,
@@ -141,6 +139,7 @@ def round_trip(c: Cluster, n: int, warmup: int, timeout: float) -> dict:
     run = []
     to_client = []
     pc = time.perf_counter
+    meter = c.meter().start()
     for _ in range(n):
         if deadline.expired():
             break
@@ -155,7 +154,9 @@ def round_trip(c: Cluster, n: int, warmup: int, timeout: float) -> dict:
             to_start.append(env.started_at - env.submitted_at)
             run.append(env.finished_at - env.started_at)
             to_client.append(now - env.finished_at)
+    cpu = meter.stop(max(1, len(samples)))
     out = latency_summary(samples)
+    out["cpu"] = cpu
     if to_start:
         k = len(to_start)
         out["breakdown_mean_us"] = {
@@ -192,8 +193,6 @@ def payload(c: Cluster, size: int, kind: str, n: int, timeout: float) -> dict:
     t1 = time.perf_counter()
     cpu = meter.stop(n)
     if pending:
-        for f in pending:
-            f.cancel()
         return {"error": f"timed out after {timeout:.0f}s with {len(done)}/{n} done", "size": size,
                 "kind": kind, "n": n}
     res = {"mb_per_s": n * size / (t1 - t0) / 1e6, "tasks_per_s": n / (t1 - t0), "size": size, "kind": kind,
@@ -209,80 +208,135 @@ def payload(c: Cluster, size: int, kind: str, n: int, timeout: float) -> dict:
 # ----------------------------------------------------------------------------- memory
 
 
+def _held(client: Any, timeout: float = 60.0) -> int:
+    """The ventilator's count of accepted submissions (one O(tasks) stats call)."""
+    return int(client._request("ventilator", "stats", {}, timeout=timeout)["counters"].get("submitted", 0))
+
+
+def _holds(client: Any, task_id: str) -> bool:
+    """True once the ventilator knows ``task_id`` (an O(1) status request).
+
+    Uses the client's request channel directly: ``Client.get_status`` answers QUEUED
+    for a task the client has sent even when the ventilator never received it.
+    """
+    try:
+        state = client._request("ventilator", "status", {"ids": [task_id]}, timeout=30)[0]
+    except TimeoutError:
+        return False
+    return state != "UNKNOWN"
+
+
 def memory(n: int, drain_workers: int, drain_concurrency: int, timeout: float, progress: Any = None,
-           batch: int = 50_000) -> dict:
+           pace: int = 50_000, stall: float = 30.0) -> dict:
     """Ventilator and sink RSS with ``n`` no-op tasks queued (no worker yet), then drained.
 
-    The cluster starts with no workers; ``n`` tasks are submitted and the ventilator
-    is asked for its counters until it holds them all (RSS "queued"); then
-    ``drain_workers`` workers (``--concurrency drain_concurrency``) join and run them
-    all (RSS "drained").  Bytes per queued task = (queued - idle) / n.
+    The cluster starts with no workers; ``n`` tasks are submitted -- in chunks of
+    ``pace``, each time waiting until the ventilator holds everything sent so far
+    (``pace=0``: one unpaced burst) -- and the ventilator's counters are polled until
+    it holds them all (RSS "queued").  Then ``drain_workers`` workers (``--concurrency
+    drain_concurrency``) join and run them (RSS "drained").  Bytes per queued task =
+    (queued - idle) / tasks held.  If the ventilator's count stops growing for
+    ``stall`` seconds the tasks it never received are reported as lost.
     """
     c = Cluster(workers=0, executor="thread")
     with c:
         lc = c.local
         vpid, spid = lc.ventilator.proc.pid, lc.sink.proc.pid
         client = c.client
-        # warm the client side (pickled function cache, first batch) without workers: cancel
-        f = client.submit(noop, 0)
-        f.cancel()
+        base = _held(client)
         time.sleep(0.2)  # let RSS settle after start-up; not a synchronisation
         idle = {"ventilator": rss_bytes(vpid), "sink": rss_bytes(spid), "client": rss_bytes(os.getpid())}
         deadline = Deadline(timeout)
+
+        def wait_held(fut: Any) -> bool:
+            """Wait until the ventilator holds ``fut``'s task (so every earlier one: FIFO).
+
+            Gives up when the ventilator's count has not grown for ``stall`` seconds.
+            """
+            last, since, checked = -1, time.monotonic(), time.monotonic()
+            while not deadline.expired():
+                if _holds(client, fut.task_id):
+                    return True
+                now = time.monotonic()
+                if now - checked > 5.0:  # an O(tasks) call: seldom
+                    checked = now
+                    try:
+                        count = _held(client)
+                    except TimeoutError:
+                        count = last
+                    if count != last:
+                        last, since = count, now
+                    if progress is not None:
+                        progress.note(f"memory: ventilator holds {count - base:,}/{n:,}")
+                if now - since > stall:
+                    return False
+                time.sleep(0.1)  # polling the ventilator
+            return False
+
         t0 = time.perf_counter()
-        fs = []
-        for i in range(n):
-            fs.append(client.submit(noop, i))
-            if progress is not None and i and i % batch == 0:
-                progress.note(f"memory: submitted {i:,}/{n:,}")
-        t_sub = time.perf_counter()
-        held = 0
-        while not deadline.expired():
-            held = client.stats()["ventilator"]["counters"].get("submitted", 0)
+        fs: list = []
+        submit_s = 0.0
+        step = pace if pace > 0 else n
+        complete = True
+        for lo in range(0, n, step):
+            ts = time.perf_counter()
+            fs.extend(client.submit(noop, i) for i in range(lo, min(n, lo + step)))
+            submit_s += time.perf_counter() - ts
             if progress is not None:
-                progress.note(f"memory: ventilator holds {held:,}/{n:,}")
-            if held >= n:
+                progress.note(f"memory: submitted {len(fs):,}/{n:,}, waiting for the ventilator to hold them")
+            if pace > 0 and not wait_held(fs[-1]):
+                complete = False
                 break
-            time.sleep(0.5)  # polling the ventilator's counter
+        if complete and pace <= 0:
+            complete = wait_held(fs[-1])
         t_held = time.perf_counter()
+        held = _held(client) - base
         queued = {"ventilator": rss_bytes(vpid), "sink": rss_bytes(spid), "client": rss_bytes(os.getpid())}
         out: dict[str, Any] = {
-            "n": n, "rss_idle": idle, "rss_queued": queued,
-            "submit_s": t_sub - t0, "ingest_s": t_held - t0,
-            "submit_tasks_per_s": n / (t_sub - t0) if t_sub > t0 else None,
+            "n": n, "held": held, "paced_by": pace or None, "rss_idle": idle, "rss_queued": queued,
+            "submit_s": submit_s, "ingest_s": t_held - t0,
+            "submit_tasks_per_s": len(fs) / submit_s if submit_s > 0 else None,
+            "ingest_tasks_per_s": held / (t_held - t0) if t_held > t0 else None,
         }
-        if held < n:
-            out["error"] = f"ventilator held only {held}/{n} tasks before the deadline"
-            for f in fs:
-                f.cancel()
-            return out
+        for role in ("ventilator", "sink", "client"):
+            if queued[role] is not None and idle[role] is not None and held:
+                out.setdefault("bytes_per_queued_task", {})[role] = (queued[role] - idle[role]) / held
+        if held < n or not complete:
+            out["error"] = (f"the ventilator received only {held:,} of {len(fs):,} submitted tasks "
+                            f"(the last one unknown to it after {stall:.0f}s): the rest were lost between "
+                            "client and ventilator")
         # drain: start workers now
         t1 = time.perf_counter()
         for _ in range(drain_workers):
             lc.add_worker(extra=["--concurrency", str(drain_concurrency)], wait=True)
         remaining = list(fs)
+        last_done, since = 0, time.monotonic()
         while remaining and not deadline.expired():
             done, pending = wait(remaining, timeout=min(2.0, deadline.left()))
             remaining = list(pending)
+            finished = len(fs) - len(remaining)
             if progress is not None:
-                progress.note(f"memory: drained {n - len(remaining):,}/{n:,}")
+                progress.note(f"memory: drained {finished:,}/{held:,}")
+            if finished >= held:
+                break
+            if finished != last_done:
+                last_done, since = finished, time.monotonic()
+            elif time.monotonic() - since > stall:
+                break
         t2 = time.perf_counter()
+        finished = len(fs) - len(remaining)
         drained = {"ventilator": rss_bytes(vpid), "sink": rss_bytes(spid), "client": rss_bytes(os.getpid())}
         out["rss_drained"] = drained
         out["drain_s"] = t2 - t1
-        out["drain_tasks_per_s"] = (n - len(remaining)) / (t2 - t1)
+        out["drained"] = finished
+        out["drain_tasks_per_s"] = finished / (t2 - t1)
         out["drain_workers"] = drain_workers
         out["drain_concurrency"] = drain_concurrency
-        for role in ("ventilator", "sink", "client"):
-            if queued[role] is not None and idle[role] is not None:
-                out.setdefault("bytes_per_queued_task", {})[role] = (queued[role] - idle[role]) / n
-        if remaining:
-            out["error"] = f"drain timed out with {len(remaining)}/{n} unfinished"
-            for f in remaining:
-                f.cancel()
-        else:
+        if finished < held and "error" not in out:
+            out["error"] = f"drain stopped with {held - finished:,} of {held:,} tasks unfinished"
+        elif "error" not in out:
             bad = _failures(fs[:1000])
             if bad:
                 out["error"] = f"{bad} of the first 1000 tasks failed"
-        del fs, remaining
+        del fs, remaining  # unfinished futures fail with ClientClosed at shutdown
     return out
