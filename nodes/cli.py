@@ -208,10 +208,11 @@ def up(config_path: Optional[str], n_workers: int, executor: str, concurrency: O
     """Every role on this machine, in the foreground; Ctrl-C stops all cleanly."""
     from .local import LocalCluster
 
-    _config(config_path, keys=keys)  # validate before starting anything
+    cfg = _config(config_path, keys=keys)  # validate before starting anything
     env = {"ZQ_SECURITY_KEYS": os.path.abspath(keys)} if keys else {}
+    bind = {"clients": cfg.ventilator_clients, "workers": cfg.ventilator_workers, "sink": cfg.sink_endpoint}
     cluster = LocalCluster(workers=n_workers, executor=executor, concurrency=concurrency or 0,
-                           config=config_path, echo=True, exit_with_parent=True, env=env)
+                           config=config_path, echo=True, exit_with_parent=True, env=env, bind=bind)
     stop = threading.Event()
     _install_signals(stop.set)
     if exit_with_parent:

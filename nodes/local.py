@@ -33,7 +33,10 @@ class LocalCluster:
         env: Optional[dict[str, str]] = None,
         echo: bool = False,
         exit_with_parent: bool = True,
+        bind: Optional[dict[str, str]] = None,
     ) -> None:
+        """``bind``: the endpoints to bind (``clients``, ``workers``, ``sink``); by default
+        random ports on ``host``."""
         self.n_workers = workers
         self.executor = executor
         self.concurrency = concurrency
@@ -49,6 +52,7 @@ class LocalCluster:
         self.sink: Optional[NodeProcess] = None
         self.workers: list[NodeProcess] = []
         self.endpoints: dict[str, str] = {}
+        self.bind = bind
 
     def _cfg(self) -> list[str]:
         return ["--config", self.config] if self.config else []
@@ -62,11 +66,9 @@ class LocalCluster:
 
     def _start(self, timeout: float) -> dict[str, str]:
         rnd = f"tcp://{self.host}:0"
-        if not self.config:
-            vent = ["ventilator", "--clients", rnd, "--workers", rnd]
-            sink = ["sink", "--endpoint", rnd]
-        else:
-            vent, sink = ["ventilator", *self._cfg()], ["sink", *self._cfg()]
+        b = self.bind or {"clients": rnd, "workers": rnd, "sink": rnd}
+        vent = ["ventilator", *self._cfg(), "--clients", b["clients"], "--workers", b["workers"]]
+        sink = ["sink", *self._cfg(), "--endpoint", b["sink"]]
         self.sink = NodeProcess([*sink, *self.sink_args, *self.parent], self.env, self.echo, "sink").start()
         sink_eps = self.sink.wait_ready(timeout)
         self.ventilator = NodeProcess([*vent, "--sink", sink_eps["endpoint"], *self.ventilator_args,

@@ -1,16 +1,19 @@
 """The ventilator: accepts tasks from clients and hands them to workers by credit.
 
-    clients (DEALER) ──SUBMIT/REQUEST──▶ [clients ROUTER] ┐
-                     ◀──REPLY/REJECT───                   │  one thread owns
-    workers (DEALER) ◀──TASKS/CANCEL─── [workers ROUTER]  ├─ all three sockets
-                     ──READY/STARTED/DONE/RETRY/BYE──▶    │  (Ventilator.loop)
+    clients (DEALER) ──SUBMIT/REQUEST/HB──▶ [clients ROUTER] ┐
+                     ◀──REPLY/REJECT/PROGRESS/HB──           │  one thread owns
+    workers (DEALER) ◀──TASKS/CANCEL/HB── [workers ROUTER]   ├─ all three sockets
+                     ──READY/STARTED/DONE/RETRY/BYE/         │  (Ventilator.loop)
+                       PROGRESS/SPAWN/CONTINUE/HB──▶         │
     sink (ROUTER)    ◀──RESULT (cancelled, WorkerLost)─ [DEALER, SinkLink]
 
 Dispatch (``_dispatch``) is by credit: a worker announces how many tasks it can
 take (READY) and gets more credit back with every DONE; the ventilator never
 sends more than the credit, so no worker hoards a backlog and the ROUTER never
-reaches its high-water mark.  Each queue is FIFO; a task handed back after a
-lost worker or for a retry goes to the front of its queue.
+reaches its high-water mark.  *Which* task goes next (priorities, paused queues,
+disabled names, concurrency and rate limits, delays) is decided in
+``nodes/dispatch.py``.  Every state change goes through ``_set_state``, checked
+against ``zq.envelope.TRANSITIONS`` and reported to ``on_state`` policies.
 
 A worker silent for ``heartbeat_timeout`` is lost: every task it held is queued
 again with the cause recorded; after 3 losses the task fails with WorkerLost.
@@ -19,22 +22,26 @@ again with the cause recorded; after 3 losses the task fails with WorkerLost.
 from __future__ import annotations
 
 import collections
-import heapq
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import zmq
 
 from zq import protocol as P
 from zq._sockets import check_bind_allowed, router
 from zq.config import Config
-from zq.envelope import ErrorInfo, TaskState
+from zq.envelope import ErrorInfo, TaskInfo, TaskState, can_transition
 from zq.errors import ProtocolError
+from zq.policy import Policy, run_hooks
 from zq.protocol import TaskSpec
 
+from . import admin
 from .common import HOST, Node, Peers, SinkLink, result_row
+from .dispatch import Dispatch
+from .history import History
 from .journal import Journal
+from .scheduler import Scheduler
 
 log = logging.getLogger("zq.ventilator")
 
@@ -42,8 +49,6 @@ MAX_LOST_ATTEMPTS = 3
 FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
 FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
-
-
 _FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED))
 
 
@@ -78,31 +83,38 @@ class WorkerInfo:
 
 
 class TaskRecord:
-    __slots__ = ("spec", "state", "worker", "client")
+    __slots__ = ("spec", "state", "worker", "client", "progress")
 
     def __init__(self, spec: TaskSpec, client: bytes) -> None:
         self.spec = spec
-        self.state = TaskState.QUEUED
+        self.state = TaskState.UNKNOWN
         self.worker: Optional[bytes] = None
         self.client = client
+        self.progress: Optional[list] = None  # [done, total, message, time]
 
 
 class Ventilator(Node):
     role = "ventilator"
 
-    def __init__(self, config: Config, journal: Optional[str] = None) -> None:
+    def __init__(self, config: Config, journal: Optional[str] = None, policies: Sequence[Policy] = (),
+                 history_retention: float = 7 * 86400.0) -> None:
         super().__init__(config)
         self.journal_path = journal
         self.journal: Optional[Journal] = None
+        self.policies = list(policies)
+        self.history_retention = history_retention
         self._journaled_fns: set[bytes] = set()
         self.tasks: dict[str, TaskRecord] = {}
-        self.queues: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
-        self.delayed: list[tuple[float, str]] = []  # (monotonic not-before, task id)
+        self.dispatch = Dispatch()
         self.fns: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.workers: dict[bytes, WorkerInfo] = {}
         self.finished: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
+        self.keyed: dict[str, str] = {}  # de-duplication key -> task id, while queued or running
+        self.registry: dict[str, dict] = {}  # task name -> what workers said about it (--import)
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
         self.client_peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
+        self.history = History()
+        self.scheduler = Scheduler()
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -128,18 +140,18 @@ class Ventilator(Node):
     def _resume(self, path: str) -> None:
         """Open the journal and queue again every task it holds (results retained)."""
         self.journal = Journal(path)
+        self.history = History(self.journal.db, self.history_retention)
+        self.scheduler = Scheduler(self.journal.db)
         specs, fns = self.journal.load()
         self.fns.update(fns)
         self._journaled_fns.update(fns)
         for spec in specs:
             spec.retain = True  # its client may be gone: keep the result at the sink
-            self.tasks[spec.task_id] = TaskRecord(spec, spec.client.encode())
-            self.queues[spec.queue].append(spec.task_id)
-            self.journal.put(spec)
+            self._accept(spec, spec.client.encode(), journal=False)
         self.journal.prune_functions(s.digest for s in specs)
-        self.journal.commit()
         if specs:
             log.info("journal %s: resumed %d task(s)", path, len(specs))
+
     def close(self) -> None:
         for s in ("clients", "wsock"):
             sock = getattr(self, s, None)
@@ -182,8 +194,7 @@ class Ventilator(Node):
                 return
             ident = frames[0].bytes
             try:
-                msg = P.unpack(frames[1:])
-                handler(ident, msg)
+                handler(ident, P.unpack(frames[1:]))
             except ProtocolError as exc:
                 self.bad_message("clients" if sock is self.clients else "workers", exc)
                 self._send(sock, ident, P.error_message("protocol", str(exc)))
@@ -204,32 +215,62 @@ class Ventilator(Node):
             log.debug("cannot send to %r: %s", ident, exc)
             return exc.errno
 
-    # -- clients ----------------------------------------------------------------------
     def _heartbeat(self) -> list:
         return P.pack(P.HEARTBEAT, {"id": "ventilator", "instance": self.instance,
                                     "max": self.config.max_message_size})
 
+    # -- task states ------------------------------------------------------------------
+    def _set_state(self, rec: TaskRecord, new: TaskState) -> None:
+        """The one place a task changes state: checked against TRANSITIONS, reported."""
+        old = rec.state
+        if not can_transition(old, new):
+            self.counters["odd_transitions"] += 1
+            log.warning("task %s: unexpected transition %s -> %s", rec.spec.task_id, old, new)
+        rec.state = new
+        if self.policies:
+            s = rec.spec
+            info = TaskInfo(s.task_id, s.name, s.queue, s.attempt, retries=s.retries, timeout=s.timeout,
+                            retain_result=s.retain)
+            run_hooks(self.policies, "on_state", info, s.task_id, old, new)
+
+    def shown_state(self, rec: TaskRecord) -> TaskState:
+        if rec.state is TaskState.QUEUED and rec.worker is None and self.dispatch.held_back(rec.spec):
+            return TaskState.PAUSED
+        return rec.state
+
+    def shown_state_of(self, task_id: str) -> TaskState:
+        rec = self.tasks.get(task_id)
+        if rec is not None:
+            return self.shown_state(rec)
+        state = self.finished.get(task_id)
+        if state is None:
+            e = self.history.get(task_id)
+            state = TaskState(e["state"]) if e else TaskState.UNKNOWN
+        return state
+
+    # -- clients ----------------------------------------------------------------------
     def _on_client(self, ident: bytes, msg: P.Message) -> None:
         cmd = msg.command
         if self.client_peers.seen(ident, time.monotonic()):
             self._send(self.clients, ident, self._heartbeat())  # a new client learns our instance
         if cmd == P.SUBMIT:
-            self._on_submit(ident, msg)
+            ids = self._on_submit(ident, msg)
+            req = msg.header.get("req")
+            if isinstance(req, int):  # a submit waiting for its answer (de-duplication keys)
+                self._send(self.clients, ident, P.pack(P.REPLY, {"req": req, "ok": True, "data": ids}))
         elif cmd == P.REQUEST:
             req = P.field(msg.header, "req", int, cmd)
             op = P.field(msg.header, "op", str, cmd)
             try:
-                data = self._request(ident, op, msg.header)
-                reply = {"req": req, "ok": True, "data": data}
+                reply = {"req": req, "ok": True, "data": admin.handle(self, ident, op, msg.header)}
             except (ProtocolError, KeyError, TypeError, ValueError) as exc:
                 reply = {"req": req, "ok": False, "error": f"{op}: {exc}"}
             self._send(self.clients, ident, P.pack(P.REPLY, reply))
-        elif cmd == P.HEARTBEAT:
-            pass  # liveness only: we heartbeat our clients from _tick
-        else:
+        elif cmd != P.HEARTBEAT:  # heartbeats: liveness only (we heartbeat clients from _tick)
             raise ProtocolError(f"clients may not send {cmd.decode()}")
 
-    def _on_submit(self, ident: bytes, msg: P.Message) -> None:
+    def _on_submit(self, ident: bytes, msg: P.Message) -> list[str]:
+        """Accept a batch; the id each task goes by (a de-duplicated one: the existing task)."""
         tasks, fns = P.unpack_tasks(msg)
         for digest, frame in fns.items():
             self.fns[digest] = frame
@@ -237,85 +278,130 @@ class Ventilator(Node):
         while len(self.fns) > FN_MEMORY:
             self.fns.popitem(last=False)
         missing: list[str] = []
+        ids: list[str] = []
         for spec in tasks:
-            if spec.digest not in self.fns:
+            if spec.digest != P.BY_NAME and spec.digest not in self.fns:
                 missing.append(spec.task_id)
+                ids.append(spec.task_id)
                 continue
-            rec = self.tasks.get(spec.task_id)
-            if rec is not None:  # a resubmission (client reconnected): keep the one we have
-                rec.client = ident
-                continue
-            if spec.task_id in self.finished:
-                continue  # already ran; its result is at the sink
-            spec.client = spec.client or ident.decode("utf-8", "replace")
-            self.tasks[spec.task_id] = TaskRecord(spec, ident)
-            if self.journal is not None:
-                self.journal.put(spec)
-                if spec.digest not in self._journaled_fns:
-                    self.journal.put_function(spec.digest, self.fns[spec.digest])
-                    self._journaled_fns.add(spec.digest)
-            self.queues[spec.queue].append(spec.task_id)
-            self.counters["submitted"] += 1
+            ids.append(self._accept(spec, ident))
         if missing:
             self._send(self.clients, ident, P.pack(P.REJECT, {
                 "ids": missing, "code": "unknown-function",
                 "msg": "the ventilator does not hold this function (it restarted?): send it again"}))
+        return ids
 
-    def _request(self, ident: bytes, op: str, h: dict) -> Any:
-        if op == "status":
-            return [self.state_of(tid).value for tid in P.str_list(h, "ids", P.REQUEST)]
-        if op == "cancel":
-            return [self._cancel(tid) for tid in P.str_list(h, "ids", P.REQUEST)]
-        if op == "stats":
-            return self.stats()
-        raise ValueError(f"unknown operation {op!r}")
+    def _accept(self, spec: TaskSpec, ident: bytes, journal: bool = True) -> str:
+        rec = self.tasks.get(spec.task_id)
+        if rec is not None:  # a resubmission (client reconnected): keep the one we have
+            rec.client = ident
+            return spec.task_id
+        if spec.task_id in self.finished:
+            return spec.task_id  # already ran; its result is at the sink
+        key = (spec.opts or {}).get("key")
+        if isinstance(key, str):
+            existing = self.keyed.get(key)
+            if existing is not None and existing in self.tasks:
+                self.counters["deduplicated"] += 1
+                return existing
+            self.keyed[key] = spec.task_id
+        spec.client = spec.client or ident.decode("utf-8", "replace")
+        rec = self.tasks[spec.task_id] = TaskRecord(spec, ident)
+        if journal and self.journal is not None:
+            self.journal.put(spec)
+            if spec.digest != P.BY_NAME and spec.digest not in self._journaled_fns:
+                self.journal.put_function(spec.digest, self.fns[spec.digest])
+                self._journaled_fns.add(spec.digest)
+        now = time.monotonic()
+        self.dispatch.learn(spec, now)
+        self._set_state(rec, TaskState.QUEUED)
+        eta = (spec.opts or {}).get("eta")
+        if isinstance(eta, (int, float)) and eta > time.time():
+            self.dispatch.push_later(spec.task_id, now + (eta - time.time()))
+        else:
+            self.dispatch.push(spec)
+        self.counters["submitted"] += 1
+        return spec.task_id
 
-    def state_of(self, task_id: str) -> TaskState:
-        rec = self.tasks.get(task_id)
-        if rec is not None:
-            return rec.state
-        return self.finished.get(task_id, TaskState.UNKNOWN)
-
-    def _cancel(self, task_id: str) -> str:
+    def cancel(self, task_id: str) -> str:
         """``"canceled"`` (it will not run), ``"requested"`` (its process worker was asked to
         stop it: the outcome arrives as its result, CANCELED or not), or ``""`` (too late,
         or it runs in a thread, which cannot be stopped)."""
         rec = self.tasks.get(task_id)
         if rec is None:
-            return "canceled" if self.finished.get(task_id) is TaskState.CANCELED else ""
-        if rec.state is TaskState.QUEUED and rec.worker is None:
-            try:
-                self.queues[rec.spec.queue].remove(task_id)
-            except ValueError:  # waiting in the retry heap
-                self.delayed = [(t, i) for t, i in self.delayed if i != task_id]
-                heapq.heapify(self.delayed)
+            return "canceled" if self.shown_state_of(task_id) is TaskState.CANCELED else ""
+        if rec.worker is None:  # queued, paused or waiting out a retry delay
+            self.dispatch.remove(rec.spec)
             self._finish(rec, TaskState.CANCELED, None)
             self.counters["canceled"] += 1
             return "canceled"
-        w = self.workers.get(rec.worker) if rec.worker is not None else None
+        w = self.workers.get(rec.worker)
         if w is not None and w.executor == "process":
             # the worker drops it if not started, or terminates the process running it,
-            # and reports CANCELED; a thread cannot be stopped, so those say False
+            # and reports CANCELED; a thread cannot be stopped, so those say no
             self._send(self.wsock, w.ident, P.pack(P.CANCEL, {"ids": [task_id]}))
             return "requested"
         return ""
 
+    def requeue(self, task_id: str) -> str:
+        """Run a failed or cancelled task again, as a new task (returned) with the same call."""
+        old = self.history.spec(task_id)
+        if old is None:
+            raise KeyError(f"no failed or cancelled task {task_id} with its arguments in the history")
+        n = 1
+        while f"{task_id}~{n}" in self.tasks or self.shown_state_of(f"{task_id}~{n}") is not TaskState.UNKNOWN:
+            n += 1
+        opts = dict(old.opts or {}, parent=task_id, root=(old.opts or {}).get("root") or task_id)
+        opts.pop("key", None)
+        spec = TaskSpec(f"{task_id}~{n}", old.name, old.queue, old.digest, old.client, True, old.retries,
+                        old.timeout, time.time(), opts=opts, args=old.args)
+        if spec.digest != P.BY_NAME and spec.digest not in self.fns:
+            raise KeyError(f"the function of {task_id} is no longer held here")
+        return self._accept(spec, old.client.encode())
+
+    def set_paused(self, queue: str, paused: bool) -> int:
+        """Pause or resume a queue; the number of its waiting tasks (shown PAUSED or QUEUED)."""
+        (self.dispatch.paused.add if paused else self.dispatch.paused.discard)(queue)
+        self._announce_hold(lambda s: s.queue == queue, paused)
+        return self.dispatch.waiting(queue)
+
+    def set_disabled(self, name: str, disabled: bool) -> bool:
+        (self.dispatch.disabled.add if disabled else self.dispatch.disabled.discard)(name)
+        self._announce_hold(lambda s: s.name == name, disabled)
+        return disabled
+
+    def _announce_hold(self, which: Any, held: bool) -> None:
+        if not self.policies:
+            return
+        for rec in self.tasks.values():
+            if rec.state is TaskState.QUEUED and rec.worker is None and which(rec.spec):
+                old, new = (TaskState.QUEUED, TaskState.PAUSED) if held else (TaskState.PAUSED, TaskState.QUEUED)
+                rec.state = old
+                self._set_state(rec, new)
+                rec.state = TaskState.QUEUED  # PAUSED is shown, not stored
+
     def _finish(self, rec: TaskRecord, state: TaskState, error: Optional[ErrorInfo]) -> None:
         """Finish a task that no worker will report on: the result goes to the sink."""
         spec = rec.spec
-        self._forget_task(spec.task_id)
-        self._remember(spec.task_id, state)
+        self._close(rec, state, "ventilator", error.type if error else None)
         self.sink.add(result_row(spec, state, error, worker="ventilator", attempts=spec.attempt))
 
-    def _forget_task(self, task_id: str) -> None:
-        self.tasks.pop(task_id, None)
+    def _close(self, rec: TaskRecord, state: TaskState, worker: str, error: Optional[str]) -> None:
+        """A task is finished: forget it here, remember its state and history."""
+        spec = rec.spec
+        if rec.worker is not None:
+            self.dispatch.finished(spec)
+        self._set_state(rec, state)
+        self.tasks.pop(spec.task_id, None)
+        key = (spec.opts or {}).get("key")
+        if key is not None and self.keyed.get(key) == spec.task_id:
+            del self.keyed[key]
         if self.journal is not None:
-            self.journal.remove(task_id)
-
-    def _remember(self, task_id: str, state: TaskState) -> None:
-        self.finished[task_id] = state
+            self.journal.remove(spec.task_id)
+        self.finished[spec.task_id] = state
         if len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
+        self.history.add(spec, state.value, worker, error)
 
     # -- workers ----------------------------------------------------------------------
     def _on_worker(self, ident: bytes, msg: P.Message) -> None:
@@ -330,77 +416,131 @@ class Ventilator(Node):
             self._send(self.wsock, ident, P.pack(P.UNKNOWN, {"instance": self.instance}))
             return
         w.last_seen = now
+        h = msg.header
         if cmd == P.DONE:
-            ids = P.str_list(msg.header, "ids", cmd)
-            states = P.str_list(msg.header, "states", cmd)
-            credit = P.field(msg.header, "credit", int, cmd)
+            ids = P.str_list(h, "ids", cmd)
+            states = P.str_list(h, "states", cmd)
+            credit = P.field(h, "credit", int, cmd)
             if len(ids) != len(states) or not all(st in _FINAL_STATES for st in states):
                 raise ProtocolError("DONE: ids and final states must pair up")
             for tid, st in zip(ids, states):
                 w.inflight.discard(tid)
                 rec = self.tasks.get(tid)
                 if rec is not None and rec.worker == ident:
-                    self._forget_task(tid)
-                    self._remember(tid, TaskState(st))
+                    self._close(rec, TaskState(st), w.id, None if st == "SUCCESS" else st)
                     self.counters["done"] += 1
                     w.done += 1
             w.credit = max(0, min(100_000, w.credit + credit))
         elif cmd == P.STARTED:
-            for tid in P.str_list(msg.header, "ids", cmd):
+            for tid in P.str_list(h, "ids", cmd):
                 rec = self.tasks.get(tid)
                 if rec is not None and rec.worker == ident and rec.state is TaskState.QUEUED:
-                    rec.state = TaskState.RUNNING
+                    self._set_state(rec, TaskState.RUNNING)
         elif cmd == P.RETRY:
-            tid = P.field(msg.header, "id", str, cmd)
-            delay = float(P.field(msg.header, "delay", (int, float), cmd))
-            w.credit += max(0, P.field(msg.header, "credit", int, cmd))
+            tid = P.field(h, "id", str, cmd)
+            delay = float(P.field(h, "delay", (int, float), cmd))
             w.inflight.discard(tid)
             rec = self.tasks.get(tid)
             if rec is not None and rec.worker == ident:
-                lost = msg.header.get("lost")
+                lost = h.get("lost")
                 if isinstance(lost, str):  # its executor process died, not a retry of an error
                     rec.spec.lost.append(lost)
                     self.counters["lost_attempts"] += 1
                 else:
                     self.counters["retried"] += 1
+                    self._set_state(rec, TaskState.RETRYING)
                 rec.spec.attempt += 1
                 self._requeue(rec, delay=delay)
         elif cmd == P.BYE:
-            for tid in P.str_list(msg.header, "ids", cmd):
+            for tid in P.str_list(h, "ids", cmd):
                 w.inflight.discard(tid)
                 rec = self.tasks.get(tid)
                 if rec is not None and rec.worker == ident:
                     self._requeue(rec)
-            if msg.header.get("final"):
+            if h.get("final"):
                 log.info("%s left", w.describe())
                 self._drop_worker(w, cause=None)
             else:
                 w.credit = 0  # a stopping worker takes nothing more
-        elif cmd == P.HEARTBEAT:
-            pass
-        else:
+        elif cmd == P.PROGRESS:
+            self._on_progress(h)
+        elif cmd == P.SPAWN:
+            self._on_submit(ident, msg)
+        elif cmd == P.CONTINUE:
+            self._on_continue(w, msg)
+        elif cmd != P.HEARTBEAT:
             raise ProtocolError(f"workers may not send {cmd.decode()}")
+
+    def _on_progress(self, h: dict) -> None:
+        rows = P.field(h, "p", list, P.PROGRESS)
+        by_client: dict[bytes, list] = {}
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)):
+                raise ProtocolError("PROGRESS rows are [id, done, total, message, time]")
+            rec = self.tasks.get(row[0])
+            if rec is not None:
+                rec.progress = row[1:]
+                by_client.setdefault(rec.client, []).append(row)
+        for client, prows in by_client.items():
+            self._send(self.clients, client, P.pack(P.PROGRESS, {"p": prows}))
+
+    def _on_continue(self, w: WorkerInfo, msg: P.Message) -> None:
+        """The task goes on as another call: same id, new function and arguments."""
+        h = msg.header
+        tid = P.field(h, "id", str, P.CONTINUE)
+        digest = P.field(h, "digest", bytes, P.CONTINUE)
+        then = P.field(h, "then", list, P.CONTINUE)
+        if len(msg.payload) != 2 or len(digest) != 16:
+            raise ProtocolError("CONTINUE carries a 16-byte digest, a function frame and an argument frame")
+        w.inflight.discard(tid)
+        rec = self.tasks.get(tid)
+        if rec is None or rec.worker != w.ident:
+            return
+        fn = msg.payload[0]
+        if len(fn):
+            self.fns[digest] = fn
+        spec = rec.spec
+        spec.name = str(h.get("name") or spec.name)
+        spec.digest = digest
+        queue = h.get("queue")
+        if isinstance(queue, str) and queue:
+            spec.queue = queue
+        spec.args = msg.payload[1]
+        spec.opts = dict(spec.opts or {}, then=then, hops=(spec.opts or {}).get("hops", 0) + 1)
+        if self.journal is not None and digest not in self._journaled_fns and digest in self.fns:
+            self.journal.put_function(digest, self.fns[digest])
+            self._journaled_fns.add(digest)
+        self.counters["continued"] += 1
+        self._requeue(rec)
 
     def _register(self, ident: bytes, header: dict, now: float) -> None:
         new = WorkerInfo(ident, header, now)
         old = self.workers.get(ident)
         if old is not None:
-            # the same worker reconnected: it still runs what it held
-            new.inflight = old.inflight
+            new.inflight = old.inflight  # the same worker reconnected: it still runs what it held
         else:
             log.info("%s joined, queues=%s credit=%d", new.describe(), ",".join(new.queues), new.credit)
         self.workers[ident] = new
+        tasks = header.get("tasks")
+        if isinstance(tasks, dict):
+            for name, info in tasks.items():
+                if isinstance(name, str) and isinstance(info, dict):
+                    self.registry[name] = info
+                    if isinstance(info.get("schedule"), dict):
+                        self.scheduler.register(name, str(info.get("queue") or "default"), info["schedule"])
         self._send(self.wsock, ident, self._heartbeat())
 
     def _requeue(self, rec: TaskRecord, delay: float = 0.0) -> None:
-        rec.state = TaskState.QUEUED
+        if rec.worker is not None:
+            self.dispatch.finished(rec.spec)
         rec.worker = None
+        self._set_state(rec, TaskState.QUEUED)
         if self.journal is not None:
-            self.journal.put(rec.spec)  # attempt and lost causes changed
+            self.journal.put(rec.spec)  # attempt, lost causes or the call changed
         if delay > 0:
-            heapq.heappush(self.delayed, (time.monotonic() + delay, rec.spec.task_id))
+            self.dispatch.push_later(rec.spec.task_id, time.monotonic() + delay)
         else:
-            self.queues[rec.spec.queue].appendleft(rec.spec.task_id)
+            self.dispatch.push(rec.spec, front=True)
 
     def _drop_worker(self, w: WorkerInfo, cause: Optional[str]) -> None:
         """Forget a worker; re-queue what it held (a loss when ``cause`` is given)."""
@@ -437,76 +577,95 @@ class Ventilator(Node):
                 self._send(self.wsock, w.ident, self._heartbeat())
         for ident in self.client_peers.due(now):
             self._send(self.clients, ident, self._heartbeat())
-        while self.delayed and self.delayed[0][0] <= now:
-            _, tid = heapq.heappop(self.delayed)
+        for tid in self.dispatch.due(now):
             rec = self.tasks.get(tid)
-            if rec is not None and rec.state is TaskState.QUEUED and rec.worker is None:
-                self.queues[rec.spec.queue].appendleft(tid)
+            if rec is not None and rec.worker is None:
+                if rec.state is TaskState.RETRYING:
+                    self._set_state(rec, TaskState.QUEUED)
+                self.dispatch.push(rec.spec, front=rec.spec.attempt > 1)
+        for name, queue, slot in self.scheduler.due(time.time()):
+            self._fire(name, queue, slot)
         self.rate_samples.append((now, self.counters["done"]))
         self.sink.tick(now)
 
+    def _fire(self, name: str, queue: str, slot: float) -> None:
+        """A schedule's slot: a by-name task with a deterministic id (never twice)."""
+        from zq.serialize import pack_args
+
+        info = self.registry.get(name, {})
+        spec = TaskSpec(f"sched:{name}:{slot:.0f}", name, queue, P.BY_NAME, "", True,
+                        int(info.get("retries") or 0), info.get("timeout"), time.time(),
+                        opts={"slot": slot}, args=pack_args((), {}))
+        self.counters["scheduled"] += 1
+        self._accept(spec, b"")
+
     # -- dispatch ---------------------------------------------------------------------
     def _dispatch(self) -> None:
-        """Hand queued tasks to workers with credit, FIFO per queue, most credit first."""
+        """Hand queued tasks to workers with credit, most credit first."""
         if not self.workers:
             return
-        for qname, q in self.queues.items():
-            if not q:
-                continue
+        for qname in self.dispatch.names_with_work():
             ready = [w for w in self.workers.values() if w.credit > 0 and qname in w.queues]
-            if not ready:
-                continue
             ready.sort(key=lambda w: -w.credit)
             for w in ready:
-                if not q:
+                if not self._send_tasks(w, qname):
                     break
-                self._send_tasks(w, q)
 
-    def _send_tasks(self, w: WorkerInfo, q: collections.deque[str]) -> None:
-        batch: list[TaskSpec] = []
-        fns: dict[bytes, Any] = {}
-        n = min(w.credit, len(q))
+    def _lookup(self, tid: str) -> Optional[TaskSpec]:
+        rec = self.tasks.get(tid)
+        if rec is None or rec.state is not TaskState.QUEUED or rec.worker is not None:
+            return None  # cancelled or already dispatched: a stale entry
+        return rec.spec
+
+    def _send_tasks(self, w: WorkerInfo, qname: str) -> bool:
+        """Send ``w`` what it may take from ``qname``; False when the queue has nothing more."""
         limit = P.batch_limit(self.config.max_message_size)
+        batch = self.dispatch.take(qname, min(w.credit, 5000), self._lookup)
+        if not batch:
+            return False
+        fns: dict[bytes, Any] = {}
+        keep: list[TaskSpec] = []
         size = 0
-        for _ in range(n):
-            if size > limit:
+        for i, spec in enumerate(batch):
+            if size > limit:  # the rest waits for the next message
+                for s in reversed(batch[i:]):
+                    self.dispatch.finished(s)
+                    self.dispatch.push(s, front=True)
                 break
-            tid = q.popleft()
-            rec = self.tasks.get(tid)
-            if rec is None or rec.state is not TaskState.QUEUED or rec.worker is not None:
-                continue  # cancelled or already dispatched: a stale entry
-            spec = rec.spec
-            if spec.digest not in w.fns:
+            if spec.digest != P.BY_NAME and spec.digest not in w.fns and spec.digest not in fns:
                 fn = self.fns.get(spec.digest)
                 if fn is None:  # evicted: cannot run it any more
+                    rec = self.tasks[spec.task_id]
+                    rec.worker = w.ident  # taken by take(): released by _close
                     self._finish(rec, TaskState.FAILED, ErrorInfo(
                         "SerializationError", "the task's function is no longer held by the ventilator",
                         "", "zq.errors"))
                     continue
                 fns[spec.digest] = fn
                 size += len(fn)
-            batch.append(spec)
+            keep.append(spec)
             size += len(spec.args)
-        if not batch:
-            return
-        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, batch, fns))
+        if not keep:
+            return True
+        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns))
         if err:
-            for spec in reversed(batch):  # not sent: put the batch back
-                q.appendleft(spec.task_id)
+            for spec in reversed(keep):  # not sent: put them back
+                self.dispatch.finished(spec)
+                self.dispatch.push(spec, front=True)
             if err == zmq.EHOSTUNREACH:  # the worker's connection is gone
                 self._drop_worker(w, cause="its connection was closed")
-            return
+            return True
         for d in fns:  # kept in step with the worker's function store (same order, same cap)
             w.fns[d] = None
         while len(w.fns) > FN_STORE_PER_WORKER:
             w.fns.popitem(last=False)
-        w.credit -= len(batch)
+        w.credit -= len(keep)
         w.last_sent = time.monotonic()
-        for spec in batch:
-            rec = self.tasks[spec.task_id]
-            rec.worker = w.ident
+        for spec in keep:
+            self.tasks[spec.task_id].worker = w.ident
             w.inflight.add(spec.task_id)
-        self.counters["dispatched"] += len(batch)
+        self.counters["dispatched"] += len(keep)
+        return True
 
     # -- stats / stop -----------------------------------------------------------------
     def stats(self) -> dict:
@@ -515,28 +674,26 @@ class Ventilator(Node):
             (t0, d0), (t1, d1) = self.rate_samples[0], self.rate_samples[-1]
             if t1 > t0:
                 rate = (d1 - d0) / (t1 - t0)
-        queued = collections.Counter()
-        running = collections.Counter()
+        queued: collections.Counter[str] = collections.Counter()
+        running: collections.Counter[str] = collections.Counter()
         for rec in self.tasks.values():
-            if rec.state is TaskState.RUNNING:
-                running[rec.spec.queue] += 1
-            else:
-                queued[rec.spec.queue] += 1
+            (running if rec.state is TaskState.RUNNING else queued)[rec.spec.queue] += 1
         served = {q for w in self.workers.values() for q in w.queues}
+        d = self.dispatch
         return {
-            "instance": self.instance,
-            "host": HOST,
-            "endpoints": self.endpoints,
-            "uptime": time.time() - self.started,
-            "secured": self.keys is not None,
+            "instance": self.instance, "host": HOST, "endpoints": self.endpoints,
+            "uptime": time.time() - self.started, "secured": self.keys is not None,
+            "journal": self.journal_path,
             "workers": [
                 {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
                  "concurrency": w.concurrency, "running": len(w.inflight), "credit": w.credit,
                  "done": w.done}
                 for w in self.workers.values()
             ],
-            "queues": {q: {"queued": queued[q], "running": running[q], "served": q in served}
-                       for q in sorted(set(queued) | set(running) | served)},
+            "queues": {q: {"queued": queued[q], "running": running[q], "served": q in served,
+                           "paused": q in d.paused}
+                       for q in sorted(set(queued) | set(running) | served | d.paused)},
+            "disabled": sorted(d.disabled),
             "counters": dict(self.counters),
             "tasks_per_second": rate,
         }

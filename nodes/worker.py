@@ -43,7 +43,7 @@ from zq.policy import Policy, load_policies
 from zq.protocol import TaskSpec
 
 from .common import HOST, Node, SinkLink, result_row
-from .executor import ProcessExecutor, ThreadExecutor
+from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor
 
 log = logging.getLogger("zq.worker")
 
@@ -60,7 +60,7 @@ class Worker(Node):
     role = "worker"
 
     def __init__(self, config: Config, policy_specs: Sequence[str] = (), *, grace: float = 30.0,
-                 worker_id: Optional[str] = None) -> None:
+                 worker_id: Optional[str] = None, async_concurrency: int = 100) -> None:
         super().__init__(config)
         self.id = worker_id or f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.policy_specs = list(policy_specs)
@@ -78,6 +78,8 @@ class Worker(Node):
         self.promised = 0  # credit the ventilator holds for us (granted - received)
         self.accepting = True
         self._fds: set[int] = set()
+        self.async_concurrency = async_concurrency
+        self.progress_out: dict[str, list] = {}  # task id -> latest progress, sent each turn
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -92,6 +94,7 @@ class Worker(Node):
         else:
             self.executor = ThreadExecutor(self.slots, policies, self._waker, max_result)
         self._sync_fds()
+        self.aio = AsyncRunner(self.async_concurrency, policies, self._waker, max_result)
         self.sink = SinkLink(self, cfg.sink_endpoint, f"worker-{self.id}".encode(), self.poller)
         self.backoff = cfg.heartbeat_interval
         self.reconnect_at = 0.0
@@ -137,6 +140,8 @@ class Worker(Node):
         ex = getattr(self, "executor", None)
         if ex is not None:
             ex.close(1.0)
+        if getattr(self, "aio", None) is not None:
+            self.aio.close(1.0)
         if getattr(self, "vent", None) is not None:
             self.vent.close(0)
         if getattr(self, "sink", None) is not None:
@@ -164,7 +169,8 @@ class Worker(Node):
         waker = self._waker
         while True:
             waker.sleeping = True
-            timeout = 0 if self.executor.pending() else int(interval * 500) or 1
+            busy = self.executor.pending() or self.aio.completions or self.aio.events
+            timeout = 0 if busy else int(interval * 500) or 1
             events = dict(self.poller.poll(timeout))
             waker.sleeping = False
             if self.vent in events:
@@ -245,12 +251,23 @@ class Worker(Node):
         ex = self.executor
         free = ex.free()
         short = self.avg_run is not None and self.avg_run < SHORT_TASK
-        while self.local and free > 0:
+        while self.local:
+            head = self.local[0]
+            if head.opts and head.opts.get("async"):  # coroutines: the event loop, not a slot
+                if self.aio.free() <= 0:
+                    break
+                self.local.popleft()
+                self.running[head.task_id] = (head, None)  # execute_async enforces its timeout
+                self.started_ids.append(head.task_id)
+                self.aio.start(head, self.fn_store.get(head.digest))
+                continue
+            if free <= 0:
+                break
             n = min(BATCH_MAX, math.ceil(len(self.local) / free)) if short else 1
             batch: list[TaskSpec] = []
             while self.local and len(batch) < n:
                 spec = self.local[0]
-                if spec.timeout is not None and batch:
+                if (spec.opts and spec.opts.get("async")) or (spec.timeout is not None and batch):
                     break  # a task with a time limit starts alone, so its clock is right
                 self.local.popleft()
                 batch.append(spec)
@@ -265,6 +282,10 @@ class Worker(Node):
     def _collect(self, readable: set) -> None:
         ex = self.executor
         comps = ex.collect(readable)
+        if self.aio.completions:
+            comps += self.aio.collect()
+        for event in ex.take_events() + self.aio.take_events():
+            self._on_event(event)
         for comp in comps:
             tid = comp[0]
             if tid in self.abandoned:  # timed out or cancelled earlier: only now is it gone
@@ -278,6 +299,9 @@ class Worker(Node):
             self.avg_run = run if self.avg_run is None else 0.9 * self.avg_run + 0.1 * run
             state = TaskState(comp[1])
             error = ErrorInfo.from_row(comp[2])
+            if comp[8] is not None and state is TaskState.SUCCESS:
+                self._continue(spec, comp[8])
+                continue
             row = result_row(spec, state, error, worker=self.id, started_at=comp[4], finished_at=comp[5],
                              run_seconds=run, pid=comp[7], payload=comp[3])
             self._complete(spec, state, error, row)
@@ -302,6 +326,33 @@ class Worker(Node):
                 self.local.appendleft(entry[0])
         if getattr(ex, "fds_changed", False):
             self._sync_fds()
+
+    def _on_event(self, event: tuple) -> None:
+        """What a running task asked for: progress to report, a follow-up task to queue."""
+        kind = event[0]
+        if kind == "progress":
+            _, tid, done, total, message, ts = event
+            self.progress_out[tid] = [tid, done, total, message, ts]
+        elif kind == "spawn":
+            _, tid, name, queue, digest, fn_data, args, client, retain, opts = event
+            spec = TaskSpec(tid, name, queue, digest, client, retain, 0, None, time.time(), opts=opts,
+                            args=args)
+            try:
+                self.vent.send_multipart(P.pack_tasks(P.SPAWN, [spec], {digest: fn_data}), flags=zmq.NOBLOCK)
+                self.counters["spawned"] += 1
+            except zmq.Again:
+                self.counters["spawn_dropped"] += 1
+                log.warning("follow-up task %s could not be queued: ventilator not reachable", tid)
+
+    def _continue(self, spec: TaskSpec, cont: list) -> None:
+        """The task goes on as another call (it returned a zq.Call, or a chain goes on)."""
+        name, digest, fn_data, args, queue, then = cont
+        header = {"id": spec.task_id, "name": name, "digest": digest, "queue": queue, "then": then}
+        try:
+            self.vent.send_multipart(P.pack(P.CONTINUE, header, [fn_data, args]), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["ventilator_send_dropped"] += 1
+        self.counters["continued"] += 1
 
     def _complete(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], row: Any,
                   retryable: bool = True) -> None:
@@ -331,6 +382,9 @@ class Worker(Node):
         self._complete(spec, state, error, result_row(spec, state, error, worker=self.id), retryable)
 
     def _report(self) -> None:
+        if self.progress_out:
+            self._to_vent(P.PROGRESS, {"p": list(self.progress_out.values())})
+            self.progress_out.clear()
         if self.started_ids:
             self._to_vent(P.STARTED, {"ids": self.started_ids})
             self.started_ids = []

@@ -142,7 +142,7 @@ def read_toml(path: str) -> dict[str, Any]:
             data = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
     out: dict[str, Any] = {}
     for section, table in data.items():

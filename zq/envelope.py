@@ -24,6 +24,8 @@ class TaskState(str, enum.Enum):
     CANCELED = "CANCELED"
     PAUSED = "PAUSED"
     UNKNOWN = "UNKNOWN"
+    #: a failed attempt waiting out its retry backoff
+    RETRYING = "RETRYING"
 
     def __str__(self) -> str:  # "SUCCESS", not "TaskState.SUCCESS"
         return self.value
@@ -35,19 +37,21 @@ class TaskState(str, enum.Enum):
 
 _FINISHED = frozenset({TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED})
 
-#: The legal transitions, in one table.  QUEUED -> QUEUED is a requeue (retry or
-#: a lost worker); RUNNING -> QUEUED likewise.
+#: The legal transitions, in one table (the ventilator checks every change against
+#: it and fires ``Policy.on_state``).  QUEUED -> QUEUED and RUNNING -> QUEUED are
+#: re-queues (a lost worker, a graceful stop, a continuation); PAUSED is how a queued
+#: task of a paused queue or disabled task name is shown; FAILED -> QUEUED is an
+#: explicit ``requeue``.
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.UNKNOWN: frozenset({TaskState.QUEUED, TaskState.PAUSED}),
     TaskState.QUEUED: frozenset(
-        {TaskState.QUEUED, TaskState.RUNNING, TaskState.PAUSED, TaskState.CANCELED, TaskState.FAILED}
-    ),
-    TaskState.PAUSED: frozenset({TaskState.QUEUED, TaskState.CANCELED}),
+        {TaskState.QUEUED, TaskState.RUNNING, TaskState.PAUSED, TaskState.CANCELED, TaskState.FAILED}),
+    TaskState.PAUSED: frozenset({TaskState.QUEUED, TaskState.CANCELED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset(
-        {TaskState.QUEUED, TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED}
-    ),
+        {TaskState.QUEUED, TaskState.RETRYING, TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED}),
+    TaskState.RETRYING: frozenset({TaskState.QUEUED, TaskState.CANCELED, TaskState.FAILED}),
     TaskState.SUCCESS: frozenset(),
-    TaskState.FAILED: frozenset({TaskState.QUEUED}),  # an explicit requeue
+    TaskState.FAILED: frozenset({TaskState.QUEUED}),
     TaskState.CANCELED: frozenset(),
 }
 

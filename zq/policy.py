@@ -30,6 +30,10 @@ class Policy:
     def on_done(self, result: Any) -> None:
         """Sink process, when the result arrives."""
 
+    def on_state(self, task: Any, old: Any, new: Any) -> None:
+        """Ventilator process (``zq ventilator --policy``), on every state change of a task:
+        ``old`` and ``new`` are ``zq.TaskState`` values (see ``zq.envelope.TRANSITIONS``)."""
+
 
 class LoggingPolicy(Policy):
     """Logs every hook at INFO on the ``zq.policy`` logger."""
@@ -49,13 +53,16 @@ class LoggingPolicy(Policy):
             result.task_id, result.name, result.state, result.run_time, result.attempts,
         )
 
+    def on_state(self, task: Any, old: Any, new: Any) -> None:
+        self.log.info("state %s %s %s -> %s", task.task_id, task.name, old, new)
 
-def run_hooks(policies: Sequence[Policy], hook: str, obj: Any, task_id: str) -> int:
+
+def run_hooks(policies: Sequence[Policy], hook: str, obj: Any, task_id: str, *more: Any) -> int:
     """Call ``hook`` on every policy; log and count failures, never raise."""
     failures = 0
     for p in policies:
         try:
-            getattr(p, hook)(obj)
+            getattr(p, hook)(obj, *more)
         except Exception:
             failures += 1
             log.exception("policy %s.%s failed for task %s", type(p).__name__, hook, task_id)

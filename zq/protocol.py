@@ -88,6 +88,10 @@ COMMANDS = frozenset(
      CANCEL, BYE, UNKNOWN, RESULT, ACK, HELLO, HEARTBEAT, ERROR, PROGRESS, SPAWN, CONTINUE, WATCH}
 )
 
+#: The function "digest" of a task submitted by name: workers look the name up in
+#: the tasks they imported (``zq worker --import MODULE``).
+BY_NAME = bytes(16)
+
 #: Default maximum size of one message on every bound socket (libzmq MAXMSGSIZE).
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 
