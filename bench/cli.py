@@ -116,11 +116,14 @@ class Runner:
 
     def measure(self, label: str, fn: Callable[..., dict], *args: Any, **kw: Any) -> dict:
         self.progress.step(label)
+        load = os.getloadavg()[0]
         try:
             r = fn(*args, **kw)
         except Exception as exc:
             log.debug("%s failed", label, exc_info=True)
             r = {"error": f"{type(exc).__name__}: {exc}"}
+        if isinstance(r, dict):
+            r.setdefault("load_avg_1m", load)  # other processes on the machine make figures noisy
         if r.get("error"):
             self.errors.append(f"{label}: {r['error']}")
             log.warning("%s: %s", label, r["error"])
