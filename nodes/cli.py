@@ -117,20 +117,31 @@ def cli(log_level: str) -> None:
 @click.option("--workers", help="Endpoint workers connect to (ROUTER).")
 @click.option("--sink", help="The sink's endpoint (for results the ventilator decides).")
 @click.option("--journal", type=click.Path(dir_okay=False), default=None,
-              help="SQLite file keeping accepted tasks across a restart.")
+              help="SQLite file keeping accepted tasks (and the history, and schedules) across a restart.")
+@click.option("--history-retention", type=click.FloatRange(min=0, min_open=True), default=7 * 86400.0,
+              show_default=True, help="Seconds finished tasks stay in the journal's history.")
+@policy_opt
 @keys_opt
 @key_name_opt
 @insecure_opt
 @parent_opt
 def ventilator(config_path: Optional[str], clients: Optional[str], workers: Optional[str],
-               sink: Optional[str], journal: Optional[str], keys: Optional[str], key_name: Optional[str],
-               insecure: Optional[bool], exit_with_parent: Optional[int]) -> None:
-    """Accept tasks from clients and dispatch them to workers by credit."""
+               sink: Optional[str], journal: Optional[str], history_retention: float, policies: Sequence[str],
+               keys: Optional[str], key_name: Optional[str], insecure: Optional[bool],
+               exit_with_parent: Optional[int]) -> None:
+    """Accept tasks from clients and dispatch them to workers by credit (on_state policies run here)."""
+    from zq.policy import load_policies
+
     from .ventilator import Ventilator
 
     cfg = _config(config_path, ventilator_clients=clients, ventilator_workers=workers, sink_endpoint=sink,
                   insecure=insecure, keys=keys, key_name=key_name)
-    run_node(Ventilator(cfg, journal=journal), exit_with_parent)
+    try:
+        loaded = load_policies(policies)
+        node = Ventilator(cfg, journal=journal, policies=loaded, history_retention=history_retention)
+    except ConfigError as exc:
+        _fail(str(exc))
+    run_node(node, exit_with_parent)
 
 
 @cli.command()
@@ -173,14 +184,18 @@ def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[b
 @click.option("--queue", "queues", multiple=True, help="Queue to serve (repeatable, default 'default').")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running tasks may take to finish on SIGTERM.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE: its @zq.task functions can be submitted by name (and scheduled).")
+@click.option("--async-concurrency", type=click.IntRange(min=1), default=100, show_default=True,
+              help="async def tasks running at once on the worker's event loop.")
 @policy_opt
 @keys_opt
 @key_name_opt
 @parent_opt
 def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str], executor: Optional[str],
            concurrency: Optional[int], prefetch: Optional[int], queues: Sequence[str], grace: float,
-           policies: Sequence[str], keys: Optional[str], key_name: Optional[str],
-           exit_with_parent: Optional[int]) -> None:
+           imports: Sequence[str], async_concurrency: int, policies: Sequence[str], keys: Optional[str],
+           key_name: Optional[str], exit_with_parent: Optional[int]) -> None:
     """Run tasks from the ventilator; send results to the sink."""
     from zq.policy import load_policies
 
@@ -193,7 +208,12 @@ def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str],
         load_policies(cfg.worker_policies)  # fail fast with one line, before any process starts
     except ConfigError as exc:
         _fail(str(exc))
-    run_node(Worker(cfg, cfg.worker_policies, grace=grace), exit_with_parent)
+    try:
+        node = Worker(cfg, cfg.worker_policies, grace=grace, imports=imports,
+                      async_concurrency=async_concurrency)
+    except ImportError as exc:
+        _fail(f"--import: {exc}")
+    run_node(node, exit_with_parent)
 
 
 @cli.command()
@@ -279,6 +299,11 @@ def keys_generate(directory: str, name: Optional[str], role: str) -> None:
         click.echo(path)
     if not written:
         click.echo(f"zq: nothing to do: the keys already exist in {directory}", err=True)
+
+
+from .tasks_cli import tasks as _tasks  # noqa: E402
+
+cli.add_command(_tasks)
 
 
 def main() -> None:

@@ -144,6 +144,7 @@ def result_row(spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], *, 
         spec.attempt if attempts is None else attempts, worker, HOST,
         os.getpid() if pid is None else pid, spec.queue, spec.submitted_at, started_at,
         finished_at or time.time(), run_seconds, spec.client, spec.retain, list(spec.lost),
+        (spec.opts or {}).get("ttl"),
     ]
     return ResultRow(row, payload)
 

@@ -34,13 +34,38 @@ from typing import Any, Callable, Optional, Sequence
 
 from zq._wake import Waker
 from zq.policy import Policy, load_policies
-from zq.protocol import TaskSpec
+from zq.protocol import BY_NAME, TaskSpec
 from zq.runner import Completion, execute, execute_async, load_function
 
 log = logging.getLogger("zq.worker")
 
 #: what a slot is given: [(task row, argument bytes, function bytes or None), ...]
 Batch = list
+
+
+def import_tasks(modules: Sequence[str]) -> dict:
+    """Import ``modules`` (``zq worker --import``); every ``@zq.task`` they define, by name."""
+    import importlib
+
+    from zq.task import registry
+
+    for name in modules:
+        importlib.import_module(name)
+    return dict(registry)
+
+
+def fn_loader(cache: dict, row: list, fn_data: Any) -> Callable[[], Callable]:
+    """How a task's function is found: by digest (shipped), or by name (imported)."""
+    if row[3] == BY_NAME:
+        def by_name() -> Callable:
+            from zq.task import registry
+
+            try:
+                return registry[row[1]]
+            except KeyError:
+                raise LookupError(f"no task named {row[1]!r} was imported on this worker") from None
+        return by_name
+    return lambda: load_function(cache, row[3], fn_data)
 
 
 def _batch(specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> Batch:
@@ -88,7 +113,7 @@ class ThreadExecutor:
                 return
             last = len(batch) - 1
             for i, (row, args, fn_data) in enumerate(batch):
-                comp = execute(row, args, lambda: load_function(self._fns, row[3], fn_data), self.policies,
+                comp = execute(row, args, fn_loader(self._fns, row, fn_data), self.policies,
                                self.max_result, self._emit)
                 # the last completion of a batch also frees the slot (see collect)
                 out.append((comp, i == last))
@@ -130,7 +155,7 @@ class ThreadExecutor:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
-def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None:
+def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int, imports: Sequence[str] = ()) -> None:
     """A long-lived executor process: run the batches sent down ``conn``, one task at a time,
     sending each completion back as soon as it is ready."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when children stop
@@ -140,6 +165,10 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None
     except Exception:
         log.exception("policies could not be loaded in the executor process")
         policies = []
+    try:
+        import_tasks(imports)
+    except Exception:
+        log.exception("task modules could not be imported in the executor process")
     fns: dict[bytes, Callable] = {}
 
     def emit(event: tuple) -> None:
@@ -154,7 +183,7 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int) -> None
         if batch is None:
             return
         for row, args, fn_data in batch:
-            comp = execute(row, args, lambda: load_function(fns, row[3], fn_data), policies, max_result, emit)
+            comp = execute(row, args, fn_loader(fns, row, fn_data), policies, max_result, emit)
             conn.send_bytes(pickle.dumps(("done", comp), protocol=5))
 
 
@@ -205,9 +234,11 @@ class ProcessExecutor:
 
     kind = "process"
 
-    def __init__(self, slots: int, policy_specs: Sequence[str], max_result: int) -> None:
+    def __init__(self, slots: int, policy_specs: Sequence[str], max_result: int,
+                 imports: Sequence[str] = ()) -> None:
         self.slots = slots
         self.policy_specs = list(policy_specs)
+        self.imports = list(imports)
         self.max_result = max_result
         self._mp = multiprocessing.get_context("spawn")
         self.children: list[_Child] = [self._spawn() for _ in range(slots)]
@@ -218,7 +249,8 @@ class ProcessExecutor:
 
     def _spawn(self) -> _Child:
         parent, child = self._mp.Pipe(duplex=True)
-        proc = self._mp.Process(target=_child_main, args=(child, self.policy_specs, self.max_result),
+        proc = self._mp.Process(target=_child_main, args=(child, self.policy_specs, self.max_result,
+                                                          self.imports),
                                 daemon=True, name="zq-exec")
         proc.start()
         child.close()
@@ -370,7 +402,7 @@ class AsyncRunner:
     def start(self, spec: TaskSpec, fn_data: Any) -> None:
         self.running += 1
         row, args = spec.row(), spec.args
-        coro = execute_async(row, args, lambda: load_function(self._fns, row[3], fn_data), self.policies,
+        coro = execute_async(row, args, fn_loader(self._fns, row, fn_data), self.policies,
                              self.max_result, self._emit)
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         fut.add_done_callback(self._done)

@@ -52,6 +52,7 @@ class Sink(Node):
         # task id -> (client id, senders to ACK once it is safe, monotonic time recorded)
         self.awaiting: dict[str, tuple[str, set[bytes], float]] = {}
         self._acks: dict[bytes, list[str]] = {}
+        self.watchers: dict[str, set[str]] = {}  # task id -> other clients that want its result
         self._role = ""
         self._next_stale_scan = 0.0
         self.peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
@@ -128,6 +129,14 @@ class Sink(Node):
         elif cmd == P.ACK:  # a client received these results: release their senders
             for tid in P.str_list(msg.header, "ids", cmd):
                 self._release(tid, by_client=ident)
+        elif cmd == P.WATCH:  # send me these results too: now if retained, else when recorded
+            client = ident.decode("utf-8", "replace")
+            for tid in P.str_list(msg.header, "ids", cmd):
+                hit = self.retained.get(tid)
+                if hit is not None:
+                    self._deliver(client, [hit[0]])
+                elif tid not in self.recorded:
+                    self.watchers.setdefault(tid, set()).add(client)
         elif cmd == P.HEARTBEAT or cmd == P.HELLO:
             self._flush_client(ident.decode("utf-8", "replace"))
         elif cmd == P.REQUEST:
@@ -185,9 +194,14 @@ class Sink(Node):
             if self.policies:
                 run_hooks(self.policies, "on_done", r.to_result(), tid)
             retain = r.retain if r.retain is not None else self.config.sink_retain
-            if retain:
-                self.retained[tid] = (r, now + ttl)
-                heapq.heappush(self.expiry, (now + ttl, tid))
+            watchers = self.watchers.pop(tid, None)
+            if retain or watchers:
+                keep = r.ttl or ttl
+                self.retained[tid] = (r, now + keep)
+                heapq.heappush(self.expiry, (now + keep, tid))
+            for w in watchers or ():
+                if w != r.client:
+                    by_client.setdefault(w, []).append(r)
             self._ack_later(tid, r.client, sender)
             by_client.setdefault(r.client, []).append(r)
         for client, batch in by_client.items():

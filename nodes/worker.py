@@ -43,7 +43,7 @@ from zq.policy import Policy, load_policies
 from zq.protocol import TaskSpec
 
 from .common import HOST, Node, SinkLink, result_row
-from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor
+from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
 
 log = logging.getLogger("zq.worker")
 
@@ -60,7 +60,8 @@ class Worker(Node):
     role = "worker"
 
     def __init__(self, config: Config, policy_specs: Sequence[str] = (), *, grace: float = 30.0,
-                 worker_id: Optional[str] = None, async_concurrency: int = 100) -> None:
+                 worker_id: Optional[str] = None, async_concurrency: int = 100,
+                 imports: Sequence[str] = ()) -> None:
         super().__init__(config)
         self.id = worker_id or f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.policy_specs = list(policy_specs)
@@ -79,6 +80,8 @@ class Worker(Node):
         self.accepting = True
         self._fds: set[int] = set()
         self.async_concurrency = async_concurrency
+        self.imports = list(imports)
+        self.registry = import_tasks(self.imports)  # tasks that can be submitted by name
         self.progress_out: dict[str, list] = {}  # task id -> latest progress, sent each turn
 
     # -- sockets ----------------------------------------------------------------------
@@ -90,7 +93,7 @@ class Worker(Node):
         policies: list[Policy] = load_policies(self.policy_specs)
         max_result = cfg.max_message_size - 4096
         if cfg.worker_executor == "process":
-            self.executor: Any = ProcessExecutor(self.slots, self.policy_specs, max_result)
+            self.executor: Any = ProcessExecutor(self.slots, self.policy_specs, max_result, self.imports)
         else:
             self.executor = ThreadExecutor(self.slots, policies, self._waker, max_result)
         self._sync_fds()
@@ -127,6 +130,7 @@ class Worker(Node):
         self._to_vent(P.READY, {
             "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
             "pid": os.getpid(), "executor": self.executor.kind, "concurrency": self.slots,
+            "tasks": {name: t.describe() for name, t in self.registry.items()},
         })
 
     def _to_vent(self, cmd: bytes, header: dict) -> None:

@@ -6,7 +6,9 @@
         print(fut.result())              # 1024
 """
 
+from .canvas import Call, Chain, Group, chain, group
 from .client import Client
+from .context import Progress, TaskContext, current_task
 from .config import Config, load_config
 from .envelope import ErrorInfo, Result, TaskInfo, TaskState
 from .errors import (
@@ -18,10 +20,11 @@ from .errors import (
     ProtocolError,
     SerializationError,
     TaskFailed,
+    UnknownTask,
     WorkerLost,
     ZqError,
 )
-from .futures import TaskFuture
+from .futures import GroupFuture, TaskFuture
 from .policy import LoggingPolicy, Policy
 from .task import Task, current_client, task
 
@@ -32,4 +35,6 @@ __all__ = [
     "BindError", "ClientClosed", "ConfigError", "InsecureBindError", "NodeUnreachable",
     "ProtocolError", "SerializationError", "TaskFailed", "WorkerLost", "ZqError", "TaskFuture",
     "LoggingPolicy", "Policy", "Task", "current_client", "task", "__version__",
+    "Call", "Chain", "Group", "chain", "group", "Progress", "TaskContext", "current_task",
+    "UnknownTask", "GroupFuture",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import datetime as dt
 import itertools
 import logging
 import os
@@ -30,24 +31,27 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-import zmq
-
-from . import protocol as P
-from ._sockets import dealer
 from ._wake import Waker
 from .config import Config, load_config
 from .envelope import Result, TaskInfo, TaskState
-from .errors import ClientClosed, NodeUnreachable, SerializationError, ZqError
-from .futures import TaskFuture, settle
+from .errors import ClientClosed, SerializationError, ZqError
+from .futures import TaskFuture
 from .policy import Policy
 from .protocol import ResultRow, TaskSpec
 from .security import Keys
 from .serialize import FunctionCache, function_name, pack_args
+from . import protocol as P
+from ._clientadmin import AdminMixin
+from ._clientio import ClientIO
+from ._local import run_locally
+from .canvas import Call, Chain, Group
+from .errors import UnknownTask
+from .futures import GroupFuture
+from .options import _by_name_placeholder, check_params, task_options
 from .task import Task, _pop_client, _push_client
 
 log = logging.getLogger("zq.client")
 
-FINISHED_MEMORY = 100_000
 REQUEST_TIMEOUT = 10.0
 
 
@@ -56,7 +60,7 @@ def _run_chunk(fn: Callable, items: list) -> list:
     return [fn(*args) for args in items]
 
 
-class Client(concurrent.futures.Executor):
+class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
     """Submit Python callables to a zq cluster.
 
     ``Client()`` with no config and no endpoints starts an embedded local cluster
@@ -77,15 +81,21 @@ class Client(concurrent.futures.Executor):
         workers: int = 1,
         executor: str = "process",
         concurrency: int = 0,
+        execute: str = "remote",
     ) -> None:
         self._embedded: Any = None
+        if execute not in ("remote", "local", "auto"):
+            raise ValueError("execute must be 'remote', 'local' or 'auto'")
+        self.execute = execute
+        self._registry_cache: Optional[tuple[float, dict]] = None
+        self._served_cache: dict[str, tuple[float, bool]] = {}
         if isinstance(config, Config):
             cfg = config
         else:
             overrides = {"ventilator_clients": ventilator, "sink_endpoint": sink, "keys": keys,
                           "key_name": key_name}
             cfg = load_config(config, overrides)
-        if config is None and ventilator is None and sink is None:
+        if config is None and ventilator is None and sink is None and execute != "local":
             from ._embedded import EmbeddedCluster
 
             self._embedded = EmbeddedCluster(workers=workers, executor=executor, concurrency=concurrency,
@@ -150,24 +160,32 @@ class Client(concurrent.futures.Executor):
         name: Optional[str] = None,
         retry_backoff: Optional[float] = None,
         retry_backoff_max: Optional[float] = None,
+        priority: "str | int | None" = None,
+        key: Optional[str] = None,
+        delay: Optional[float] = None,
+        eta: "float | dt.datetime | None" = None,
+        result_ttl: Optional[float] = None,
+        _opts: Optional[dict] = None,
     ) -> TaskFuture:
         """Submit ``fn(*args, **kwargs)`` with per-task options (defaults from a ``zq.task``).
 
         ``retries=N`` reruns a task that raised up to N more times, waiting
         ``retry_backoff * 2**k`` seconds (default 0.1) capped at ``retry_backoff_max``
-        (default 30) before rerun k+1.
+        (default 30) before rerun k+1.  ``priority``: ``"high"``, ``"normal"``, ``"low"`` or
+        an int (higher first within a queue).  ``key``: while a task with this key is queued
+        or running, submitting it again returns the same task (from any client).
+        ``delay``/``eta``: not before that many seconds / that time.  ``result_ttl``: how
+        long a retained result is kept.
         """
         if self._closed:
             raise ClientClosed("cannot submit after shutdown()")
-        is_task = isinstance(fn, Task)
-        if queue is None:
-            queue = fn.queue if is_task else "default"
-        if retries is None:
-            retries = fn.retries if is_task else 0
-        if timeout is None and is_task:
-            timeout = fn.timeout
-        if retain_result is None:
-            retain_result = fn.retain_result if is_task else None
+        t: Optional[Task] = fn if isinstance(fn, Task) else None
+        queue = queue if queue is not None else (t.queue if t else "default")
+        retries = retries if retries is not None else (t.retries if t else 0)
+        if timeout is None and t is not None:
+            timeout = t.timeout
+        if retain_result is None and t is not None:
+            retain_result = t.retain_result
         if retain_result is None:
             retain_result = self.retain_result
         if not isinstance(queue, str) or not queue or len(queue) > 200:
@@ -176,7 +194,14 @@ class Client(concurrent.futures.Executor):
             raise ValueError("retries must be >= 0")
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be > 0 seconds")
-        digest, fn_data = self._fns.get(fn)
+        opts = task_options(t, fn, priority, key, delay, eta, result_ttl, retry_backoff, retry_backoff_max)
+        if _opts:
+            opts = {**(opts or {}), **_opts}
+        by_name = bool(opts and opts.pop("_by_name", False))
+        if by_name:
+            digest, fn_data = P.BY_NAME, b""
+        else:
+            digest, fn_data = self._fns.get(fn)
         args = tuple(args)
         kwargs = kwargs or {}
         payload = pack_args(args, kwargs)
@@ -185,17 +210,8 @@ class Client(concurrent.futures.Executor):
             raise SerializationError(
                 f"task is {len(payload) + len(fn_data)} bytes pickled, over the cluster's maximum "
                 f"message size of {self._max_message} bytes")
-        opts = None
-        if retry_backoff is not None or retry_backoff_max is not None:
-            if (retry_backoff or 0) < 0 or (retry_backoff_max or 0) < 0:
-                raise ValueError("retry_backoff and retry_backoff_max must be >= 0 seconds")
-            opts = {}
-            if retry_backoff is not None:
-                opts["backoff"] = float(retry_backoff)
-            if retry_backoff_max is not None:
-                opts["backoff_max"] = float(retry_backoff_max)
         task_id = f"{self.id}-{next(self._ids)}"
-        task_name = name or (fn.name if is_task else function_name(fn))
+        task_name = name or (t.name if t else function_name(fn))
         spec = TaskSpec(task_id, task_name, queue, digest, self.id, retain_result, retries,
                         float(timeout) if timeout is not None else None, time.time(), opts=opts,
                         args=payload)
@@ -203,16 +219,104 @@ class Client(concurrent.futures.Executor):
             info = TaskInfo(task_id, task_name, queue, 1, args, kwargs, retries, timeout, retain_result)
             for p in self.policies:
                 p.on_submit(info)  # an exception propagates: nothing is sent
+        if self._runs_locally(queue):
+            return run_locally(self, fn, args, kwargs, spec)
+        if key is not None:
+            return self._submit_keyed(spec, fn_data)
         fut = TaskFuture(task_id, self)
         with self._lock:
             if self._closed:
                 raise ClientClosed("cannot submit after shutdown()")
-            self._fn_bytes.setdefault(digest, fn_data)
+            if fn_data:
+                self._fn_bytes.setdefault(digest, fn_data)
             self._futures[task_id] = fut
             self._unfinished[task_id] = spec
             self._outbox.append(spec)
         self._waker.wake_if_sleeping()
         return fut
+
+    def _submit_keyed(self, spec: TaskSpec, fn_data: bytes) -> TaskFuture:
+        """A task with a de-duplication key: ask the ventilator which task it is."""
+        spec.retain = True  # another client may be waiting for the same result
+        with self._lock:
+            if fn_data:
+                self._fn_bytes.setdefault(spec.digest, fn_data)
+            own = TaskFuture(spec.task_id, self)
+            self._futures[spec.task_id] = own
+            self._unfinished[spec.task_id] = spec
+        ids = self._request("ventilator", "", {}, submit=spec)
+        canonical = ids[0]
+        if canonical == spec.task_id:
+            return own
+        with self._lock:  # a duplicate: this client's earlier future, or watch the other's
+            self._futures.pop(spec.task_id, None)
+            self._unfinished.pop(spec.task_id, None)
+            existing = self._futures.get(canonical)
+            if existing is not None:
+                return existing
+        return self.future_for(canonical)
+
+    def future_for(self, task_id: str) -> TaskFuture:
+        """A future for any task (submitted by anyone): it completes with the task's result."""
+        with self._lock:
+            fut = self._futures.get(task_id)
+            if fut is None:
+                fut = self._futures[task_id] = TaskFuture(task_id, self)
+            self._outbox.append(("watch", task_id))
+        self._waker.wake()
+        return fut
+
+    def submit_call(self, call: "Call | Chain") -> TaskFuture:
+        """Submit a ``zq.Call`` (``add.s(1, 2)``) or a ``zq.chain(...)``; its future resolves to
+        the call's (the chain's last) result."""
+        if isinstance(call, Chain):
+            first, rest = call.calls[0], call.calls[1:]
+            then = [c.link() for c in rest]
+            return self.submit_task(first.fn, first.args, first.kwargs, queue=first.queue,
+                                    _opts={"then": then} if then else None)
+        return self.submit_task(call.fn, call.args, call.kwargs, queue=call.queue)
+
+    def submit_group(self, group: Group) -> GroupFuture:
+        """Run the group's calls (or chains) in parallel; a future of their results, in order."""
+        return GroupFuture([self.submit_call(c) for c in group.calls])
+
+    def submit_by_name(self, name: str, params: "dict | list | tuple | None" = None, **options: Any) -> TaskFuture:
+        """Submit a task registered on the workers (``zq worker --import MODULE``) by name,
+        with JSON-able parameters (a dict of keyword or a list of positional arguments).
+        An unknown name raises ``zq.UnknownTask``; arguments that do not fit the task's
+        signature raise ``TypeError`` here, not on a worker."""
+        info = self._registry().get(name)
+        if info is None:
+            info = self._registry(refresh=True).get(name)
+        if info is None:
+            raise UnknownTask(f"no worker has registered a task named {name!r}")
+        args, kwargs = check_params(name, info, params)
+        opts = dict(options.pop("_opts", None) or {}, _by_name=True)
+        if info.get("async"):
+            opts["async"] = True
+        options.setdefault("queue", info.get("queue") or "default")
+        options.setdefault("retries", info.get("retries") or 0)
+        if info.get("timeout") and "timeout" not in options:
+            options["timeout"] = info["timeout"]
+        return self.submit_task(_by_name_placeholder, args, kwargs, name=name, _opts=opts, **options)
+
+    def _registry(self, refresh: bool = False) -> dict:
+        now = time.monotonic()
+        if refresh or self._registry_cache is None or now - self._registry_cache[0] > 2.0:
+            self._registry_cache = (now, self._request("ventilator", "registry", {})["tasks"])
+        return self._registry_cache[1]
+
+    def _runs_locally(self, queue: str) -> bool:
+        if self.execute == "local":
+            return True
+        if self.execute == "remote":
+            return False
+        now = time.monotonic()  # auto: here when no worker serves the queue
+        cached = self._served_cache.get(queue)
+        if cached is None or now - cached[0] > 1.0:
+            served = any(queue in w["queues"] for w in self._request("ventilator", "stats", {})["workers"])
+            self._served_cache[queue] = cached = (now, served)
+        return not cached[1]
 
     def map(self, fn: Callable, *iterables: Iterable[Any], timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator[Any]:
@@ -313,7 +417,7 @@ class Client(concurrent.futures.Executor):
         return out
 
     def _request(self, node: str, op: str, header: dict, timeout: Optional[float] = None,
-                 with_payload: bool = False) -> Any:
+                 with_payload: bool = False, submit: Optional[TaskSpec] = None) -> Any:
         if threading.current_thread() is self._thread:
             raise RuntimeError("zq.Client requests cannot be made from a future's done-callback")
         if self._stop_io:
@@ -322,7 +426,10 @@ class Client(concurrent.futures.Executor):
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             self._requests[req] = fut
-            self._outbox.append(("request", node, {"req": req, "op": op, **header}))
+            if submit is not None:  # a SUBMIT that waits for its answer
+                self._outbox.append(("submit", req, submit))
+            else:
+                self._outbox.append(("request", node, {"req": req, "op": op, **header}))
         self._waker.wake()
         try:
             data, payload = fut.result(REQUEST_TIMEOUT if timeout is None else timeout)
@@ -377,274 +484,3 @@ class Client(concurrent.futures.Executor):
                 emb.stop()
             except Exception:
                 pass
-
-    # -- IO thread --------------------------------------------------------------------
-    def _io_main(self) -> None:
-        ctx = zmq.Context()
-        try:
-            self._io_setup(ctx)
-        except BaseException as exc:
-            self._io_error = exc
-            self._ready.set()
-            ctx.destroy(0)
-            return
-        self._ready.set()
-        try:
-            self._io_loop()
-        except Exception:
-            log.exception("zq client IO thread failed")
-            self._fail_all(ZqError("the client's IO thread failed; see the log"))
-        finally:
-            self.vsock.close(0)
-            self.ssock.close(0)
-            ctx.destroy(0)
-
-    def _io_setup(self, ctx: zmq.Context) -> None:
-        self.ctx = ctx
-        self.poller = zmq.Poller()
-        self.poller.register(self._waker.fileno(), zmq.POLLIN)
-        now = time.monotonic()
-        self._nodes = {
-            "ventilator": {"endpoint": self.config.ventilator_clients, "last_recv": now, "last_send": 0.0,
-                           "instance": None, "backoff": self.config.heartbeat_interval},
-            "sink": {"endpoint": self.config.sink_endpoint, "last_recv": now, "last_send": 0.0,
-                     "instance": None, "backoff": self.config.heartbeat_interval},
-        }
-        self.vsock = self._connect("ventilator")
-        self.ssock = self._connect("sink")
-        self._sent_fns: set[bytes] = set()
-        self._backlog: dict[str, collections.deque[list]] = {
-            "ventilator": collections.deque(), "sink": collections.deque()}
-
-    def _connect(self, node: str) -> zmq.Socket:
-        s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode(), keys=self._keys, server=node)
-        self.poller.register(s, zmq.POLLIN)
-        try:
-            s.send_multipart(P.pack(P.HELLO if node == "sink" else P.HEARTBEAT,
-                                    {"id": self.id, "client": self.id}), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # our regular heartbeat follows
-        self._nodes[node]["last_send"] = time.monotonic()
-        return s
-
-    def _io_loop(self) -> None:
-        interval = self.config.heartbeat_interval
-        next_tick = 0.0
-        waker = self._waker
-        while not self._stop_io:
-            waker.sleeping = True
-            # submitters skip the wake-up system call unless we sleep, so look at the
-            # outbox after announcing it and before blocking
-            events = dict(self.poller.poll(0 if self._outbox else int(interval * 500) or 1))
-            waker.sleeping = False
-            if waker.fileno() in events:
-                waker.drain()
-            if self.vsock in events:
-                self._drain(self.vsock, "ventilator")
-            if self.ssock in events:
-                self._drain(self.ssock, "sink")
-            self._flush_backlog()
-            self._send_outbox()
-            now = time.monotonic()
-            if now >= next_tick:
-                self._tick(now)
-                next_tick = now + interval / 2
-
-    def _send_outbox(self) -> None:
-        tasks: list[TaskSpec] = []
-        while self._outbox:
-            item = self._outbox.popleft()
-            if isinstance(item, TaskSpec):
-                tasks.append(item)
-            else:
-                _, node, header = item
-                sock = self.vsock if node == "ventilator" else self.ssock
-                self._send(sock, node, P.pack(P.REQUEST, header))
-        if tasks:
-            self._send_tasks(tasks)
-
-    def _send_tasks(self, tasks: list[TaskSpec], force_fns: bool = False) -> None:
-        """SUBMIT ``tasks`` in as few messages as the size limit allows."""
-        limit = P.batch_limit(self._max_message)
-        start = 0
-        while start < len(tasks):
-            # count each new function once with the first task that needs it
-            seen: set[bytes] = set()
-
-            def size(t: TaskSpec) -> int:
-                extra = 0
-                if (force_fns or t.digest not in self._sent_fns) and t.digest not in seen:
-                    seen.add(t.digest)
-                    extra = len(self._fn_bytes[t.digest])
-                return len(t.args) + extra
-
-            n = P.take_batch(tasks[start:start + 5000], limit, size=size)
-            batch = tasks[start:start + n]
-            start += n
-            fns = {}
-            for t in batch:
-                if (force_fns or t.digest not in self._sent_fns) and t.digest not in fns:
-                    fns[t.digest] = self._fn_bytes[t.digest]
-            self._send(self.vsock, "ventilator", P.pack_tasks(P.SUBMIT, batch, fns))
-            self._sent_fns.update(fns)
-
-    def _send(self, sock: zmq.Socket, node: str, frames: list, droppable: bool = False) -> None:
-        """Send without ever blocking the IO thread: a node that is away or not reading
-        (high-water mark) gets the message later, in order; heartbeats are dropped."""
-        backlog = self._backlog[node]
-        if not backlog:
-            try:
-                sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-                self._nodes[node]["last_send"] = time.monotonic()
-                return
-            except zmq.Again:
-                pass
-        if not droppable:
-            backlog.append(frames)
-
-    def _flush_backlog(self) -> None:
-        for node, sock in (("ventilator", self.vsock), ("sink", self.ssock)):
-            backlog = self._backlog[node]
-            while backlog:
-                try:
-                    sock.send_multipart(backlog[0], copy=False, flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                backlog.popleft()
-                self._nodes[node]["last_send"] = time.monotonic()
-
-    def _drain(self, sock: zmq.Socket, node: str, limit: int = 1000) -> None:
-        info = self._nodes[node]
-        for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            info["last_recv"] = time.monotonic()
-            info["backoff"] = self.config.heartbeat_interval
-            try:
-                self._on_message(node, P.unpack(frames))
-            except Exception as exc:
-                log.warning("bad message from %s: %s", node, exc)
-
-    def _on_message(self, node: str, msg: P.Message) -> None:
-        cmd = msg.command
-        if cmd == P.RESULT:
-            rows = P.unpack_results(msg)
-            # acknowledge every result received, even one already settled (a resend):
-            # only then may its worker forget it
-            self._send(self.ssock, "sink", P.pack(P.ACK, {"ids": [r.task_id for r in rows]}))
-            self._on_results(rows)
-        elif cmd == P.REPLY:
-            req = msg.header.get("req")
-            with self._lock:
-                fut = self._requests.pop(req, None)
-            if fut is None:
-                return
-            if msg.header.get("ok"):
-                fut.set_result((msg.header.get("data"), msg.payload[0].bytes if msg.payload else b""))
-            else:
-                fut.set_exception(ZqError(str(msg.header.get("error"))))
-        elif cmd == P.HEARTBEAT:
-            info = self._nodes[node]
-            inst = msg.header.get("instance")
-            if info["instance"] is not None and inst != info["instance"]:
-                log.warning("%s restarted (new instance %s)", node, inst)
-                self._node_restarted(node)
-            info["instance"] = inst
-            peer_max = msg.header.get("max")
-            if isinstance(peer_max, int) and peer_max >= 1024:
-                self._peer_max[node] = peer_max
-                self._max_message = min(self.config.max_message_size, *self._peer_max.values())
-        elif cmd == P.REJECT:
-            ids = msg.header.get("ids") or []
-            if msg.header.get("code") == "unknown-function":
-                with self._lock:
-                    specs = [self._unfinished[i] for i in ids if i in self._unfinished]
-                self._sent_fns.clear()
-                if specs:
-                    self._send_tasks(specs, force_fns=True)
-        elif cmd == P.ERROR:
-            log.warning("%s refused a message: %s", node, msg.header.get("msg"))
-
-    def _node_restarted(self, node: str) -> None:
-        if node == "ventilator":
-            self._sent_fns.clear()
-            with self._lock:
-                specs = list(self._unfinished.values())
-            if specs:
-                log.warning("submitting %d unfinished task(s) again", len(specs))
-            self._send_tasks(specs)
-        else:
-            self._send(self.ssock, "sink", P.pack(P.HELLO, {"client": self.id}))
-
-    def _on_results(self, rows: list[ResultRow]) -> None:
-        settled = []
-        with self._lock:
-            for r in rows:
-                tid = r.task_id
-                fut = self._futures.pop(tid, None)
-                self._unfinished.pop(tid, None)
-                if fut is not None:
-                    settled.append((fut, r))
-        for fut, r in settled:
-            result = r.to_result()
-            self._forget(fut.task_id, result.state)
-            settle(fut, result)
-
-    def _forget(self, task_id: str, state: TaskState) -> None:
-        with self._lock:
-            self._futures.pop(task_id, None)
-            self._unfinished.pop(task_id, None)
-            self._finished[task_id] = state
-            if len(self._finished) > FINISHED_MEMORY:
-                self._finished.popitem(last=False)
-
-    def _tick(self, now: float) -> None:
-        cfg = self.config
-        for node, sock_attr in (("ventilator", "vsock"), ("sink", "ssock")):
-            info = self._nodes[node]
-            # heartbeat on a fixed schedule, busy or not: the nodes answer heartbeats,
-            # not submissions, and their answers are how we know they are alive
-            if now - info.get("last_hb", 0.0) >= cfg.heartbeat_interval:
-                info["last_hb"] = now
-                self._send(getattr(self, sock_attr), node,
-                           P.pack(P.HEARTBEAT, {"id": self.id, "client": self.id}), droppable=True)
-            silent = now - info["last_recv"]
-            if silent <= cfg.heartbeat_timeout:
-                info["backoff"] = cfg.heartbeat_interval
-                info["reconnect_at"] = 0.0
-                continue
-            if now >= info.get("reconnect_at", 0.0):
-                # Paranoid Pirate: a fresh socket, then wait longer (capped) before the next
-                log.info("%s at %s silent for %.1fs: reconnecting", node, info["endpoint"], silent)
-                info["reconnect_at"] = now + info["backoff"]
-                info["backoff"] = min(info["backoff"] * 2, 30.0)
-                old = getattr(self, sock_attr)
-                self.poller.unregister(old)
-                old.close(0)
-                setattr(self, sock_attr, self._connect(node))
-                if node == "ventilator" and info["instance"] is None:
-                    # never heard from it: what we sent may be lost. (Otherwise its next
-                    # heartbeat tells whether it restarted: see _on_message.)
-                    self._node_restarted("ventilator")
-            if silent > self.unreachable_timeout and (self._futures or self._requests):
-                self._fail_all(NodeUnreachable(
-                    f"the {node} at {info['endpoint']} has been unreachable for {silent:.0f}s "
-                    f"(client unreachable_timeout={self.unreachable_timeout:g}s)"))
-
-    def _fail_all(self, exc: ZqError) -> None:
-        for backlog in self._backlog.values():
-            backlog.clear()  # nobody waits for these any more
-        with self._lock:
-            futs = list(self._futures.values())
-            self._futures.clear()
-            self._unfinished.clear()
-            reqs = list(self._requests.values())
-            self._requests.clear()
-        for f in futs + reqs:
-            if not f.done():
-                try:
-                    f.set_exception(exc)
-                except concurrent.futures.InvalidStateError:
-                    pass

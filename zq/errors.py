@@ -64,6 +64,13 @@ class WorkerLost(ZqError):
     """The task's worker died (or was cut off) on every attempt it was given."""
 
 
+class UnknownTask(ZqError, KeyError):
+    """``submit_by_name`` of a name no worker registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class NodeUnreachable(ZqError):
     """A ventilator or sink stayed unreachable past the client's deadline."""
 
@@ -88,6 +95,7 @@ __all__ = [
     "TaskFailed",
     "WorkerLost",
     "NodeUnreachable",
+    "UnknownTask",
     "ClientClosed",
     "BindError",
     "InsecureBindError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Generator, Optional
 
 from .envelope import Result, TaskState
@@ -26,12 +27,16 @@ class RemoteTraceback(Exception):
 
 
 class TaskFuture(concurrent.futures.Future):
-    """A ``concurrent.futures.Future`` for a zq task; awaitable in asyncio."""
+    """A ``concurrent.futures.Future`` for a zq task; awaitable in asyncio.
+
+    ``progress`` is the latest ``zq.Progress`` the task reported (or None)."""
 
     def __init__(self, task_id: str, client: Optional["Client"] = None) -> None:
         super().__init__()
         self.task_id = task_id
         self.envelope: Optional[Result] = None
+        self.progress: Any = None
+        self._progress_first: Optional[tuple[float, float]] = None
         self._client = client
 
     def cancel(self) -> bool:
@@ -129,3 +134,48 @@ def settle(fut: TaskFuture, result: Result) -> None:
             fut.set_exception(make_exception(result))
     except concurrent.futures.InvalidStateError:  # raced with a local cancel
         pass
+
+
+class GroupFuture(concurrent.futures.Future):
+    """The results of a ``zq.group``'s calls, in order.  Fails as soon as one member fails
+    (the others are not waited for), so a group never hangs on a failed member."""
+
+    def __init__(self, members: list[TaskFuture]) -> None:
+        super().__init__()
+        self.members = members
+        self._left = len(members)
+        self._lock = threading.Lock()
+        if not members:
+            self.set_result([])
+        for m in members:
+            m.add_done_callback(self._member_done)
+
+    def _member_done(self, m: concurrent.futures.Future) -> None:
+        with self._lock:
+            if self.done():
+                return
+            if m.cancelled():
+                self.set_exception(concurrent.futures.CancelledError(f"group member {getattr(m, 'task_id', '')} "
+                                                                     "was cancelled"))
+                return
+            exc = m.exception()
+            if exc is not None:
+                self.set_exception(exc)
+                return
+            self._left -= 1
+            if self._left == 0:
+                self.set_result([f.result() for f in self.members])
+
+    def cancel(self) -> bool:
+        for m in self.members:
+            m.cancel()
+        if not super().cancel():
+            return False
+        try:
+            self.set_running_or_notify_cancel()
+        except RuntimeError:
+            pass
+        return True
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()

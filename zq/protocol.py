@@ -229,10 +229,14 @@ class TaskSpec:
                    attempt, lost, opts, args)
 
 
-def pack_tasks(command: bytes, tasks: Iterable[TaskSpec], fns: dict[bytes, Any]) -> list:
-    """A SUBMIT or TASKS message: ``fns`` maps digest -> pickled function to include."""
+def pack_tasks(command: bytes, tasks: Iterable[TaskSpec], fns: dict[bytes, Any],
+               req: Optional[int] = None) -> list:
+    """A SUBMIT, SPAWN or TASKS message: ``fns`` maps digest -> pickled function to include;
+    ``req``: the sender waits for a REPLY with the id each task goes by."""
     tasks = list(tasks)
-    header = {"t": [t.row() for t in tasks], "f": list(fns)}
+    header: dict = {"t": [t.row() for t in tasks], "f": list(fns)}
+    if req is not None:
+        header["req"] = req
     return [PROTOCOL, command, _packb(header), *fns.values(), *(t.args for t in tasks)]
 
 
@@ -257,14 +261,6 @@ def unpack_tasks(msg: Message) -> tuple[list[TaskSpec], dict[bytes, Any]]:
 # ------------------------------------------------------------------------- results
 
 
-def result_row(r: Result, client: str, retain: Optional[bool]) -> list:
-    return [
-        r.task_id, r.name, r.state.value, r.error.to_row() if r.error else None, r.attempts,
-        r.worker, r.host, r.pid, r.queue, r.submitted_at, r.started_at, r.finished_at,
-        r.run_seconds, client, retain, list(r.lost),
-    ]
-
-
 class ResultRow:
     """A result as routed by the sink: the header row and the value frame, never unpickled."""
 
@@ -286,6 +282,11 @@ class ResultRow:
     def retain(self) -> Optional[bool]:
         return self.row[14]
 
+    @property
+    def ttl(self) -> Optional[float]:
+        """Seconds to retain this result (None: the sink's --result-ttl)."""
+        return self.row[16]
+
     def to_result(self) -> Result:
         r = self.row
         return Result(
@@ -297,8 +298,8 @@ class ResultRow:
 
 
 def _check_result_row(row: Any) -> list:
-    if not isinstance(row, list) or len(row) != 16:
-        raise ProtocolError("result row must be a list of 16 fields")
+    if not isinstance(row, list) or len(row) != 17:
+        raise ProtocolError("result row must be a list of 17 fields")
     if not isinstance(row[0], str) or not isinstance(row[13], str) or not isinstance(row[1], str):
         raise ProtocolError("result row: task id, name and client must be strings")
     try:
@@ -316,6 +317,8 @@ def _check_result_row(row: Any) -> list:
         raise ProtocolError("result row: worker, host, queue must be strings")
     if row[14] is not None and not isinstance(row[14], bool):
         raise ProtocolError("result row: retain must be a bool or nil")
+    if row[16] is not None and (not isinstance(row[16], (int, float)) or row[16] <= 0):
+        raise ProtocolError("result row: ttl must be a positive number or nil")
     return row
 
 

@@ -1,0 +1,122 @@
+"""``zq tasks ls|show|requeue|cancel|forget|pause|resume|enable|disable``: the task admin CLI.
+
+Each command connects as a client (same endpoints and keys as ``zq status``),
+makes one request to the ventilator, prints the answer and exits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Callable, Optional
+
+import click
+
+import zq
+from zq.errors import ConfigError, ZqError
+
+conn_opts = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file."),
+    click.option("--ventilator", "vent", help="The ventilator's clients endpoint."),
+    click.option("--sink", help="The sink's endpoint."),
+    click.option("--keys", type=click.Path(file_okay=False), default=None, help="CURVE key directory."),
+    click.option("--key-name", default=None, help="Own key pair in --keys (default: client)."),
+]
+
+
+def connection(f: Callable) -> Callable:
+    for opt in reversed(conn_opts):
+        f = opt(f)
+    return f
+
+
+def _client(config_path: Optional[str], vent: Optional[str], sink: Optional[str], keys: Optional[str],
+            key_name: Optional[str]) -> zq.Client:
+    try:
+        cfg = zq.load_config(config_path, {"ventilator_clients": vent, "sink_endpoint": sink, "keys": keys,
+                                           "key_name": key_name})
+        return zq.Client(cfg, unreachable_timeout=10.0)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(conn: tuple, action: Callable[[zq.Client], Any]) -> Any:
+    client = _client(*conn)
+    try:
+        return action(client)
+    except (ZqError, TimeoutError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    finally:
+        client.shutdown(wait=False)
+
+
+def _when(ts: Optional[float]) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+@click.group("tasks")
+def tasks() -> None:
+    """List, inspect and manage tasks and queues."""
+
+
+@tasks.command("ls")
+@connection
+@click.option("--state", type=click.Choice([s.value for s in zq.TaskState]), default=None)
+@click.option("--queue", default=None)
+@click.option("--name", default=None)
+@click.option("--since", type=float, default=None, help="Unix time.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--offset", type=int, default=0)
+@click.option("--forgotten", is_flag=True, help="Include forgotten tasks.")
+@click.option("--json", "as_json", is_flag=True)
+def ls(config_path: Optional[str], vent: Optional[str], sink: Optional[str], keys: Optional[str],
+       key_name: Optional[str], state: Optional[str], queue: Optional[str], name: Optional[str],
+       since: Optional[float], limit: int, offset: int, forgotten: bool, as_json: bool) -> None:
+    """List tasks, newest first."""
+    rows = _run((config_path, vent, sink, keys, key_name), lambda c: c.list_tasks(
+        state=state, queue=queue, name=name, since=since, limit=limit, offset=offset, forgotten=forgotten))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'TASK':<40} {'STATE':<9} {'QUEUE':<12} {'ATT':>3} {'SUBMITTED':<19}  NAME")
+    for r in rows:
+        click.echo(f"{r['task_id']:<40} {r['state']:<9} {r['queue']:<12} {r['attempts']:>3} "
+                   f"{_when(r['submitted_at']):<19}  {r['name']}")
+
+
+@tasks.command("show")
+@connection
+@click.argument("task_id")
+def show(config_path: Optional[str], vent: Optional[str], sink: Optional[str], keys: Optional[str],
+         key_name: Optional[str], task_id: str) -> None:
+    """Everything the ventilator knows of one task."""
+    click.echo(json.dumps(_run((config_path, vent, sink, keys, key_name), lambda c: c.show_task(task_id)),
+                          indent=2))
+
+
+def _simple(cmd: str, arg: str, doc: str, action: Callable[[zq.Client, str], Any],
+            say: Callable[[str, Any], str]) -> None:
+    @tasks.command(cmd, help=doc)
+    @connection
+    @click.argument(arg)
+    def command(config_path: Optional[str], vent: Optional[str], sink: Optional[str], keys: Optional[str],
+                key_name: Optional[str], **kw: str) -> None:
+        value = kw[arg]
+        out = _run((config_path, vent, sink, keys, key_name), lambda c: action(c, value))
+        click.echo(say(value, out))
+
+
+_simple("requeue", "task_id", "Run a failed or cancelled task again (prints the new task id).",
+        lambda c, t: c.requeue(t), lambda t, new: new)
+_simple("cancel", "task_id", "Cancel a queued (or, on a process worker, running) task.",
+        lambda c, t: c.cancel(t), lambda t, ok: f"{t}: {'cancelled' if ok else 'not cancelled (finished or running in a thread)'}")
+_simple("forget", "task_id", "Hide a finished task from listings (kept in the history).",
+        lambda c, t: c.forget(t), lambda t, ok: f"{t}: {'forgotten' if ok else 'not in the history'}")
+_simple("pause", "queue", "Stop dispatching a queue; its tasks wait (PAUSED).",
+        lambda c, q: c.pause(q), lambda q, n: f"queue {q} paused ({n} task(s) waiting)")
+_simple("resume", "queue", "Dispatch a paused queue again.",
+        lambda c, q: c.resume(q), lambda q, n: f"queue {q} resumed ({n} task(s) waiting)")
+_simple("disable", "name", "Let tasks of this name wait (PAUSED) until enabled.",
+        lambda c, n: c.disable_task(n), lambda n, _: f"task {n} disabled")
+_simple("enable", "name", "Run tasks of this name again.",
+        lambda c, n: c.enable_task(n), lambda n, _: f"task {n} enabled")

@@ -1,0 +1,90 @@
+"""Admin calls of ``zq.Client`` (a mixin): listing and counting tasks, history,
+queues and task names.  Each is one request to the ventilator."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Optional, Union
+
+from .context import Progress
+from .envelope import TaskState
+
+
+def _since(value: Union[None, float, dt.datetime]) -> Optional[float]:
+    if value is None:
+        return None
+    return value.timestamp() if isinstance(value, dt.datetime) else float(value)
+
+
+class AdminMixin:
+    def _request(self, node: str, op: str, header: dict, **kw: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def _filters(self, state: Any, queue: Optional[str], name: Optional[str], since: Any,
+                 forgotten: bool) -> dict:
+        h: dict = {"queue": queue, "name": name, "since": _since(since), "forgotten": forgotten}
+        if state is not None:
+            h["state"] = TaskState(state).value
+        return h
+
+    def list_tasks(self, *, state: "TaskState | str | None" = None, queue: Optional[str] = None,
+                   name: Optional[str] = None, since: "float | dt.datetime | None" = None,
+                   limit: Optional[int] = 100, offset: int = 0, forgotten: bool = False) -> list[dict]:
+        """Tasks known to the ventilator, newest first: queued, running and (from its
+        history) finished ones.  Each is a dict: task_id, name, queue, state, submitted_at,
+        finished_at, attempts, worker, error, parent, forgotten (and progress when running)."""
+        h = self._filters(state, queue, name, since, forgotten)
+        return self._request("ventilator", "list", {**h, "limit": limit, "offset": offset})
+
+    def count_tasks(self, *, state: "TaskState | str | None" = None, queue: Optional[str] = None,
+                    name: Optional[str] = None, since: "float | dt.datetime | None" = None,
+                    forgotten: bool = False) -> int:
+        return self._request("ventilator", "count", self._filters(state, queue, name, since, forgotten))
+
+    def show_task(self, task_id: str) -> dict:
+        """One task as ``list_tasks`` describes it; KeyError if the ventilator never saw it."""
+        try:
+            return self._request("ventilator", "show", {"id": task_id})
+        except Exception as exc:
+            if "unknown task" in str(exc):
+                raise KeyError(task_id) from None
+            raise
+
+    def requeue(self, task_id: str) -> str:
+        """Run a failed or cancelled task again; the new task's id (its ``parent`` is the old)."""
+        return self._request("ventilator", "requeue", {"id": task_id})
+
+    def forget(self, task_id: str) -> bool:
+        """Hide a finished task from ``list_tasks`` (kept in the history: ``forgotten=True``)."""
+        return bool(self._request("ventilator", "forget", {"id": task_id}))
+
+    def pause(self, queue: str) -> int:
+        """Stop dispatching ``queue``: its tasks stay queued (shown PAUSED); nothing is dropped.
+        Returns how many tasks wait in it."""
+        return self._request("ventilator", "pause", {"queue": queue})
+
+    def resume(self, queue: str) -> int:
+        return self._request("ventilator", "resume", {"queue": queue})
+
+    def disable_task(self, name: str) -> None:
+        """Tasks of this name wait (shown PAUSED) until ``enable_task``."""
+        self._request("ventilator", "disable", {"name": name})
+
+    def enable_task(self, name: str) -> None:
+        self._request("ventilator", "enable", {"name": name})
+
+    def registry(self) -> dict:
+        """The tasks workers registered (``--import``) and the cluster's schedules."""
+        return self._request("ventilator", "registry", {})
+
+    def get_progress(self, task_id: str) -> Optional[Progress]:
+        """The latest progress a running task reported (None if none, or not running)."""
+        fut = self._futures.get(task_id) if hasattr(self, "_futures") else None  # type: ignore[attr-defined]
+        if fut is not None and fut.progress is not None:
+            return fut.progress
+        row = self._request("ventilator", "progress", {"ids": [task_id]})[0]
+        if row is None:
+            return None
+        done, total, message, ts = row
+        return Progress(done, total, message, ts, None)
+

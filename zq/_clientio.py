@@ -1,0 +1,338 @@
+"""The client's IO thread: the only code that touches the client's sockets.
+
+    caller threads ──submit(): TaskSpec──▶ outbox deque + Waker ──┐
+                                                                   ▼
+    ClientIO._io_loop ── DEALER ──SUBMIT/REQUEST/HEARTBEAT──▶ ventilator
+                      │          ◀──REPLY/REJECT/PROGRESS/HEARTBEAT──
+                      └─ DEALER ──HELLO/ACK/WATCH/REQUEST/HEARTBEAT──▶ sink
+                                 ◀──RESULT/REPLY/HEARTBEAT── ──▶ settle(future)
+
+Sends never block: a node that is away or not reading (high-water mark) gets
+its messages later, in order, from a backlog.  Heartbeats go out on a fixed
+schedule; a node silent past the liveness timeout gets a fresh socket (capped
+exponential backoff, Paranoid Pirate), and one silent past the client's
+``unreachable_timeout`` fails every pending future with NodeUnreachable.
+A node that restarted (new instance id) gets the unfinished tasks again.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import zmq
+
+from . import protocol as P
+from ._sockets import dealer
+from .context import Progress, estimate_eta
+from .envelope import TaskState
+from .errors import NodeUnreachable, ZqError
+from .futures import settle
+from .protocol import ResultRow, TaskSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .futures import TaskFuture
+
+log = logging.getLogger("zq.client")
+
+FINISHED_MEMORY = 100_000
+
+
+class ClientIO:
+    """Mixin of ``zq.Client``: its IO thread.  Everything here runs on that thread."""
+
+    _futures: dict[str, "TaskFuture"]
+    _unfinished: dict[str, TaskSpec]
+    _requests: dict[int, concurrent.futures.Future]
+
+    def _io_main(self) -> None:
+        ctx = zmq.Context()
+        try:
+            self._io_setup(ctx)
+        except BaseException as exc:
+            self._io_error = exc
+            self._ready.set()
+            ctx.destroy(0)
+            return
+        self._ready.set()
+        try:
+            self._io_loop()
+        except Exception:
+            log.exception("zq client IO thread failed")
+            self._fail_all(ZqError("the client's IO thread failed; see the log"))
+        finally:
+            self.vsock.close(0)
+            self.ssock.close(0)
+            ctx.destroy(0)
+
+    def _io_setup(self, ctx: zmq.Context) -> None:
+        self.ctx = ctx
+        self.poller = zmq.Poller()
+        self.poller.register(self._waker.fileno(), zmq.POLLIN)
+        now = time.monotonic()
+        self._nodes = {
+            "ventilator": {"endpoint": self.config.ventilator_clients, "last_recv": now, "last_send": 0.0,
+                           "instance": None, "backoff": self.config.heartbeat_interval},
+            "sink": {"endpoint": self.config.sink_endpoint, "last_recv": now, "last_send": 0.0,
+                     "instance": None, "backoff": self.config.heartbeat_interval},
+        }
+        self.vsock = self._connect("ventilator")
+        self.ssock = self._connect("sink")
+        self._sent_fns: set[bytes] = set()
+        self._backlog: dict[str, collections.deque[list]] = {
+            "ventilator": collections.deque(), "sink": collections.deque()}
+
+    def _connect(self, node: str) -> zmq.Socket:
+        s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode(), keys=self._keys, server=node)
+        self.poller.register(s, zmq.POLLIN)
+        try:
+            s.send_multipart(P.pack(P.HELLO if node == "sink" else P.HEARTBEAT,
+                                    {"id": self.id, "client": self.id}), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # our regular heartbeat follows
+        self._nodes[node]["last_send"] = time.monotonic()
+        return s
+
+    def _io_loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        next_tick = 0.0
+        waker = self._waker
+        while not self._stop_io:
+            waker.sleeping = True
+            # submitters skip the wake-up system call unless we sleep, so look at the
+            # outbox after announcing it and before blocking
+            events = dict(self.poller.poll(0 if self._outbox else int(interval * 500) or 1))
+            waker.sleeping = False
+            if waker.fileno() in events:
+                waker.drain()
+            if self.vsock in events:
+                self._drain(self.vsock, "ventilator")
+            if self.ssock in events:
+                self._drain(self.ssock, "sink")
+            self._flush_backlog()
+            self._send_outbox()
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + interval / 2
+
+    def _send_outbox(self) -> None:
+        tasks: list[TaskSpec] = []
+        while self._outbox:
+            item = self._outbox.popleft()
+            if isinstance(item, TaskSpec):
+                tasks.append(item)
+            elif item[0] == "request":
+                _, node, header = item
+                sock = self.vsock if node == "ventilator" else self.ssock
+                self._send(sock, node, P.pack(P.REQUEST, header))
+            elif item[0] == "watch":
+                self._send(self.ssock, "sink", P.pack(P.WATCH, {"ids": [item[1]]}))
+            elif item[0] == "submit":
+                self._send_tasks([item[2]], req=item[1])
+        if tasks:
+            self._send_tasks(tasks)
+
+    def _send_tasks(self, tasks: list[TaskSpec], force_fns: bool = False, req: Optional[int] = None) -> None:
+        """SUBMIT ``tasks`` in as few messages as the size limit allows."""
+        limit = P.batch_limit(self._max_message)
+        start = 0
+        while start < len(tasks):
+            # count each new function once, with the first task that needs it
+            seen: set[bytes] = set()
+
+            def new_fn(t: TaskSpec) -> bool:
+                return (t.digest != P.BY_NAME and (force_fns or t.digest not in self._sent_fns)
+                        and t.digest not in seen)
+
+            def size(t: TaskSpec) -> int:
+                if new_fn(t):
+                    seen.add(t.digest)
+                    return len(t.args) + len(self._fn_bytes[t.digest])
+                return len(t.args)
+
+            n = P.take_batch(tasks[start:start + 5000], limit, size=size)
+            batch = tasks[start:start + n]
+            start += n
+            fns = {d: self._fn_bytes[d] for d in seen if any(t.digest == d for t in batch)}
+            self._send(self.vsock, "ventilator", P.pack_tasks(P.SUBMIT, batch, fns, req))
+            self._sent_fns.update(fns)
+
+    def _send(self, sock: zmq.Socket, node: str, frames: list, droppable: bool = False) -> None:
+        """Send without ever blocking the IO thread: a node that is away or not reading
+        (high-water mark) gets the message later, in order; heartbeats are dropped."""
+        backlog = self._backlog[node]
+        if not backlog:
+            try:
+                sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+                self._nodes[node]["last_send"] = time.monotonic()
+                return
+            except zmq.Again:
+                pass
+        if not droppable:
+            backlog.append(frames)
+
+    def _flush_backlog(self) -> None:
+        for node, sock in (("ventilator", self.vsock), ("sink", self.ssock)):
+            backlog = self._backlog[node]
+            while backlog:
+                try:
+                    sock.send_multipart(backlog[0], copy=False, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                backlog.popleft()
+                self._nodes[node]["last_send"] = time.monotonic()
+
+    def _drain(self, sock: zmq.Socket, node: str, limit: int = 1000) -> None:
+        info = self._nodes[node]
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            info["last_recv"] = time.monotonic()
+            info["backoff"] = self.config.heartbeat_interval
+            try:
+                self._on_message(node, P.unpack(frames))
+            except Exception as exc:
+                log.warning("bad message from %s: %s", node, exc)
+
+    def _on_message(self, node: str, msg: P.Message) -> None:
+        cmd = msg.command
+        if cmd == P.RESULT:
+            rows = P.unpack_results(msg)
+            # acknowledge every result received, even one already settled (a resend):
+            # only then may its worker forget it
+            self._send(self.ssock, "sink", P.pack(P.ACK, {"ids": [r.task_id for r in rows]}))
+            self._on_results(rows)
+        elif cmd == P.REPLY:
+            req = msg.header.get("req")
+            with self._lock:
+                fut = self._requests.pop(req, None)
+            if fut is None:
+                return
+            if msg.header.get("ok"):
+                fut.set_result((msg.header.get("data"), msg.payload[0].bytes if msg.payload else b""))
+            else:
+                fut.set_exception(ZqError(str(msg.header.get("error"))))
+        elif cmd == P.HEARTBEAT:
+            info = self._nodes[node]
+            inst = msg.header.get("instance")
+            if info["instance"] is not None and inst != info["instance"]:
+                log.warning("%s restarted (new instance %s)", node, inst)
+                self._node_restarted(node)
+            info["instance"] = inst
+            peer_max = msg.header.get("max")
+            if isinstance(peer_max, int) and peer_max >= 1024:
+                self._peer_max[node] = peer_max
+                self._max_message = min(self.config.max_message_size, *self._peer_max.values())
+        elif cmd == P.PROGRESS:
+            for row in msg.header.get("p") or ():
+                with self._lock:
+                    fut = self._futures.get(row[0])
+                if fut is not None:
+                    self._set_progress(fut, row)
+        elif cmd == P.REJECT:
+            ids = msg.header.get("ids") or []
+            if msg.header.get("code") == "unknown-function":
+                with self._lock:
+                    specs = [self._unfinished[i] for i in ids if i in self._unfinished]
+                self._sent_fns.clear()
+                if specs:
+                    self._send_tasks(specs, force_fns=True)
+        elif cmd == P.ERROR:
+            log.warning("%s refused a message: %s", node, msg.header.get("msg"))
+
+    def _node_restarted(self, node: str) -> None:
+        if node == "ventilator":
+            self._sent_fns.clear()
+            with self._lock:
+                specs = list(self._unfinished.values())
+            if specs:
+                log.warning("submitting %d unfinished task(s) again", len(specs))
+            self._send_tasks(specs)
+        else:
+            self._send(self.ssock, "sink", P.pack(P.HELLO, {"client": self.id}))
+
+    def _on_results(self, rows: list[ResultRow]) -> None:
+        settled = []
+        with self._lock:
+            for r in rows:
+                tid = r.task_id
+                fut = self._futures.pop(tid, None)
+                self._unfinished.pop(tid, None)
+                if fut is not None:
+                    settled.append((fut, r))
+        for fut, r in settled:
+            result = r.to_result()
+            self._forget(fut.task_id, result.state)
+            settle(fut, result)
+
+    def _set_progress(self, fut: "TaskFuture", row: Sequence[Any]) -> None:
+        """``row``: [task id, done, total, message, time] as a task reported it."""
+        _, done, total, message, ts = row
+        if fut._progress_first is None:
+            fut._progress_first = (ts, done)
+        t0, d0 = fut._progress_first
+        eta = estimate_eta(done - d0, total - d0, t0, ts) if ts > t0 else None
+        fut.progress = Progress(done, total, message, ts, eta)
+
+    def _forget(self, task_id: str, state: TaskState) -> None:
+        with self._lock:
+            self._futures.pop(task_id, None)
+            self._unfinished.pop(task_id, None)
+            self._finished[task_id] = state
+            if len(self._finished) > FINISHED_MEMORY:
+                self._finished.popitem(last=False)
+
+    def _tick(self, now: float) -> None:
+        cfg = self.config
+        for node, sock_attr in (("ventilator", "vsock"), ("sink", "ssock")):
+            info = self._nodes[node]
+            # heartbeat on a fixed schedule, busy or not: the nodes answer heartbeats,
+            # not submissions, and their answers are how we know they are alive
+            if now - info.get("last_hb", 0.0) >= cfg.heartbeat_interval:
+                info["last_hb"] = now
+                self._send(getattr(self, sock_attr), node,
+                           P.pack(P.HEARTBEAT, {"id": self.id, "client": self.id}), droppable=True)
+            silent = now - info["last_recv"]
+            if silent <= cfg.heartbeat_timeout:
+                info["backoff"] = cfg.heartbeat_interval
+                info["reconnect_at"] = 0.0
+                continue
+            if now >= info.get("reconnect_at", 0.0):
+                # Paranoid Pirate: a fresh socket, then wait longer (capped) before the next
+                log.info("%s at %s silent for %.1fs: reconnecting", node, info["endpoint"], silent)
+                info["reconnect_at"] = now + info["backoff"]
+                info["backoff"] = min(info["backoff"] * 2, 30.0)
+                old = getattr(self, sock_attr)
+                self.poller.unregister(old)
+                old.close(0)
+                setattr(self, sock_attr, self._connect(node))
+                if node == "ventilator" and info["instance"] is None:
+                    # never heard from it: what we sent may be lost. (Otherwise its next
+                    # heartbeat tells whether it restarted: see _on_message.)
+                    self._node_restarted("ventilator")
+            if silent > self.unreachable_timeout and (self._futures or self._requests):
+                self._fail_all(NodeUnreachable(
+                    f"the {node} at {info['endpoint']} has been unreachable for {silent:.0f}s "
+                    f"(client unreachable_timeout={self.unreachable_timeout:g}s)"))
+
+    def _fail_all(self, exc: ZqError) -> None:
+        for backlog in self._backlog.values():
+            backlog.clear()  # nobody waits for these any more
+        with self._lock:
+            futs = list(self._futures.values())
+            self._futures.clear()
+            self._unfinished.clear()
+            reqs = list(self._requests.values())
+            self._requests.clear()
+        for f in futs + reqs:
+            if not f.done():
+                try:
+                    f.set_exception(exc)
+                except concurrent.futures.InvalidStateError:
+                    pass

@@ -1,0 +1,89 @@
+"""Per-task options as they travel (``TaskSpec.opts``), and checks made at submit time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import json
+import time
+from typing import Any, Callable, Optional
+
+from ._limits import parse_priority
+from .runner import is_async
+
+
+def _by_name_placeholder(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never called
+    """Stands for a task submitted by name; workers run the task they registered."""
+    raise RuntimeError("a task submitted by name runs on a worker that imported it")
+
+
+def task_options(t: Any, fn: Callable, priority: Any, key: Optional[str], delay: Optional[float],
+                 eta: "float | dt.datetime | None", result_ttl: Optional[float],
+                 backoff: Optional[float], backoff_max: Optional[float]) -> Optional[dict]:
+    """The ``opts`` map of a task from submit_task's arguments and the task's defaults."""
+    opts: dict[str, Any] = {}
+    prio = parse_priority(priority if priority is not None else (t.priority if t else None))
+    if prio:
+        opts["prio"] = prio
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise ValueError("key must be a non-empty string")
+        opts["key"] = key
+    if delay is not None and eta is not None:
+        raise ValueError("give delay= or eta=, not both")
+    if delay is not None:
+        if delay < 0:
+            raise ValueError("delay must be >= 0 seconds")
+        opts["eta"] = time.time() + float(delay)
+    elif eta is not None:
+        opts["eta"] = eta.timestamp() if isinstance(eta, dt.datetime) else float(eta)
+    if result_ttl is not None:
+        if result_ttl <= 0:
+            raise ValueError("result_ttl must be > 0 seconds")
+        opts["ttl"] = float(result_ttl)
+    if backoff is not None or backoff_max is not None:
+        if (backoff or 0) < 0 or (backoff_max or 0) < 0:
+            raise ValueError("retry_backoff and retry_backoff_max must be >= 0 seconds")
+        if backoff is not None:
+            opts["backoff"] = float(backoff)
+        if backoff_max is not None:
+            opts["backoff_max"] = float(backoff_max)
+    if t is not None:
+        if t.max_concurrency:
+            opts["limit"] = t.max_concurrency
+        if t.rate_limit:
+            opts["rate"] = t.rate_limit
+    if is_async(fn):
+        opts["async"] = True
+    return opts or None
+
+
+def check_params(name: str, info: dict, params: "dict | list | tuple | None") -> tuple[tuple, dict]:
+    """(args, kwargs) from JSON-able ``params``, checked against the registered signature."""
+    if params is None:
+        args, kwargs = (), {}
+    elif isinstance(params, dict):
+        args, kwargs = (), dict(params)
+    elif isinstance(params, (list, tuple)):
+        args, kwargs = tuple(params), {}
+    else:
+        raise TypeError(f"{name}: params must be a dict (keywords) or a list (positional), "
+                        f"not {type(params).__name__}")
+    try:
+        json.dumps([args, kwargs])
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: params must be JSON-able: {exc}") from None
+    spec = info.get("params")
+    if spec is not None:
+        sig = inspect.Signature([inspect.Parameter(p, inspect._ParameterKind(kind),
+                                                   default=None if has_default else inspect.Parameter.empty)
+                                 for p, kind, has_default in spec if not _is_context(p, info)])
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{name}{sig}: {exc}") from None
+    return args, kwargs
+
+
+def _is_context(param: str, info: dict) -> bool:
+    return param in (info.get("context_params") or ())
