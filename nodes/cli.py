@@ -306,6 +306,16 @@ from .tasks_cli import tasks as _tasks  # noqa: E402
 cli.add_command(_tasks)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: Sequence[str]) -> None:
+    """Benchmark zq on a local cluster (same as ``python -m bench``; --help for options)."""
+    from bench.cli import main as bench_main
+
+    sys.exit(bench_main(list(args)))
+
+
 def main() -> None:
     cli(prog_name="zq")
 
