@@ -54,6 +54,7 @@ class Sink(Node):
         self._acks: dict[bytes, list[str]] = {}
         self.watchers: dict[str, set[str]] = {}  # task id -> other clients that want its result
         self._role = ""
+        self.started_mono = time.monotonic()
         self._next_stale_scan = 0.0
         self.peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
@@ -265,7 +266,10 @@ class Sink(Node):
         ttl = self.config.sink_result_ttl
         for client in list(self.undelivered):
             q = self.undelivered[client]
-            while q and now - q[0][0] > ttl:
+            # a client gone for good (silent past Peers.forget_after) will not take them:
+            # what is not retained is dropped now rather than held for the whole TTL
+            gone = client.encode() not in self.peers.last_seen and now - self.started_mono > self.peers.forget_after
+            while q and (gone or now - q[0][0] > ttl):
                 _, r = q.popleft()
                 self._release(r.task_id)  # given up: its sender may forget it too
                 self.counters["undelivered_expired"] += 1
