@@ -204,7 +204,10 @@ class Sink(Node):
                 if w != r.client:
                     by_client.setdefault(w, []).append(r)
             self._ack_later(tid, r.client, sender)
-            by_client.setdefault(r.client, []).append(r)
+            if r.client:
+                by_client.setdefault(r.client, []).append(r)
+            else:  # nobody submitted it (a schedule's slot): recorded (and retained) is all
+                self._release(tid)
         for client, batch in by_client.items():
             self._deliver(client, batch)
         self._flush_acks()
