@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import zmq
 
 from zq import protocol as P
-from zq._sockets import dealer
+from zq._sockets import LinkMonitor, dealer
 from zq._wake import Waker
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskState
@@ -180,6 +180,12 @@ class SinkLink:
         s = dealer(self.node.ctx, self.endpoint, self.identity, self.node.config.max_message_size,
                    keys=self.node.keys, server="sink")
         self.poller.register(s, zmq.POLLIN)
+        old = getattr(self, "monitor", None)
+        if old is not None:
+            self.poller.unregister(old.socket)
+            old.close()
+        self.monitor = LinkMonitor(s)
+        self.poller.register(self.monitor.socket, zmq.POLLIN)
         return s
 
     def reconnect(self) -> None:
@@ -187,6 +193,14 @@ class SinkLink:
         self.socket.close(0)
         self.socket = self._connect()
         self.resend_all()
+
+    def handle(self, events: dict) -> None:
+        """The owner's loop hands us its poll events."""
+        if self.socket in events:
+            self.on_readable()
+        if self.monitor.socket in events and self.monitor.reconnected():
+            # the connection broke and came back (libzmq dropped what was queued on it)
+            self.resend_all()
 
     def resend_all(self) -> None:
         self.pending = collections.deque(self.unacked.values())
@@ -251,4 +265,5 @@ class SinkLink:
         self.flush()
 
     def close(self) -> None:
+        self.monitor.close()
         self.socket.close(0)

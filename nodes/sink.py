@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import itertools
 import logging
 import time
 from typing import Optional, Sequence
@@ -89,8 +90,12 @@ class Sink(Node):
                 self._tick(now)
                 next_tick = now + interval / 2
 
-    def _drain(self, limit: int = 1000) -> None:
-        for _ in range(limit):
+    def _drain(self, budget: float = 0.02) -> None:
+        """Handle what the socket has, for at most ``budget`` seconds (see Ventilator._drain)."""
+        deadline = time.monotonic() + budget
+        for n in itertools.count():
+            if n & 15 == 15 and time.monotonic() > deadline:
+                break
             try:
                 frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:

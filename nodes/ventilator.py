@@ -22,6 +22,7 @@ again with the cause recorded; after 3 losses the task fails with WorkerLost.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 from typing import Any, Optional, Sequence
@@ -172,8 +173,7 @@ class Ventilator(Node):
                 self._drain(self.wsock, self._on_worker)
             if self.clients in events:
                 self._drain(self.clients, self._on_client)
-            if self.sink.socket in events:
-                self.sink.on_readable()
+            self.sink.handle(events)
             if self._waker.fileno() in events:
                 self._waker.drain()
             now = time.monotonic()
@@ -186,8 +186,13 @@ class Ventilator(Node):
             self.sink.flush()
         self._shutdown()
 
-    def _drain(self, sock: zmq.Socket, handler: Any, limit: int = 1000) -> None:
-        for _ in range(limit):
+    def _drain(self, sock: zmq.Socket, handler: Any, budget: float = 0.02) -> None:
+        """Handle what ``sock`` has, for at most ``budget`` seconds: the loop must come
+        round to heartbeats and dispatch however large a burst clients send."""
+        deadline = time.monotonic() + budget
+        for n in itertools.count():
+            if n & 15 == 15 and time.monotonic() > deadline:
+                return
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:

@@ -179,8 +179,7 @@ class Worker(Node):
             waker.sleeping = False
             if self.vent in events:
                 self._drain_ventilator()
-            if self.sink.socket in events:
-                self.sink.on_readable()
+            self.sink.handle(events)
             if waker.fileno() in events:
                 waker.drain()
             self._collect(set(events))
@@ -364,10 +363,10 @@ class Worker(Node):
         retries_used = spec.attempt - 1 - len(spec.lost)
         if (retryable and state is TaskState.FAILED and error is not None
                 and error.type != "SerializationError" and retries_used < spec.retries and self.accepting):
-            opts = spec.opts or {}
+            opts = spec.opts or {}  # types checked by TaskSpec.from_row
             base = opts.get("backoff", RETRY_BASE)
             cap = opts.get("backoff_max", RETRY_CAP)
-            self._retry(spec, delay=min(float(cap), float(base) * (2 ** retries_used)))
+            self._retry(spec, delay=min(float(cap), float(base) * (2 ** min(retries_used, 60))))
             return
         self.sink.add(row)
         self.done_ids.append(spec.task_id)

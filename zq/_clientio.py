@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import zmq
 
 from . import protocol as P
-from ._sockets import dealer
+from ._sockets import LinkMonitor, dealer
 from .context import Progress, estimate_eta
 from .envelope import TaskState
-from .errors import NodeUnreachable, ZqError
+from .errors import NodeUnreachable, SerializationError, ZqError
 from .futures import settle
 from .protocol import ResultRow, TaskSpec
 
@@ -64,6 +64,8 @@ class ClientIO:
             log.exception("zq client IO thread failed")
             self._fail_all(ZqError("the client's IO thread failed; see the log"))
         finally:
+            for mon in self._monitors.values():
+                mon.close()
             self.vsock.close(0)
             self.ssock.close(0)
             ctx.destroy(0)
@@ -79,6 +81,7 @@ class ClientIO:
             "sink": {"endpoint": self.config.sink_endpoint, "last_recv": now, "last_send": 0.0,
                      "instance": None, "backoff": self.config.heartbeat_interval},
         }
+        self._monitors: dict[str, LinkMonitor] = {}
         self.vsock = self._connect("ventilator")
         self.ssock = self._connect("sink")
         self._sent_fns: set[bytes] = set()
@@ -88,6 +91,12 @@ class ClientIO:
     def _connect(self, node: str) -> zmq.Socket:
         s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode(), keys=self._keys, server=node)
         self.poller.register(s, zmq.POLLIN)
+        old = self._monitors.pop(node, None)
+        if old is not None:
+            self.poller.unregister(old.socket)
+            old.close()
+        mon = self._monitors[node] = LinkMonitor(s)
+        self.poller.register(mon.socket, zmq.POLLIN)
         try:
             s.send_multipart(P.pack(P.HELLO if node == "sink" else P.HEARTBEAT,
                                     {"id": self.id, "client": self.id}), flags=zmq.NOBLOCK)
@@ -112,6 +121,11 @@ class ClientIO:
                 self._drain(self.vsock, "ventilator")
             if self.ssock in events:
                 self._drain(self.ssock, "sink")
+            for node, mon in self._monitors.items():
+                if mon.socket in events and mon.reconnected():
+                    # the connection broke and came back: what was queued on it is gone
+                    log.info("connection to the %s re-established: sending again", node)
+                    self._node_restarted(node)
             self._flush_backlog()
             self._send_outbox()
             now = time.monotonic()
@@ -228,7 +242,10 @@ class ClientIO:
             peer_max = msg.header.get("max")
             if isinstance(peer_max, int) and peer_max >= 1024:
                 self._peer_max[node] = peer_max
+                before = self._max_message
                 self._max_message = min(self.config.max_message_size, *self._peer_max.values())
+                if self._max_message < before:
+                    self._limit_lowered()
         elif cmd == P.PROGRESS:
             for row in msg.header.get("p") or ():
                 with self._lock:
@@ -246,6 +263,28 @@ class ClientIO:
         elif cmd == P.ERROR:
             log.warning("%s refused a message: %s", node, msg.header.get("msg"))
 
+    def _limit_lowered(self) -> None:
+        """A node takes smaller messages than we assumed: fail the tasks over the limit (the
+        node may have dropped our connection for them, and what followed) and send the
+        others again (duplicates are ignored by the ventilator)."""
+        limit = self._max_message - 4096
+        too_big = []
+        with self._lock:
+            for tid, spec in list(self._unfinished.items()):
+                if len(spec.args) + len(self._fn_bytes.get(spec.digest, b"")) > limit:
+                    del self._unfinished[tid]
+                    fut = self._futures.pop(tid, None)
+                    if fut is not None:
+                        too_big.append((fut, len(spec.args)))
+        for fut, size in too_big:
+            try:
+                fut.set_exception(SerializationError(
+                    f"task {fut.task_id} is {size} bytes pickled, over the cluster's maximum message "
+                    f"size of {self._max_message} bytes"))
+            except concurrent.futures.InvalidStateError:
+                pass
+        self._node_restarted("ventilator")
+
     def _node_restarted(self, node: str) -> None:
         if node == "ventilator":
             self._sent_fns.clear()
@@ -256,6 +295,10 @@ class ClientIO:
             self._send_tasks(specs)
         else:
             self._send(self.ssock, "sink", P.pack(P.HELLO, {"client": self.id}))
+            with self._lock:  # futures of other clients' tasks: watch them again
+                watched = [tid for tid in self._futures if tid not in self._unfinished]
+            if watched:
+                self._send(self.ssock, "sink", P.pack(P.WATCH, {"ids": watched}))
 
     def _on_results(self, rows: list[ResultRow]) -> None:
         settled = []
@@ -310,12 +353,9 @@ class ClientIO:
                 info["backoff"] = min(info["backoff"] * 2, 30.0)
                 old = getattr(self, sock_attr)
                 self.poller.unregister(old)
-                old.close(0)
+                old.close(0)  # drops what was still queued on it: hence the resend below
                 setattr(self, sock_attr, self._connect(node))
-                if node == "ventilator" and info["instance"] is None:
-                    # never heard from it: what we sent may be lost. (Otherwise its next
-                    # heartbeat tells whether it restarted: see _on_message.)
-                    self._node_restarted("ventilator")
+                self._node_restarted(node)
             if silent > self.unreachable_timeout and (self._futures or self._requests):
                 self._fail_all(NodeUnreachable(
                     f"the {node} at {info['endpoint']} has been unreachable for {silent:.0f}s "

@@ -92,3 +92,44 @@ def dealer(ctx: zmq.Context, endpoint: str, identity: Optional[bytes] = None,
     s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     s.connect(endpoint)
     return s
+
+
+class LinkMonitor:
+    """Tells its owner when a connected socket's connection dropped and came back.
+
+    libzmq drops whatever was queued on a connection that breaks (a peer restarted, a
+    message over the peer's size limit, a network cut) and reconnects silently; an owner
+    that must not lose messages resends its unacknowledged state when ``reconnected()``
+    says so.  Uses the socket monitor (an inproc PAIR read by the owning thread).
+    """
+
+    EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.socket = sock.get_monitor_socket(self.EVENTS)
+        self._watched = sock
+        self._dropped = False
+
+    def reconnected(self) -> bool:
+        """Read pending events; True if a connection was re-established after a drop."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        back = False
+        while self.socket.poll(0):
+            try:
+                event = recv_monitor_message(self.socket, zmq.NOBLOCK)["event"]
+            except (zmq.Again, ValueError):
+                break
+            if event == zmq.EVENT_DISCONNECTED:
+                self._dropped = True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._dropped:
+                self._dropped = False
+                back = True
+        return back
+
+    def close(self) -> None:
+        try:
+            self._watched.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.socket.close(0)

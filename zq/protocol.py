@@ -222,11 +222,42 @@ class TaskSpec:
             raise ProtocolError(f"task {task_id}: timeout must be a positive number or nil")
         if not isinstance(submitted_at, (int, float)) or not isinstance(attempt, int) or attempt < 1:
             raise ProtocolError(f"task {task_id}: bad submitted_at or attempt")
-        if not isinstance(lost, list) or (opts is not None and not isinstance(opts, dict)):
-            raise ProtocolError(f"task {task_id}: bad lost or opts field")
+        if not isinstance(lost, list) or not all(isinstance(x, str) for x in lost):
+            raise ProtocolError(f"task {task_id}: lost must be a list of strings")
+        if opts is not None:
+            check_opts(task_id, opts)
         return cls(task_id, name, queue, digest, client, retain, retries,
                    float(timeout) if timeout is not None else None, float(submitted_at),
                    attempt, lost, opts, args)
+
+
+_NUMBER = (int, float)
+#: TaskSpec.opts keys and their types (anything else is refused)
+OPTS: dict[str, Any] = {
+    "backoff": _NUMBER, "backoff_max": _NUMBER, "prio": int, "key": str, "eta": _NUMBER, "ttl": _NUMBER,
+    "limit": int, "rate": str, "async": bool, "then": list, "parent": str, "root": str, "hops": int,
+    "slot": _NUMBER,
+}
+
+
+def check_opts(task_id: str, opts: Any) -> None:
+    if not isinstance(opts, dict):
+        raise ProtocolError(f"task {task_id}: opts must be a map")
+    for k, v in opts.items():
+        kind = OPTS.get(k)
+        if kind is None:
+            raise ProtocolError(f"task {task_id}: unknown option {k!r}")
+        if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
+            raise ProtocolError(f"task {task_id}: option {k!r} has the wrong type")
+        if kind is _NUMBER and not (v >= 0 and v == v and v != float("inf")):
+            raise ProtocolError(f"task {task_id}: option {k!r} must be a finite number >= 0")
+    then = opts.get("then")
+    if then is not None:
+        for link in then:
+            if not (isinstance(link, list) and len(link) == 5 and isinstance(link[0], str)
+                    and isinstance(link[1], bytes) and len(link[1]) == 16 and isinstance(link[2], bytes)
+                    and isinstance(link[3], bytes) and (link[4] is None or isinstance(link[4], str))):
+                raise ProtocolError(f"task {task_id}: a chain link must be [name, digest, fn, args, queue]")
 
 
 def pack_tasks(command: bytes, tasks: Iterable[TaskSpec], fns: dict[bytes, Any],
