@@ -30,7 +30,7 @@ from ._sockets import LinkMonitor, dealer
 from .context import Progress, estimate_eta
 from .envelope import TaskState
 from .errors import NodeUnreachable, SerializationError, ZqError
-from .futures import settle
+from .futures import settle_row
 from .protocol import ResultRow, TaskSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("zq.client")
 
 FINISHED_MEMORY = 100_000
+_STATES = {s.value: s for s in TaskState}
 
 
 class ClientIO:
@@ -302,17 +303,20 @@ class ClientIO:
 
     def _on_results(self, rows: list[ResultRow]) -> None:
         settled = []
+        states = _STATES
         with self._lock:
+            finished = self._finished
             for r in rows:
-                tid = r.task_id
+                tid = r.row[0]
                 fut = self._futures.pop(tid, None)
                 self._unfinished.pop(tid, None)
                 if fut is not None:
                     settled.append((fut, r))
+                    finished[tid] = states[r.row[2]]
+            while len(finished) > FINISHED_MEMORY:
+                finished.popitem(last=False)
         for fut, r in settled:
-            result = r.to_result()
-            self._forget(fut.task_id, result.state)
-            settle(fut, result)
+            settle_row(fut, r)
 
     def _set_progress(self, fut: "TaskFuture", row: Sequence[Any]) -> None:
         """``row``: [task id, done, total, message, time] as a task reported it."""

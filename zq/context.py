@@ -61,10 +61,17 @@ class TaskContext:
         self.client_id: str = row[4]
         self.retain: Optional[bool] = row[5]
         self.started_at = started_at
-        self.logger = logging.LoggerAdapter(logging.getLogger(f"zq.task.{self.name}"),
-                                            {"task_id": self.task_id})
+        self._logger: Optional[logging.LoggerAdapter] = None
         self._emit = emit
         self._children = itertools.count(1)
+
+    @property
+    def logger(self) -> logging.LoggerAdapter:
+        """A logger named after the task, carrying its id (``extra={"task_id": ...}``)."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(logging.getLogger(f"zq.task.{self.name}"),
+                                                 {"task_id": self.task_id})
+        return self._logger
 
     def progress(self, done: float, total: float, message: Optional[str] = None) -> None:
         """Report progress; the client sees it as ``future.progress`` (never blocks)."""

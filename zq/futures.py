@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import pickle
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Generator, Optional
@@ -34,10 +35,22 @@ class TaskFuture(concurrent.futures.Future):
     def __init__(self, task_id: str, client: Optional["Client"] = None) -> None:
         super().__init__()
         self.task_id = task_id
-        self.envelope: Optional[Result] = None
+        self._envelope: Optional[Result] = None
+        self._row: Any = None  # the result's wire row: the envelope is built on first access
         self.progress: Any = None
         self._progress_first: Optional[tuple[float, float]] = None
         self._client = client
+
+    @property
+    def envelope(self) -> Optional[Result]:
+        """The task's ``zq.Result`` once it finished (None before)."""
+        if self._envelope is None and self._row is not None:
+            self._envelope = self._row.to_result()
+        return self._envelope
+
+    @envelope.setter
+    def envelope(self, value: Optional[Result]) -> None:
+        self._envelope = value
 
     def cancel(self) -> bool:
         """Cancel the task on the cluster; True if it will not run (or was stopped)."""
@@ -113,6 +126,26 @@ def make_exception(result: Result) -> BaseException:
         exc.__cause__ = RemoteTraceback(err.traceback)
     setattr(exc, "envelope", result)
     return exc
+
+
+def settle_row(fut: TaskFuture, row: Any) -> None:
+    """Complete ``fut`` from a result's wire row (a ``protocol.ResultRow``): a success is
+    set from the pickled value alone; the envelope is built only if someone asks."""
+    if fut.done():
+        return
+    if row.row[2] != "SUCCESS":
+        settle(fut, row.to_result())
+        return
+    fut._row = row
+    try:
+        value = pickle.loads(row.payload) if len(row.payload) else None
+    except Exception as exc:
+        fut.set_exception(SerializationError(f"result of task {fut.task_id} could not be unpickled: {exc!r}"))
+        return
+    try:
+        fut.set_result(value)
+    except concurrent.futures.InvalidStateError:  # raced with a local cancel
+        pass
 
 
 def settle(fut: TaskFuture, result: Result) -> None:

@@ -23,6 +23,7 @@ import cloudpickle
 from .errors import SerializationError
 
 _PLAIN_SCALARS = (int, float, str, bytes, bool, type(None), complex)
+_SCALAR_SET = frozenset(_PLAIN_SCALARS)
 
 
 def _is_plain(obj: Any, depth: int = 0) -> bool:
@@ -45,6 +46,8 @@ def _is_plain(obj: Any, depth: int = 0) -> bool:
 def dumps(obj: Any, what: str = "object") -> bytes:
     """Pickle ``obj``; SerializationError naming ``what`` if it cannot be pickled."""
     try:
+        if type(obj) is tuple and len(obj) <= 8 and all(type(x) in _SCALAR_SET for x in obj):
+            return pickle.dumps(obj, protocol=5)  # the common case: a few scalar arguments
         if _is_plain(obj):
             return pickle.dumps(obj, protocol=5)
         return cloudpickle.dumps(obj, protocol=5)
