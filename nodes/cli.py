@@ -316,6 +316,40 @@ def bench(args: Sequence[str]) -> None:
     sys.exit(bench_main(list(args)))
 
 
+@cli.command()
+@config_opt
+@click.option("--ventilator", "vent", help="The ventilator's clients endpoint.")
+@click.option("--sink", help="The sink's endpoint.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@keys_opt
+@key_name_opt
+@insecure_opt
+@parent_opt
+def http(config_path: Optional[str], vent: Optional[str], sink: Optional[str], host: str, port: int,
+         keys: Optional[str], key_name: Optional[str], insecure: Optional[bool],
+         exit_with_parent: Optional[int]) -> None:
+    """A JSON-over-HTTP admin API for the cluster (see nodes/http_api.py for the routes)."""
+    import zq
+
+    from .http_api import run
+
+    cfg = _config(config_path, ventilator_clients=vent, sink_endpoint=sink, keys=keys, key_name=key_name)
+    stop = threading.Event()
+    _install_signals(stop.set)
+    if exit_with_parent:
+        _watch_parent(exit_with_parent, stop.set)
+    client = zq.Client(cfg, unreachable_timeout=30.0)
+    try:
+        run(client, host, port, bool(insecure), stop,
+            lambda url: click.echo(f"zq http READY url={url} pid={os.getpid()}", err=True))
+    except (ZqError, OSError) as exc:
+        _fail(str(exc))
+    finally:
+        client.shutdown(wait=False)
+    sys.exit(EXIT_OK)
+
+
 def main() -> None:
     cli(prog_name="zq")
 
