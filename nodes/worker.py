@@ -189,9 +189,9 @@ class Worker(Node):
                 next_tick = now + interval / 2
             if self.stopping and not self._stop_step(now):
                 break
+            self.sink.flush()  # results first: they are what a client waits for
             self._start_tasks(now)
             self._report()
-            self.sink.flush()
 
     def _drain_ventilator(self, limit: int = 1000) -> None:
         for _ in range(limit):

@@ -219,10 +219,10 @@ class ClientIO:
         cmd = msg.command
         if cmd == P.RESULT:
             rows = P.unpack_results(msg)
+            self._on_results(rows)  # the waiting callers first, then the acknowledgement
             # acknowledge every result received, even one already settled (a resend):
             # only then may its worker forget it
             self._send(self.ssock, "sink", P.pack(P.ACK, {"ids": [r.task_id for r in rows]}))
-            self._on_results(rows)
         elif cmd == P.REPLY:
             req = msg.header.get("req")
             with self._lock:
