@@ -72,21 +72,39 @@ def _batch(specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> Batch:
     return [(s.row(), s.args, fns.get(s.digest)) for s in specs]
 
 
-class ThreadExecutor:
+class _InProcess:
+    """What the in-process runners share: completions and events handed to the IO thread
+    through deques, with a wake-up only when its loop sleeps."""
+
+    def __init__(self, policies: Sequence[Policy], waker: Waker, max_result: int) -> None:
+        self.policies = list(policies)
+        self.waker = waker
+        self.max_result = max_result
+        self.completions: deque[Any] = deque()
+        self.events: deque[tuple] = deque()
+        self._fns: dict[bytes, Callable] = {}
+
+    def _emit(self, event: tuple) -> None:
+        self.events.append(event)
+        self.waker.wake_if_sleeping()
+
+    def take_events(self) -> list[tuple]:
+        out = []
+        while self.events:
+            out.append(self.events.popleft())
+        return out
+
+
+class ThreadExecutor(_InProcess):
     """``slots`` threads; a task that overran its timeout keeps its slot until it returns."""
 
     kind = "thread"
 
     def __init__(self, slots: int, policies: Sequence[Policy], waker: Waker, max_result: int) -> None:
+        super().__init__(policies, waker, max_result)
         self.slots = slots
-        self.policies = list(policies)
-        self.waker = waker
-        self.max_result = max_result
-        self.busy = 0
-        self.completions: deque[tuple] = deque()  # (completion, frees slot) or ("event", event)
-        self.events: deque[tuple] = deque()
+        self.busy = 0  # completions hold (completion, whether it frees its slot)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._fns: dict[bytes, Callable] = {}
         self._threads = [threading.Thread(target=self._run, name=f"zq-exec-{i}", daemon=True)
                          for i in range(slots)]
         for t in self._threads:
@@ -119,10 +137,6 @@ class ThreadExecutor:
                 out.append((comp, i == last))
                 self.waker.wake_if_sleeping()
 
-    def _emit(self, event: tuple) -> None:
-        self.events.append(event)
-        self.waker.wake_if_sleeping()
-
     def collect(self, readable: set) -> list[Completion]:
         out = []
         while self.completions:
@@ -130,12 +144,6 @@ class ThreadExecutor:
             out.append(comp)
             if frees:
                 self.busy -= 1
-        return out
-
-    def take_events(self) -> list[tuple]:
-        out = []
-        while self.events:
-            out.append(self.events.popleft())
         return out
 
     def kill(self, task_id: str, reason: str = "") -> bool:
@@ -370,7 +378,7 @@ class ProcessExecutor:
             c.conn.close()
 
 
-class AsyncRunner:
+class AsyncRunner(_InProcess):
     """``async def`` tasks: one event loop thread in the worker, up to ``limit`` at once.
 
     Async code waits on IO rather than the CPU, so these tasks do not take executor
@@ -380,24 +388,15 @@ class AsyncRunner:
     kind = "async"
 
     def __init__(self, limit: int, policies: Sequence[Policy], waker: Waker, max_result: int) -> None:
+        super().__init__(policies, waker, max_result)
         self.limit = limit
-        self.policies = list(policies)
-        self.waker = waker
-        self.max_result = max_result
         self.running = 0
-        self.completions: deque[Completion] = deque()
-        self.events: deque[tuple] = deque()
-        self._fns: dict[bytes, Callable] = {}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="zq-async", daemon=True)
         self._thread.start()
 
     def free(self) -> int:
         return self.limit - self.running
-
-    def _emit(self, event: tuple) -> None:
-        self.events.append(event)
-        self.waker.wake_if_sleeping()
 
     def start(self, spec: TaskSpec, fn_data: Any) -> None:
         self.running += 1
@@ -420,12 +419,6 @@ class AsyncRunner:
         while self.completions:
             out.append(self.completions.popleft())
             self.running -= 1
-        return out
-
-    def take_events(self) -> list[tuple]:
-        out = []
-        while self.events:
-            out.append(self.events.popleft())
         return out
 
     def close(self, wait: float) -> None:
