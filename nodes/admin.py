@@ -34,7 +34,8 @@ def _active_entry(v: "Ventilator", rec: Any) -> dict:
     return {"task_id": s.task_id, "name": s.name, "queue": s.queue, "state": v.shown_state(rec).value,
             "submitted_at": s.submitted_at, "finished_at": None, "attempts": s.attempt,
             "worker": v.workers[rec.worker].id if rec.worker in v.workers else None, "error": None,
-            "parent": (s.opts or {}).get("parent"), "forgotten": False, "progress": rec.progress}
+            "parent": (s.opts or {}).get("parent"), "root": (s.opts or {}).get("root") or s.task_id,
+            "forgotten": False, "progress": rec.progress}
 
 
 def _select(v: "Ventilator", h: dict) -> list[dict]:

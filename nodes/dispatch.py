@@ -27,6 +27,20 @@ from zq.protocol import TaskSpec
 SCAN_LIMIT = 2000  # blocked tasks looked past per take(), so a blocked head cannot starve a queue
 
 
+def registry_opts(info: dict) -> dict:
+    """Task options (limits, rate, priority) a worker announced for a task name."""
+    opts: dict = {}
+    if isinstance(info.get("max_concurrency"), int):
+        opts["limit"] = info["max_concurrency"]
+    if isinstance(info.get("rate_limit"), str):
+        opts["rate"] = info["rate_limit"]
+    if isinstance(info.get("priority"), int) and info["priority"]:
+        opts["prio"] = info["priority"]
+    if info.get("async"):
+        opts["async"] = True
+    return opts
+
+
 class TokenBucket:
     def __init__(self, count: float, period: float, now: float) -> None:
         self.capacity = count

@@ -117,7 +117,7 @@ class ThreadExecutor(_InProcess):
         return self.slots - self.busy
 
     def pending(self) -> bool:
-        return bool(self.completions)
+        return bool(self.completions or self.events)
 
     def start(self, specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> None:
         self.busy += 1

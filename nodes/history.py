@@ -19,12 +19,12 @@ from zq.protocol import TaskSpec
 
 MEMORY_LIMIT = 100_000
 COLUMNS = ("task_id", "name", "queue", "state", "submitted_at", "finished_at", "attempts", "worker",
-           "error", "parent", "forgotten")
+           "error", "parent", "root", "forgotten")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
     task_id TEXT PRIMARY KEY, name TEXT, queue TEXT, state TEXT, submitted_at REAL,
-    finished_at REAL, attempts INTEGER, worker TEXT, error TEXT, parent TEXT,
+    finished_at REAL, attempts INTEGER, worker TEXT, error TEXT, parent TEXT, root TEXT,
     forgotten INTEGER DEFAULT 0, row BLOB, args BLOB
 );
 CREATE INDEX IF NOT EXISTS history_finished ON history (finished_at);
@@ -34,7 +34,8 @@ CREATE INDEX IF NOT EXISTS history_finished ON history (finished_at);
 def entry(spec: TaskSpec, state: str, worker: str, error: Optional[str]) -> dict:
     return {"task_id": spec.task_id, "name": spec.name, "queue": spec.queue, "state": state,
             "submitted_at": spec.submitted_at, "finished_at": time.time(), "attempts": spec.attempt,
-            "worker": worker, "error": error, "parent": (spec.opts or {}).get("parent"), "forgotten": False}
+            "worker": worker, "error": error, "parent": (spec.opts or {}).get("parent"),
+            "root": (spec.opts or {}).get("root") or spec.task_id, "forgotten": False}
 
 
 def matches(e: dict, state: Optional[str], queue: Optional[str], name: Optional[str],
@@ -59,7 +60,7 @@ class History:
         keep_args = state in ("FAILED", "CANCELED")
         if self.db is not None:
             self.db.execute(
-                "INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?,?,?,?,0,?,?)",
+                "INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?)",
                 (*[e[c] for c in COLUMNS[:-1]],
                  msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
                  bytes(spec.args) if keep_args else None))

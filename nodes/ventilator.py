@@ -39,7 +39,7 @@ from zq.protocol import TaskSpec
 
 from . import admin
 from .common import HOST, Node, Peers, SinkLink, result_row
-from .dispatch import Dispatch
+from .dispatch import Dispatch, registry_opts
 from .history import History
 from .journal import Journal
 from .scheduler import Scheduler
@@ -149,7 +149,6 @@ class Ventilator(Node):
         for spec in specs:
             spec.retain = True  # its client may be gone: keep the result at the sink
             self._accept(spec, spec.client.encode(), journal=False)
-        self.journal.prune_functions(s.digest for s in specs)
         if specs:
             log.info("journal %s: resumed %d task(s)", path, len(specs))
 
@@ -262,6 +261,8 @@ class Ventilator(Node):
             ids = self._on_submit(ident, msg)
             req = msg.header.get("req")
             if isinstance(req, int):  # a submit waiting for its answer (de-duplication keys)
+                if self.journal is not None:
+                    self.journal.commit()  # durable before we say which task it is
                 self._send(self.clients, ident, P.pack(P.REPLY, {"req": req, "ok": True, "data": ids}))
         elif cmd == P.REQUEST:
             req = P.field(msg.header, "req", int, cmd)
@@ -301,7 +302,7 @@ class Ventilator(Node):
         if rec is not None:  # a resubmission (client reconnected): keep the one we have
             rec.client = ident
             return spec.task_id
-        if spec.task_id in self.finished:
+        if spec.task_id in self.finished or self.history.get(spec.task_id) is not None:
             return spec.task_id  # already ran; its result is at the sink
         key = (spec.opts or {}).get("key")
         if isinstance(key, str):
@@ -320,6 +321,9 @@ class Ventilator(Node):
         now = time.monotonic()
         self.dispatch.learn(spec, now)
         self._set_state(rec, TaskState.QUEUED)
+        if self.policies and self.dispatch.held_back(spec):  # shown PAUSED, stored QUEUED
+            self._set_state(rec, TaskState.PAUSED)
+            rec.state = TaskState.QUEUED
         eta = (spec.opts or {}).get("eta")
         if isinstance(eta, (int, float)) and eta > time.time():
             self.dispatch.push_later(spec.task_id, now + (eta - time.time()))
@@ -337,6 +341,7 @@ class Ventilator(Node):
             return "canceled" if self.shown_state_of(task_id) is TaskState.CANCELED else ""
         if rec.worker is None:  # queued, paused or waiting out a retry delay
             self.dispatch.remove(rec.spec)
+            rec.state = self.shown_state(rec)  # PAUSED -> CANCELED is what happened
             self._finish(rec, TaskState.CANCELED, None)
             self.counters["canceled"] += 1
             return "canceled"
@@ -598,9 +603,11 @@ class Ventilator(Node):
         from zq.serialize import pack_args
 
         info = self.registry.get(name, {})
-        spec = TaskSpec(f"sched:{name}:{slot:.0f}", name, queue, P.BY_NAME, "", True,
+        opts: dict = {"slot": slot}
+        opts.update(registry_opts(info))
+        spec = TaskSpec(f"sched:{name}:{slot:.3f}", name, queue, P.BY_NAME, "", True,
                         int(info.get("retries") or 0), info.get("timeout"), time.time(),
-                        opts={"slot": slot}, args=pack_args((), {}))
+                        opts=opts, args=pack_args((), {}))
         self.counters["scheduled"] += 1
         self._accept(spec, b"")
 

@@ -163,7 +163,8 @@ class Worker(Node):
         """How much more credit to grant: target minus what we hold and were promised."""
         if not self.accepting:
             return 0
-        held = len(self.local) + len(self.running) + len(self.abandoned)
+        # async tasks running on the event loop hold no slot (they are bounded by its limit)
+        held = len(self.local) + len(self.running) - self.aio.running + len(self.abandoned)
         return max(0, self.slots + self._prefetch() - held - self.promised)
 
     # -- the loop ---------------------------------------------------------------------
@@ -337,11 +338,11 @@ class Worker(Node):
             _, tid, done, total, message, ts = event
             self.progress_out[tid] = [tid, done, total, message, ts]
         elif kind == "spawn":
-            _, tid, name, queue, digest, fn_data, args, client, retain, opts = event
-            spec = TaskSpec(tid, name, queue, digest, client, retain, 0, None, time.time(), opts=opts,
-                            args=args)
+            _, row, fn_data, args = event
+            spec = TaskSpec.from_row(row, args)
+            tid = spec.task_id
             try:
-                self.vent.send_multipart(P.pack_tasks(P.SPAWN, [spec], {digest: fn_data}), flags=zmq.NOBLOCK)
+                self.vent.send_multipart(P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data}), flags=zmq.NOBLOCK)
                 self.counters["spawned"] += 1
             except zmq.Again:
                 self.counters["spawn_dropped"] += 1

@@ -88,10 +88,6 @@ def test_submit_by_name_with_keyword_and_positional_params(mclient):
     assert mclient.submit_by_name("lc.ctx_first", {"day": "mon"}).result(10) == "mon x1 (lc.ctx_first)"
 
 
-@pytest.mark.xfail(reason="BUG: submit_by_name accepts positional params for a task whose context "
-                          "parameter comes first (zq/options.py check_params drops it from the "
-                          "signature) but the worker then fails: zq/runner.py _Run.prepare passes the "
-                          "context as a keyword", strict=True)
 def test_submit_by_name_positional_params_with_the_context_first(mclient):
     assert mclient.submit_by_name("lc.ctx_first", ["tue", 2]).result(10) == "tue x2 (lc.ctx_first)"
 
@@ -244,10 +240,6 @@ def test_requeue_a_cancelled_task(mclient):
     assert mclient.cancel(new)
 
 
-@pytest.mark.xfail(reason="BUG: zq/_clientio.py ClientIO._send_outbox sends requests at once but the "
-                          "tasks queued before them only after the loop, so cancel() (or any request) "
-                          "made right after submit() can reach the ventilator before the task: it "
-                          "returns False and the task is queued anyway", strict=True)
 def test_cancel_right_after_submit(mclient):
     q = f"unserved-{uid()}"
     futs = [mclient.submit_task(T.add, (i, 1), queue=q) for i in range(1)]
@@ -356,10 +348,6 @@ def test_history_survives_a_ventilator_restart_with_a_journal(make_cluster, make
     assert client.future_for(new).result(10) == "second run"
 
 
-@pytest.mark.xfail(reason="BUG: nodes/ventilator.py Ventilator._resume prunes journaled functions not "
-                          "needed by unfinished tasks (Journal.prune_functions), so after a second "
-                          "restart requeue of a failed task from the history fails ('function ... no "
-                          "longer held')", strict=True)
 def test_requeue_from_the_history_after_two_restarts(make_cluster, make_client, tmp_path):
     journal = str(tmp_path / "vent.db")
     cluster = make_cluster(workers=1, executor="thread", concurrency=2, ventilator_args=["--journal", journal],
@@ -472,10 +460,6 @@ def test_on_state_pause_resume_cancel(mclient, adir):
         ("UNKNOWN", "QUEUED"), ("QUEUED", "PAUSED"), ("PAUSED", "QUEUED"), ("QUEUED", "CANCELED")]
 
 
-@pytest.mark.xfail(reason="BUG: a task accepted into an already paused queue (or under a disabled name) "
-                          "reports UNKNOWN->QUEUED and never PAUSED, yet its resume reports PAUSED->QUEUED "
-                          "(nodes/ventilator.py _accept / _announce_hold): the events do not chain",
-                   strict=True)
 def test_on_state_events_chain_for_a_task_submitted_while_paused(mcluster, mclient, adir):
     q = f"prepaused-{uid()}"
     mclient.pause(q)

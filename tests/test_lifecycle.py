@@ -141,10 +141,8 @@ def test_follow_up_on_another_queue_with_lineage(mclient):
     assert listed[grandchild_id]["parent"] == child_id
 
 
-@pytest.mark.xfail(reason="BUG (missing): list_tasks/show_task entries carry the parent but not the root "
-                          "of a follow-up (nodes/admin.py _active_entry, nodes/history.py entry)", strict=True)
 def test_root_of_a_follow_up_is_visible_in_listings(mclient):
-    root = mclient.submit_task(T.spawn_chain, ("default", 1))
+    root = mclient.submit_task(T.spawn_chain, ("default", 2))
     child_id = root.result(10)
     grandchild_id = mclient.future_for(child_id).result(10)["child"]
     wait_for(lambda: _result_or_none(mclient, grandchild_id), 10, what="the grandchild finished")
@@ -171,10 +169,6 @@ def test_follow_up_queued_once_when_its_parent_is_retried(mclient, lc_dir):
     stays(lambda: read_lines(path) == ["ran"], 0.5, what="the follow-up ran exactly once")
 
 
-@pytest.mark.xfail(reason="BUG: zq/context.py TaskContext.submit numbers follow-ups from 1 in every run, "
-                          "and the links of a chain (or hops of a returned call) share one task id, so "
-                          "the second link's follow-up gets the first one's id and the ventilator drops "
-                          "it as a duplicate (nodes/ventilator.py _accept)", strict=True)
 def test_follow_ups_from_every_link_of_a_chain_run(mclient, lc_dir):
     path = str(lc_dir / f"chain-spawn-{uid()}.log")
     fut = mclient.submit_call(zq.chain(zq.Call(T.spawn_link, ([], "a", path)), zq.Call(T.spawn_link, ("b", path))))
@@ -182,9 +176,6 @@ def test_follow_ups_from_every_link_of_a_chain_run(mclient, lc_dir):
     wait_for(lambda: sorted(read_lines(path)) == ["a", "b"], 3, what="both links' follow-ups ran")
 
 
-@pytest.mark.xfail(reason="BUG: a follow-up queued with ctx.submit(task) ignores the task's own defaults "
-                          "other than queue (retries, timeout, priority, limits): nodes/worker.py "
-                          "Worker._on_event builds its TaskSpec with retries=0, timeout=None", strict=True)
 def test_follow_up_of_a_task_keeps_its_retries(mclient, lc_dir):
     path = str(lc_dir / f"flaky-{uid()}.log")
     child_id = mclient.submit(T.spawn_flaky, path, "tok").result(10)
@@ -243,9 +234,6 @@ def test_progress_while_running_on_a_process_worker(start, make_client, tmp_path
     assert fut.envelope.pid != cluster.workers[0].proc.pid  # it ran in an executor process
 
 
-@pytest.mark.xfail(reason="BUG: nodes/executor.py ThreadExecutor.pending() ignores task events, so a "
-                          "progress report made while the worker's loop is awake waits for its next "
-                          "poll timeout (heartbeat_interval/2)", strict=True)
 def test_first_progress_report_is_forwarded_promptly(start, make_client, tmp_path):
     env = {"ZQ_CLUSTER_HEARTBEAT_INTERVAL": "1.0"}  # the default: the worker polls every 0.5 s
     cluster = start(workers=1, executor="thread", concurrency=2, worker_args=[], env=env)
@@ -379,9 +367,6 @@ def test_many_async_tasks_run_at_once(mclient):
     assert elapsed < 50 * 0.2, f"50 x 0.2 s async sleeps took {elapsed:.1f}s: they ran one at a time"
 
 
-@pytest.mark.xfail(reason="BUG: async tasks are capped by executor slots through the worker's credit "
-                          "(nodes/worker.py Worker._wanted counts running async tasks against "
-                          "slots+prefetch), so --async-concurrency is never reached", strict=True)
 def test_async_tasks_do_not_take_executor_slots(start, make_client):
     """AsyncRunner: 'these tasks do not take executor slots' - one slot, up to
     --async-concurrency (default 100) coroutines at once."""
@@ -497,9 +482,6 @@ def test_execute_auto_local_when_unserved_remote_when_served(mcluster):
         client.shutdown(wait=False, cancel_futures=True)
 
 
-@pytest.mark.xfail(reason="BUG: zq/runner.py _Run.prepare always passes the context as a keyword "
-                          "argument, so a context parameter placed before positional arguments "
-                          "gets 'multiple values for argument'", strict=True)
 def test_context_parameter_first_with_positional_arguments(mclient):
     fut = mclient.submit(T.ctx_first, 1, 2)
     assert fut.result(10) == {"sum": 3, "task_id": fut.task_id}

@@ -201,10 +201,6 @@ def test_max_concurrency_holds_across_two_workers(mclient):
     assert all(f.envelope.state is S.SUCCESS for f in futs)
 
 
-@pytest.mark.xfail(reason="BUG: submit_by_name (and scheduled firings) do not carry the task's "
-                          "max_concurrency/rate_limit/priority: zq/client.py submit_by_name calls "
-                          "task_options without the Task and the registry (Task.describe) does not "
-                          "announce them, so a fresh ventilator never learns the limit", strict=True)
 def test_max_concurrency_applies_to_tasks_submitted_by_name(make_cluster, make_client, tmp_path):
     cluster = make_cluster(workers=1, executor="thread", concurrency=4, worker_args=IMPORT_ARGS,
                            env=lc_env(tmp_path))
@@ -496,9 +492,6 @@ def test_every_second_with_max_runs_runs_exactly_that_many(make_cluster, make_cl
     stays(lambda: len(sched_log(tmp_path, "lc.one")) == 2, 1.3, what="no third run")
 
 
-@pytest.mark.xfail(reason="BUG: nodes/ventilator.py Ventilator._fire names a slot sched:NAME:{slot:.0f}, "
-                          "so sub-second slots (every=0.5) share an id and are dropped as duplicates",
-                   strict=True)
 def test_every_half_second_with_max_runs_3_runs_exactly_3(make_cluster, make_client, tmp_path):
     cluster = make_cluster(workers=1, executor="thread", concurrency=2, worker_args=IMPORT_ARGS,
                            env=lc_env(tmp_path, **{T.ENV_SCHEDULES: "lc.half"}))
@@ -568,10 +561,6 @@ def test_delayed_keyed_task_survives_a_ventilator_restart(make_cluster, make_cli
     stays(lambda: read_lines(log) == ["once"], 0.3, what="ran once")
 
 
-@pytest.mark.xfail(reason="BUG: the ventilator answers a keyed submit (nodes/ventilator.py _on_client, "
-                          "REPLY) before the turn's journal commit, so a ventilator killed right after "
-                          "the answer forgets the task and its key: a second submit with the key runs "
-                          "the task again", strict=True)
 def test_keyed_submit_is_durable_once_answered(make_cluster, make_client, tmp_path):
     journal = str(tmp_path / "vent.db")
     cluster = make_cluster(workers=1, executor="thread", concurrency=2, ventilator_args=["--journal", journal],

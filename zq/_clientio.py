@@ -140,7 +140,11 @@ class ClientIO:
             item = self._outbox.popleft()
             if isinstance(item, TaskSpec):
                 tasks.append(item)
-            elif item[0] == "request":
+                continue
+            if tasks:  # keep the caller's order: a cancel right after a submit follows it
+                self._send_tasks(tasks)
+                tasks = []
+            if item[0] == "request":
                 _, node, header = item
                 sock = self.vsock if node == "ventilator" else self.ssock
                 self._send(sock, node, P.pack(P.REQUEST, header))

@@ -67,8 +67,7 @@ def _follow_ups(client: "Client", events: list[tuple]) -> None:
     """Run the follow-up tasks a local task queued (``ctx.submit``), here too."""
     for event in events:
         if event[0] == "spawn":
-            _, tid, name, queue, _digest, fn_data, arg_bytes, cid, retain, opts = event
+            _, row, fn_data, arg_bytes = event
             a, kw = loads_args(arg_bytes)
-            spec = TaskSpec(tid, name, queue, _digest, cid, retain, 0, None, time.time(), opts=opts,
-                            args=arg_bytes)
+            spec = TaskSpec.from_row(row, arg_bytes)
             run_locally(client, loads(fn_data, "task function"), a, kw, spec)

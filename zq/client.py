@@ -294,6 +294,12 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
         opts = dict(options.pop("_opts", None) or {}, _by_name=True)
         if info.get("async"):
             opts["async"] = True
+        if isinstance(info.get("max_concurrency"), int):
+            opts["limit"] = info["max_concurrency"]
+        if isinstance(info.get("rate_limit"), str):
+            opts["rate"] = info["rate_limit"]
+        if info.get("priority") and "priority" not in options:
+            options["priority"] = info["priority"]
         options.setdefault("queue", info.get("queue") or "default")
         options.setdefault("retries", info.get("retries") or 0)
         if info.get("timeout") and "timeout" not in options:

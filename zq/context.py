@@ -59,6 +59,7 @@ class TaskContext:
         self.parent_id: Optional[str] = opts.get("parent")
         self.root_id: str = opts.get("root") or row[0]
         self.client_id: str = row[4]
+        self._hops: int = opts.get("hops", 0)
         self.retain: Optional[bool] = row[5]
         self.started_at = started_at
         self._logger: Optional[logging.LoggerAdapter] = None
@@ -84,14 +85,22 @@ class TaskContext:
 
         Its id is derived from this task's, so a re-run of this task does not queue
         the follow-up twice.  Its result is retained like this task's."""
+        from .options import task_options
+        from .protocol import TaskSpec
+
         digest, data = pickle_function(fn)
-        child_id = f"{self.task_id}.{next(self._children)}"
-        name = getattr(fn, "name", None) or function_name(fn)
-        q = queue or getattr(fn, "queue", None) or self.queue
-        opts = {"parent": self.task_id, "root": self.root_id}
+        n = next(self._children)
+        # one id per (link of a chain, follow-up): a re-run of this task does not queue it twice
+        child_id = f"{self.task_id}.{n}" if not self._hops else f"{self.task_id}.h{self._hops}.{n}"
+        t = fn if getattr(fn, "_zq_task", False) else None
+        name = t.name if t else function_name(fn)
+        q = queue or (t.queue if t else None) or self.queue
+        opts = {**(task_options(t, fn, None, None, None, None, None, None, None) or {}),
+                "parent": self.task_id, "root": self.root_id}
         retain = self.retain if retain_result is None else retain_result
-        self._emit(("spawn", child_id, name, q, digest, data, pack_args(args, kwargs), self.client_id,
-                    retain, opts))
+        spec = TaskSpec(child_id, name, q, digest, self.client_id, retain, t.retries if t else 0,
+                        t.timeout if t else None, time.time(), opts=opts)
+        self._emit(("spawn", spec.row(), data, pack_args(args, kwargs)))
         return child_id
 
 

@@ -62,6 +62,8 @@ class TaskFuture(concurrent.futures.Future):
 
     def _cancel_local(self) -> bool:
         """Cancel here (no network) and notify waiters; safe to race with another thread."""
+        if self.cancelled():
+            return True
         if not super().cancel():
             return False
         try:

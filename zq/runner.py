@@ -55,6 +55,18 @@ def context_param(fn: Callable) -> Optional[str]:
     return name
 
 
+def _positional_index(fn: Callable, pname: str) -> Optional[int]:
+    """Where ``pname`` stands among ``fn``'s positional parameters (None: keyword only)."""
+    target = fn.fn if getattr(fn, "_zq_task", False) else fn
+    try:
+        for i, p in enumerate(inspect.signature(target).parameters.values()):
+            if p.name == pname:
+                return i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else None
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
 def is_async(fn: Callable) -> bool:
     target = fn.fn if getattr(fn, "_zq_task", False) else fn
     return inspect.iscoroutinefunction(target)
@@ -95,7 +107,11 @@ class _Run:
         args, kwargs = loads_args(args_data)
         pname = context_param(fn)
         if pname is not None and pname not in kwargs:
-            kwargs[pname] = self.ctx
+            pos = _positional_index(fn, pname)
+            if pos is not None and pos <= len(args):
+                args = (*args[:pos], self.ctx, *args[pos:])  # the caller's arguments skip it
+            else:
+                kwargs[pname] = self.ctx
         if policies:
             row = self.row
             info = TaskInfo(task_id=row[0], name=row[1], queue=row[2], attempt=row[9], args=args,

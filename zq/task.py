@@ -19,6 +19,7 @@ import inspect
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Union, overload
 
+from ._limits import parse_priority, parse_rate
 from .canvas import Call
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,9 +92,8 @@ class Task(Generic[R]):
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         if rate_limit is not None:
-            from ._limits import parse_rate
-
             parse_rate(rate_limit)  # ValueError now, not on the cluster
+        parse_priority(priority)
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.queue = queue
@@ -130,7 +130,8 @@ class Task(Generic[R]):
         ctx = context_param(self.fn)
         return {"queue": self.queue, "params": params, "retries": self.retries, "timeout": self.timeout,
                 "schedule": self.schedule, "async": inspect.iscoroutinefunction(self.fn),
-                "context_params": [ctx] if ctx else []}
+                "context_params": [ctx] if ctx else [], "max_concurrency": self.max_concurrency,
+                "rate_limit": self.rate_limit, "priority": parse_priority(self.priority)}
 
     def __repr__(self) -> str:
         return f"<zq.task {self.name} queue={self.queue}>"
