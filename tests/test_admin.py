@@ -356,7 +356,9 @@ def test_requeue_from_the_history_after_two_restarts(make_cluster, make_client, 
     bad = client.submit_task(T.fail_first_run, (str(tmp_path / "flag"),))
     with pytest.raises(ValueError):
         bad.result(10)
-    wait_for(lambda: _safe(lambda: client.get_status(bad.task_id)) is S.FAILED, 5, what="FAILED")
+    # the ventilator's own record (get_status answers from the client's memory first)
+    wait_for(lambda: (_safe(lambda: client.show_task(bad.task_id)) or {}).get("state") == "FAILED", 5,
+             what="FAILED in the ventilator's history")
     for _ in range(2):
         cluster.restart("ventilator")
         wait_for(lambda: _safe(lambda: client.show_task(bad.task_id)), 10, what="the ventilator back")
