@@ -19,6 +19,8 @@ import pytest
 import zq
 from nodes.local import LocalCluster
 
+from .policies import policy_env
+
 # fast failure detection in tests: heartbeat every 0.2 s, lost after 1.2 s
 FAST_ENV = {"ZQ_CLUSTER_HEARTBEAT_INTERVAL": "0.2", "ZQ_CLUSTER_HEARTBEAT_LIVENESS": "6"}
 
@@ -62,9 +64,20 @@ def make_client() -> Iterator[Callable[..., zq.Client]]:
 
 
 @pytest.fixture
-def cluster(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
-    """Two thread-executor workers."""
-    return make_cluster(workers=2, executor="thread", concurrency=2)
+def start(make_cluster: Callable[..., LocalCluster], tmp_path: Any) -> Callable[..., LocalCluster]:
+    """``make_cluster`` whose nodes can import ``tests.*`` (policies, task modules) whatever
+    the cwd, and write policy records to ``tmp_path``."""
+
+    def start(**kw: Any) -> LocalCluster:
+        return make_cluster(env={**policy_env(tmp_path), **kw.pop("env", {})}, **kw)
+
+    return start
+
+
+@pytest.fixture
+def cluster(start: Callable[..., LocalCluster]) -> LocalCluster:
+    """One worker with four thread slots (cheaper to start than two, the same slots)."""
+    return start(workers=1, executor="thread", concurrency=4)
 
 
 @pytest.fixture

@@ -26,28 +26,10 @@ from tests.policies import (
     UnloadableResult,
     counted_failure,
     pid_gone,
-    policy_env,
     touch,
     wait_file,
     wait_for,
 )
-
-
-@pytest.fixture
-def start(make_cluster, tmp_path):
-    """``make_cluster`` with ``tests`` importable by every node, whatever the cwd."""
-
-    def start(**kw):
-        return make_cluster(env={**policy_env(tmp_path), **kw.pop("env", {})}, **kw)
-
-    return start
-
-
-@pytest.fixture
-def cluster(start):
-    """Overrides conftest's ``cluster``: its nodes get ``policy_env``; one worker with
-    four thread slots (cheaper to start than two, the same number of slots)."""
-    return start(workers=1, executor="thread", concurrency=4)
 
 
 # --------------------------------------------------------------- task functions

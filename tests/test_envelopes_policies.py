@@ -17,29 +17,11 @@ import pytest
 import zq
 from tests.policies import (
     RejectSubmit,
-    policy_env,
     wait_for,
     wait_record,
 )
 
 WORKER_POLICY = "tests.policies:{}"
-
-
-@pytest.fixture
-def start(make_cluster, tmp_path):
-    """``make_cluster`` whose nodes import ``tests.policies`` and write records to ``tmp_path``."""
-
-    def start(**kw):
-        return make_cluster(env={**policy_env(tmp_path), **kw.pop("env", {})}, **kw)
-
-    return start
-
-
-@pytest.fixture
-def cluster(start):
-    """Overrides conftest's ``cluster``: its nodes get ``policy_env``; one worker with
-    four thread slots (cheaper to start than two, the same number of slots)."""
-    return start(workers=1, executor="thread", concurrency=4)
 
 
 def policy_args(*names):

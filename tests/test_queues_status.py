@@ -13,26 +13,9 @@ import os
 import pytest
 
 import zq
-from tests.policies import policy_env, rss_kb, touch, wait_file, wait_for
+from tests.policies import rss_kb, touch, wait_file, wait_for
 
 S = zq.TaskState
-
-
-@pytest.fixture
-def start(make_cluster, tmp_path):
-    """``make_cluster`` with ``tests`` importable by every node, whatever the cwd."""
-
-    def start(**kw):
-        return make_cluster(env={**policy_env(tmp_path), **kw.pop("env", {})}, **kw)
-
-    return start
-
-
-@pytest.fixture
-def cluster(start):
-    """Overrides conftest's ``cluster``: its nodes get ``policy_env``; one worker with
-    four thread slots (cheaper to start than two, the same number of slots)."""
-    return start(workers=1, executor="thread", concurrency=4)
 
 
 # --------------------------------------------------------------- task functions
