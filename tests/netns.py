@@ -21,24 +21,21 @@ line); ``ip netns exec`` execs the command, so the child's pid is the node's.
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 import os
 import queue
 import random
-import re
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Optional, Sequence
 
+from zq._embedded import NodeProcess
+
 IP = shutil.which("ip") or "/usr/sbin/ip"
-_READY = re.compile(r"zq (\w+) READY\b(.*)$")
-_KV = re.compile(r"(\w+)=(\S+)")
 
 
 class NetnsError(RuntimeError):
@@ -225,78 +222,14 @@ class VirtualNet:
         return n.start()
 
 
-class NsNodeProcess:
-    """``ip netns exec NS python -m nodes ARGS``, its stderr watched for ``zq ROLE READY k=v``."""
+class NsNodeProcess(NodeProcess):
+    """``ip netns exec NS python -m nodes ARGS``, its stderr watched for ``zq ROLE READY k=v``
+    (``ip netns exec`` execs the command, so ``pid`` is the node's own)."""
 
     def __init__(self, ns: str, args: Sequence[str], env: Optional[dict[str, str]] = None,
                  name: str = "") -> None:
+        super().__init__(args, env, name=name, prefix=[IP, "netns", "exec", ns])
         self.ns = ns
-        self.role = args[0]
-        self.name = name or self.role
-        self.argv = [IP, "netns", "exec", ns, sys.executable, "-m", "nodes", *args]
-        self.env = {**os.environ, **(env or {})}
-        self.lines: collections.deque[str] = collections.deque(maxlen=300)
-        self.endpoints: Optional[dict[str, str]] = None
-        self._ready = threading.Event()
-        self.proc: Optional[subprocess.Popen] = None
-
-    def start(self) -> "NsNodeProcess":
-        # its own session, so that a terminal's Ctrl-C reaches pytest only
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=self.env, text=True, bufsize=1,
-                                     start_new_session=True)
-        threading.Thread(target=self._read, name=f"netns-{self.name}", daemon=True).start()
-        return self
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            line = line.rstrip("\n")
-            self.lines.append(line)
-            if self.endpoints is None:
-                m = _READY.match(line)
-                if m and m.group(1) == self.role:
-                    self.endpoints = dict(_KV.findall(m.group(2)))
-                    self._ready.set()
-        self._ready.set()  # EOF: it ended
-
-    def wait_ready(self, timeout: float = 30.0) -> dict[str, str]:
-        if not self._ready.wait(timeout) or self.endpoints is None:
-            code = self.proc.poll() if self.proc else None
-            self.kill()
-            raise NetnsError(f"{self.name} in {self.ns} did not become ready (exit code {code}):\n"
-                             + self.log())
-        return self.endpoints
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid  # `ip netns exec` execs the command: the node's own pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def terminate(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> Optional[int]:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-        if self.proc is not None:
-            self.wait(10)
-
-    def log(self, n: int = 60) -> str:
-        return "\n".join(f"    [{self.name}] {line}" for line in list(self.lines)[-n:])
 
 
 class LineReader:

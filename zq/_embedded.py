@@ -38,13 +38,14 @@ class NodeProcess:
     """A ``python -m nodes ROLE ...`` child whose stderr is watched for READY."""
 
     def __init__(self, args: Sequence[str], env: Optional[dict[str, str]] = None,
-                 echo: bool = False, name: str = "") -> None:
-        self.args = [sys.executable, "-m", "nodes", *args]
+                 echo: bool = False, name: str = "", prefix: Sequence[str] = ()) -> None:
+        """``prefix``: a command to run it under (e.g. ``ip netns exec NS`` in tests)."""
+        self.args = [*prefix, sys.executable, "-m", "nodes", *args]
         self.role = args[0]
         self.name = name or args[0]
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
-        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+        self.lines: collections.deque[str] = collections.deque(maxlen=300)
         self.endpoints: Optional[dict[str, str]] = None
         self._ready = threading.Event()
         self.proc: Optional[subprocess.Popen] = None
@@ -82,6 +83,15 @@ class NodeProcess:
             self.kill()
             raise ZqError(f"{self.name} did not become ready (exit code {code}):\n{tail}")
         return self.endpoints
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self, n: int = 60) -> str:
+        """The last ``n`` lines it wrote to stderr, each prefixed with its name."""
+        return "\n".join(f"    [{self.name}] {line}" for line in list(self.lines)[-n:])
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
