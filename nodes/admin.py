@@ -10,11 +10,15 @@ argument raises ValueError/KeyError/TypeError, which becomes an error reply.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from zq import protocol as P
 from zq.envelope import TaskState
+from zq.protocol import TaskSpec
+
+from .common import HOST
 
 from .history import page
 
@@ -69,7 +73,7 @@ def handle(v: "Ventilator", ident: bytes, op: str, h: dict) -> Any:
     if op == "cancel":
         return [v.cancel(tid) for tid in P.str_list(h, "ids", P.REQUEST)]
     if op == "stats":
-        return v.stats()
+        return stats(v)
     if op in ("list", "count"):
         items = _select(v, h)
         if op == "count":
@@ -89,16 +93,85 @@ def handle(v: "Ventilator", ident: bytes, op: str, h: dict) -> Any:
             raise KeyError(f"unknown task {tid}")
         return e
     if op == "requeue":
-        return v.requeue(P.field(h, "id", str, P.REQUEST))
+        return requeue(v, P.field(h, "id", str, P.REQUEST))
     if op == "forget":
         tid = P.field(h, "id", str, P.REQUEST)
         if tid in v.tasks:
             raise ValueError(f"task {tid} has not finished: cancel it first")
         return v.history.forget(tid)
     if op in ("pause", "resume"):
-        return v.set_paused(P.field(h, "queue", str, P.REQUEST), op == "pause")
+        return set_paused(v, P.field(h, "queue", str, P.REQUEST), op == "pause")
     if op in ("disable", "enable"):
-        return v.set_disabled(P.field(h, "name", str, P.REQUEST), op == "disable")
+        return set_disabled(v, P.field(h, "name", str, P.REQUEST), op == "disable")
     if op == "registry":
         return {"tasks": v.registry, "schedules": v.scheduler.describe(), "time": time.time()}
     raise ValueError(f"unknown operation {op!r}")
+
+
+def requeue(v: "Ventilator", task_id: str) -> str:
+    """Run a failed or cancelled task again, as a new task (returned) with the same call."""
+    old = v.history.spec(task_id)
+    if old is None:
+        raise KeyError(f"no failed or cancelled task {task_id} with its arguments in the history")
+    n = 1
+    while f"{task_id}~{n}" in v.tasks or v.shown_state_of(f"{task_id}~{n}") is not TaskState.UNKNOWN:
+        n += 1
+    opts = dict(old.opts or {}, parent=task_id, root=(old.opts or {}).get("root") or task_id)
+    opts.pop("key", None)
+    spec = TaskSpec(f"{task_id}~{n}", old.name, old.queue, old.digest, old.client, True, old.retries,
+                    old.timeout, time.time(), opts=opts, args=old.args)
+    if spec.digest != P.BY_NAME and spec.digest not in v.fns:
+        raise KeyError(f"the function of {task_id} is no longer held here")
+    return v._accept(spec, old.client.encode())
+
+def set_paused(v: "Ventilator", queue: str, paused: bool) -> int:
+    """Pause or resume a queue; the number of its waiting tasks (shown PAUSED or QUEUED)."""
+    (v.dispatch.paused.add if paused else v.dispatch.paused.discard)(queue)
+    _announce_hold(v, lambda s: s.queue == queue, paused)
+    return v.dispatch.waiting(queue)
+
+def set_disabled(v: "Ventilator", name: str, disabled: bool) -> bool:
+    (v.dispatch.disabled.add if disabled else v.dispatch.disabled.discard)(name)
+    _announce_hold(v, lambda s: s.name == name, disabled)
+    return disabled
+
+def _announce_hold(v: "Ventilator", which: Any, held: bool) -> None:
+    if not v.policies:
+        return
+    for rec in v.tasks.values():
+        if rec.state is TaskState.QUEUED and rec.worker is None and which(rec.spec):
+            old, new = (TaskState.QUEUED, TaskState.PAUSED) if held else (TaskState.PAUSED, TaskState.QUEUED)
+            rec.state = old
+            v._set_state(rec, new)
+            rec.state = TaskState.QUEUED  # PAUSED is shown, not stored
+
+
+def stats(v: "Ventilator") -> dict:
+    rate = 0.0
+    if len(v.rate_samples) >= 2:
+        (t0, d0), (t1, d1) = v.rate_samples[0], v.rate_samples[-1]
+        if t1 > t0:
+            rate = (d1 - d0) / (t1 - t0)
+    queued: collections.Counter[str] = collections.Counter()
+    running: collections.Counter[str] = collections.Counter()
+    for rec in v.tasks.values():
+        (running if rec.state is TaskState.RUNNING else queued)[rec.spec.queue] += 1
+    served = {q for w in v.workers.values() for q in w.queues}
+    d = v.dispatch
+    return {
+        "instance": v.instance, "host": HOST, "endpoints": v.endpoints,
+        "uptime": time.time() - v.started, "secured": v.keys is not None,
+        "journal": v.journal_path,
+        "workers": [
+            {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
+             "concurrency": w.concurrency, "running": len(w.inflight), "credit": w.credit,
+             "done": w.done}
+            for w in v.workers.values()
+        ],
+        "queues": {q: {"queued": queued[q], "running": running[q], "served": q in served,
+                       "paused": q in d.paused}
+                   for q in sorted(set(queued) | set(running) | served | d.paused)},
+        "disabled": sorted(d.disabled),
+        "counters": dict(v.counters),
+        "tasks_per_second": rate,
+    }

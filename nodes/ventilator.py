@@ -38,7 +38,7 @@ from zq.policy import Policy, run_hooks
 from zq.protocol import TaskSpec
 
 from . import admin
-from .common import HOST, Node, Peers, SinkLink, result_row
+from .common import Node, Peers, SinkLink, result_row
 from .dispatch import Dispatch, registry_opts
 from .history import History
 from .journal import Journal
@@ -353,43 +353,6 @@ class Ventilator(Node):
             return "requested"
         return ""
 
-    def requeue(self, task_id: str) -> str:
-        """Run a failed or cancelled task again, as a new task (returned) with the same call."""
-        old = self.history.spec(task_id)
-        if old is None:
-            raise KeyError(f"no failed or cancelled task {task_id} with its arguments in the history")
-        n = 1
-        while f"{task_id}~{n}" in self.tasks or self.shown_state_of(f"{task_id}~{n}") is not TaskState.UNKNOWN:
-            n += 1
-        opts = dict(old.opts or {}, parent=task_id, root=(old.opts or {}).get("root") or task_id)
-        opts.pop("key", None)
-        spec = TaskSpec(f"{task_id}~{n}", old.name, old.queue, old.digest, old.client, True, old.retries,
-                        old.timeout, time.time(), opts=opts, args=old.args)
-        if spec.digest != P.BY_NAME and spec.digest not in self.fns:
-            raise KeyError(f"the function of {task_id} is no longer held here")
-        return self._accept(spec, old.client.encode())
-
-    def set_paused(self, queue: str, paused: bool) -> int:
-        """Pause or resume a queue; the number of its waiting tasks (shown PAUSED or QUEUED)."""
-        (self.dispatch.paused.add if paused else self.dispatch.paused.discard)(queue)
-        self._announce_hold(lambda s: s.queue == queue, paused)
-        return self.dispatch.waiting(queue)
-
-    def set_disabled(self, name: str, disabled: bool) -> bool:
-        (self.dispatch.disabled.add if disabled else self.dispatch.disabled.discard)(name)
-        self._announce_hold(lambda s: s.name == name, disabled)
-        return disabled
-
-    def _announce_hold(self, which: Any, held: bool) -> None:
-        if not self.policies:
-            return
-        for rec in self.tasks.values():
-            if rec.state is TaskState.QUEUED and rec.worker is None and which(rec.spec):
-                old, new = (TaskState.QUEUED, TaskState.PAUSED) if held else (TaskState.PAUSED, TaskState.QUEUED)
-                rec.state = old
-                self._set_state(rec, new)
-                rec.state = TaskState.QUEUED  # PAUSED is shown, not stored
-
     def _finish(self, rec: TaskRecord, state: TaskState, error: Optional[ErrorInfo]) -> None:
         """Finish a task that no worker will report on: the result goes to the sink."""
         spec = rec.spec
@@ -680,36 +643,6 @@ class Ventilator(Node):
         return True
 
     # -- stats / stop -----------------------------------------------------------------
-    def stats(self) -> dict:
-        rate = 0.0
-        if len(self.rate_samples) >= 2:
-            (t0, d0), (t1, d1) = self.rate_samples[0], self.rate_samples[-1]
-            if t1 > t0:
-                rate = (d1 - d0) / (t1 - t0)
-        queued: collections.Counter[str] = collections.Counter()
-        running: collections.Counter[str] = collections.Counter()
-        for rec in self.tasks.values():
-            (running if rec.state is TaskState.RUNNING else queued)[rec.spec.queue] += 1
-        served = {q for w in self.workers.values() for q in w.queues}
-        d = self.dispatch
-        return {
-            "instance": self.instance, "host": HOST, "endpoints": self.endpoints,
-            "uptime": time.time() - self.started, "secured": self.keys is not None,
-            "journal": self.journal_path,
-            "workers": [
-                {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
-                 "concurrency": w.concurrency, "running": len(w.inflight), "credit": w.credit,
-                 "done": w.done}
-                for w in self.workers.values()
-            ],
-            "queues": {q: {"queued": queued[q], "running": running[q], "served": q in served,
-                           "paused": q in d.paused}
-                       for q in sorted(set(queued) | set(running) | served | d.paused)},
-            "disabled": sorted(d.disabled),
-            "counters": dict(self.counters),
-            "tasks_per_second": rate,
-        }
-
     def _shutdown(self) -> None:
         """On stop: tell workers nothing (they detect it) but get pending results to the sink."""
         deadline = time.monotonic() + 2.0

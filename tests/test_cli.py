@@ -340,7 +340,7 @@ def test_status_prints_workers_queues_counts_rate(cluster, client):
     assert isinstance(v["tasks_per_second"], (int, float))
     assert {w["pid"] for w in v["workers"]} == {w.proc.pid for w in cluster.workers}
     for w in v["workers"]:
-        assert w["queues"] == ["default"] and w["executor"] == "thread" and w["concurrency"] == 2
+        assert w["queues"] == ["default"] and w["executor"] == "thread" and w["concurrency"] == 4
     assert v["queues"]["default"]["served"] is True
 
     r = run_zq(*args)
