@@ -42,6 +42,7 @@ from .common import Node, Peers, SinkLink, result_row
 from .dispatch import Dispatch, registry_opts
 from .history import History
 from .journal import Journal
+from .records import TaskRecord, WorkerInfo
 from .scheduler import Scheduler
 
 log = logging.getLogger("zq.ventilator")
@@ -51,47 +52,6 @@ FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
 FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
 _FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED))
-
-
-class WorkerInfo:
-    __slots__ = ("ident", "id", "queues", "credit", "inflight", "fns", "host", "pid", "executor",
-                 "concurrency", "last_seen", "last_sent", "done", "registered_at")
-
-    def __init__(self, ident: bytes, header: dict, now: float) -> None:
-        self.ident = ident
-        self.id = str(header.get("id") or ident.hex())
-        queues = header.get("queues")
-        if not isinstance(queues, list) or not queues or not all(isinstance(q, str) and q for q in queues):
-            raise ProtocolError("READY: queues must be a non-empty list of names")
-        credit = header.get("credit")
-        if not isinstance(credit, int) or credit < 0 or credit > 100_000:
-            raise ProtocolError("READY: credit must be an int in 0..100000")
-        self.queues: list[str] = queues
-        self.credit = credit
-        self.inflight: set[str] = set()
-        self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self.host = str(header.get("host", ""))
-        self.pid = header.get("pid", 0) if isinstance(header.get("pid"), int) else 0
-        self.executor = str(header.get("executor", ""))
-        self.concurrency = header.get("concurrency", 0) if isinstance(header.get("concurrency"), int) else 0
-        self.last_seen = now
-        self.last_sent = now
-        self.done = 0
-        self.registered_at = time.time()
-
-    def describe(self) -> str:
-        return f"worker {self.id} on host {self.host} (pid {self.pid})"
-
-
-class TaskRecord:
-    __slots__ = ("spec", "state", "worker", "client", "progress")
-
-    def __init__(self, spec: TaskSpec, client: bytes) -> None:
-        self.spec = spec
-        self.state = TaskState.UNKNOWN
-        self.worker: Optional[bytes] = None
-        self.client = client
-        self.progress: Optional[list] = None  # [done, total, message, time]
 
 
 class Ventilator(Node):
