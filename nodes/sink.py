@@ -143,6 +143,9 @@ class Sink(Node):
                     self._deliver(client, [hit[0]])
                 elif tid not in self.recorded:
                     self.watchers.setdefault(tid, set()).add(client)
+                else:  # recorded, delivered, not retained: nothing left to send
+                    self._send(ident, P.pack(P.ERROR, {"code": "gone", "ids": [tid],
+                                                       "msg": f"the result of {tid} was not retained"}))
         elif cmd == P.HEARTBEAT or cmd == P.HELLO:
             self._flush_client(ident.decode("utf-8", "replace"))
         elif cmd == P.REQUEST:

@@ -76,6 +76,7 @@ class Ventilator(Node):
         self.client_peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
         self.history = History()
         self.scheduler = Scheduler()
+        self._next_prune = 0.0
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -413,7 +414,8 @@ class Ventilator(Node):
             rec = self.tasks.get(row[0])
             if rec is not None:
                 rec.progress = row[1:]
-                by_client.setdefault(rec.client, []).append(row)
+                if rec.spec.client:  # scheduled and follow-up tasks may have no one waiting
+                    by_client.setdefault(rec.spec.client.encode(), []).append(row)
         for client, prows in by_client.items():
             self._send(self.clients, client, P.pack(P.PROGRESS, {"p": prows}))
 
@@ -429,6 +431,8 @@ class Ventilator(Node):
         rec = self.tasks.get(tid)
         if rec is None or rec.worker != w.ident:
             return
+        self.dispatch.finished(rec.spec)  # under its old name (limits count by name)
+        rec.worker = None
         fn = msg.payload[0]
         if len(fn):
             self.fns[digest] = fn
@@ -464,10 +468,13 @@ class Ventilator(Node):
         self._send(self.wsock, ident, self._heartbeat())
 
     def _requeue(self, rec: TaskRecord, delay: float = 0.0) -> None:
+        """Back to its queue (front), or after ``delay`` (a retry waits out its backoff as
+        RETRYING; ``_tick`` queues it when due)."""
         if rec.worker is not None:
             self.dispatch.finished(rec.spec)
         rec.worker = None
-        self._set_state(rec, TaskState.QUEUED)
+        if not (delay > 0 and rec.state is TaskState.RETRYING):
+            self._set_state(rec, TaskState.QUEUED)
         if self.journal is not None:
             self.journal.put(rec.spec)  # attempt, lost causes or the call changed
         if delay > 0:
@@ -518,6 +525,9 @@ class Ventilator(Node):
                 self.dispatch.push(rec.spec, front=rec.spec.attempt > 1)
         for name, queue, slot in self.scheduler.due(time.time()):
             self._fire(name, queue, slot)
+        if now >= self._next_prune:
+            self._next_prune = now + 60.0
+            self.history.prune()  # --history-retention (journal only)
         self.rate_samples.append((now, self.counters["done"]))
         self.sink.tick(now)
 

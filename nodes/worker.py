@@ -339,7 +339,12 @@ class Worker(Node):
             self.progress_out[tid] = [tid, done, total, message, ts]
         elif kind == "spawn":
             _, row, fn_data, args = event
-            spec = TaskSpec.from_row(row, args)
+            try:  # checked in the task already; a bad row must never stop this loop
+                spec = TaskSpec.from_row(row, args)
+            except ProtocolError as exc:
+                self.counters["spawn_refused"] += 1
+                log.warning("follow-up task refused: %s", exc)
+                return
             tid = spec.task_id
             try:
                 self.vent.send_multipart(P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data}), flags=zmq.NOBLOCK)

@@ -265,6 +265,12 @@ class ClientIO:
                 self._sent_fns.clear()
                 if specs:
                     self._send_tasks(specs, force_fns=True)
+        elif cmd == P.ERROR and msg.header.get("code") == "gone":
+            for tid in msg.header.get("ids") or ():  # future_for() a result nobody kept
+                with self._lock:
+                    fut = self._futures.pop(tid, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(ZqError(str(msg.header.get("msg"))))
         elif cmd == P.ERROR:
             log.warning("%s refused a message: %s", node, msg.header.get("msg"))
 

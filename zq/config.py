@@ -38,7 +38,7 @@ class Config:
     # [worker]
     worker_executor: str = "process"
     worker_concurrency: int = 0  # 0: os.cpu_count()
-    worker_prefetch: int = -1  # -1: same as concurrency
+    worker_prefetch: int = -1  # -1: adaptive (about 20 ms of work beyond the slots)
     worker_queues: tuple[str, ...] = ("default",)
     worker_policies: tuple[str, ...] = ()
     # [cluster]

@@ -9,6 +9,7 @@ thread executor, the child's pipe in the process executor).
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import itertools
 import logging
 import time
@@ -92,6 +93,8 @@ class TaskContext:
         n = next(self._children)
         # one id per (link of a chain, follow-up): a re-run of this task does not queue it twice
         child_id = f"{self.task_id}.{n}" if not self._hops else f"{self.task_id}.h{self._hops}.{n}"
+        if len(child_id) > 100:  # deep lineage: a stable short id, still unique per parent and n
+            child_id = f"{self.root_id[:40]}.{hashlib.blake2b(child_id.encode(), digest_size=12).hexdigest()}"
         t = fn if getattr(fn, "_zq_task", False) else None
         name = t.name if t else function_name(fn)
         q = queue or (t.queue if t else None) or self.queue
@@ -100,6 +103,7 @@ class TaskContext:
         retain = self.retain if retain_result is None else retain_result
         spec = TaskSpec(child_id, name, q, digest, self.client_id, retain, t.retries if t else 0,
                         t.timeout if t else None, time.time(), opts=opts)
+        TaskSpec.from_row(spec.row(), b"")  # a bad queue name etc. fails here, in the task
         self._emit(("spawn", spec.row(), data, pack_args(args, kwargs)))
         return child_id
 

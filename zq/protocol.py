@@ -21,21 +21,22 @@ Who sends what (C client, V ventilator, W worker, S sink):
 ==========  ==========  =====================================================
 command     direction   header / payload
 ==========  ==========  =====================================================
-SUBMIT      C -> V      {"t": [task rows], "f": [digests]}; fn frames, arg frames
+SUBMIT      C -> V      {"t": [task rows], "f": [digests], "req"?: int}; fn frames, arg frames
+                        (with "req" the ventilator REPLYs the id each task goes by)
 REJECT      V -> C      {"ids": [...], "code": str, "msg": str}
-CANCELED    V -> C      {"ids": [...]} tasks of this client cancelled by anyone
+CANCELED    (reserved)  cancellations travel as CANCELED results through the sink
 REQUEST     C -> V/S    {"req": int, "op": str, ...}
 REPLY       V/S -> C    {"req": int, "ok": bool, "data"|"error": ...}
-READY       W -> V      {"id", "queues", "credit", "host", "pid", "executor", "concurrency"}
+READY       W -> V      {"id", "queues", "credit", "host", "pid", "executor", "concurrency", "tasks"}
 TASKS       V -> W      like SUBMIT, rows carry attempt and lost causes
 STARTED     W -> V      {"ids": [...]}
-DONE        W -> V      {"ids": [...], "credit": int}
-RETRY       W -> V      {"id": str, "delay": float, "error": [..]}
+DONE        W -> V      {"ids": [...], "states": [...], "credit": int}
+RETRY       W -> V      {"id": str, "delay": float, "credit": int, "lost"?: cause}
 CANCEL      V -> W      {"ids": [...]} stop these tasks if they run
-BYE         W -> V      {"ids": [...]} tasks handed back (graceful stop)
-UNKNOWN     V -> W      {} you are not registered: send READY again
-RESULT      W -> S, S -> C  {"r": [result rows]}; one value frame per row
-ACK         S -> W      {"ids": [...]} results recorded, forget them
+BYE         W -> V      {"ids": [...], "final"?: bool} tasks handed back (graceful stop)
+UNKNOWN     V -> W      {"instance"} you are not registered: send READY again
+RESULT      W/V -> S, S -> C  {"r": [result rows]}; one value frame per row
+ACK         S -> W/V, C -> S  {"ids": [...]} results safe / received: forget them
 HELLO       C -> S      {"client": id} route my results to this socket
 HEARTBEAT   any         {"id": node id, "instance": random id of this run, "max": max message}
 ERROR       any         {"code": str, "msg": str} your message was refused
