@@ -58,7 +58,7 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0
             return last
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or cond} (last: {last!r})")
-        time.sleep(interval)  # a poll interval, not synchronisation
+        time.sleep(interval)  # sleep-ok: a poll interval with a deadline
 
 
 def stays(cond: Callable[[], Any], duration: float, interval: float = 0.05, what: str = "") -> None:
@@ -69,7 +69,7 @@ def stays(cond: Callable[[], Any], duration: float, interval: float = 0.05, what
         assert value, f"{what or cond} stopped holding (got {value!r})"
         if time.monotonic() > end:
             return
-        time.sleep(interval)  # a poll interval, not synchronisation
+        time.sleep(interval)  # sleep-ok: a poll interval with a deadline
 
 
 def wait_registered(client: zq.Client, name: str, timeout: float = 10.0) -> None:

@@ -422,7 +422,7 @@ def _wait(pred: Callable[[], bool], timeout: float, cluster) -> bool:
             return False
         if any(not n.alive() for n in cluster.nodes()):
             return False
-        time.sleep(0.02)  # a poll with a deadline, not synchronisation
+        time.sleep(0.02)  # sleep-ok: a poll with a deadline
     return True
 
 

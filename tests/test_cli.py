@@ -160,7 +160,7 @@ def wait_gone(procs: dict[int, int], timeout: float = 15.0) -> dict[int, str]:
     deadline = time.monotonic() + timeout
     left = still_running(procs)
     while left and time.monotonic() < deadline:
-        time.sleep(0.05)  # a poll of process state with a deadline, not synchronisation
+        time.sleep(0.05)  # sleep-ok: a poll of process state with a deadline
         left = still_running(procs)
     return left
 
