@@ -85,6 +85,26 @@ def client(cluster: LocalCluster, make_client: Callable[..., zq.Client]) -> zq.C
     return make_client(cluster)
 
 
+def connect(cluster: LocalCluster, **kw: Any) -> zq.Client:
+    """A client of ``cluster`` with the tests' fast heartbeat (the caller shuts it down)."""
+    cfg = zq.load_config(None, {"ventilator_clients": cluster.endpoints["clients"],
+                                "sink_endpoint": cluster.endpoints["sink"], "heartbeat_interval": 0.2})
+    return zq.Client(cfg, **kw)
+
+
+def running(**kw: Any) -> Iterator[LocalCluster]:
+    """Body of a module-scoped cluster fixture: start, yield, stop (kill what is left)."""
+    c = LocalCluster(**kw)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop(timeout=20)
+        for n in c.nodes():
+            if n.alive():
+                n.kill()
+
+
 def zq_script() -> str:
     """The installed ``zq`` console script (next to this interpreter)."""
     path = os.path.join(os.path.dirname(sys.executable), "zq")

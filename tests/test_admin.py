@@ -19,7 +19,7 @@ import pytest
 import zq
 from nodes.local import LocalCluster
 from tests import lifecycle_tasks as T
-from tests.conftest import run_zq
+from tests.conftest import connect, run_zq, running
 from tests.lifecycle_tasks import IMPORT_ARGS, lc_env, read_lines, stays, wait_for
 
 S = zq.TaskState
@@ -30,10 +30,7 @@ def uid() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _client(cluster: LocalCluster, **kw) -> zq.Client:
-    cfg = zq.load_config(None, {"ventilator_clients": cluster.endpoints["clients"],
-                                "sink_endpoint": cluster.endpoints["sink"], "heartbeat_interval": 0.2})
-    return zq.Client(cfg, **kw)
+_client = connect
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +41,8 @@ def adir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mcluster(adir):
     env = lc_env(adir, **{T.ENV_STATES: str(adir / "states.log")})
-    c = LocalCluster(workers=1, executor="thread", concurrency=4, worker_args=IMPORT_ARGS,
+    yield from running(workers=1, executor="thread", concurrency=4, worker_args=IMPORT_ARGS,
                      ventilator_args=POLICY_ARGS, env=env)
-    c.start()
-    yield c
-    c.stop(timeout=20)
-    for n in c.nodes():
-        if n.alive():
-            n.kill()
 
 
 @pytest.fixture(scope="module")

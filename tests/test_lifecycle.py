@@ -18,8 +18,8 @@ import uuid
 import pytest
 
 import zq
-from nodes.local import LocalCluster
 from tests import lifecycle_tasks as T
+from tests.conftest import connect, running
 from tests.lifecycle_tasks import IMPORT_ARGS, lc_env, max_overlap, read_lines, stays, touch, wait_for
 from zq.serialize import function_name
 
@@ -27,10 +27,7 @@ WORKER_ARGS = [*IMPORT_ARGS, "--queue", "default", "--queue", "side",
                "--policy", "tests.lifecycle_tasks:RecordRunning"]
 
 
-def _client(cluster: LocalCluster, **kw) -> zq.Client:
-    cfg = zq.load_config(None, {"ventilator_clients": cluster.endpoints["clients"],
-                                "sink_endpoint": cluster.endpoints["sink"], "heartbeat_interval": 0.2})
-    return zq.Client(cfg, **kw)
+_client = connect
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +37,7 @@ def lc_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mcluster(lc_dir):
-    c = LocalCluster(workers=2, executor="thread", concurrency=4, worker_args=WORKER_ARGS, env=lc_env(lc_dir))
-    c.start()
-    yield c
-    c.stop(timeout=20)
-    for n in c.nodes():
-        if n.alive():
-            n.kill()
+    yield from running(workers=2, executor="thread", concurrency=4, worker_args=WORKER_ARGS, env=lc_env(lc_dir))
 
 
 @pytest.fixture(scope="module")

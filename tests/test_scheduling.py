@@ -24,7 +24,8 @@ from nodes.journal import Journal
 from nodes.local import LocalCluster
 from nodes.scheduler import Schedule, Scheduler
 from tests import lifecycle_tasks as T
-from tests.conftest import run_zq
+from tests.conftest import connect, run_zq
+from tests.conftest import running as cluster_running
 from tests.lifecycle_tasks import IMPORT_ARGS, lc_env, max_overlap, read_lines, stays, touch, wait_for
 
 S = zq.TaskState
@@ -35,10 +36,7 @@ def uid() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _client(cluster: LocalCluster, **kw) -> zq.Client:
-    cfg = zq.load_config(None, {"ventilator_clients": cluster.endpoints["clients"],
-                                "sink_endpoint": cluster.endpoints["sink"], "heartbeat_interval": 0.2})
-    return zq.Client(cfg, **kw)
+_client = connect
 
 
 def _stop(c: LocalCluster) -> None:
@@ -55,10 +53,8 @@ def sdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mcluster(sdir):
-    c = LocalCluster(workers=2, executor="thread", concurrency=3, worker_args=IMPORT_ARGS, env=lc_env(sdir))
-    c.start()
-    yield c
-    _stop(c)
+    yield from cluster_running(workers=2, executor="thread", concurrency=3, worker_args=IMPORT_ARGS,
+                               env=lc_env(sdir))
 
 
 @pytest.fixture(scope="module")
