@@ -39,13 +39,6 @@ def uid() -> str:
 _client = connect
 
 
-def _stop(c: LocalCluster) -> None:
-    c.stop(timeout=20)
-    for n in c.nodes():
-        if n.alive():
-            n.kill()
-
-
 @pytest.fixture(scope="module")
 def sdir(tmp_path_factory):
     return tmp_path_factory.mktemp("scheduling")
