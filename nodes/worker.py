@@ -39,6 +39,7 @@ from zq._sockets import dealer
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskState
 from zq.errors import ProtocolError
+from zq.options import retry_delay
 from zq.policy import Policy, load_policies
 from zq.protocol import TaskSpec
 
@@ -47,8 +48,6 @@ from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
 
 log = logging.getLogger("zq.worker")
 
-RETRY_BASE = 0.1
-RETRY_CAP = 30.0
 FN_STORE = 4096
 PREFETCH_SECONDS = 0.02  # adaptive prefetch: hold about this much work beyond the slots
 MAX_PREFETCH = 2000
@@ -369,10 +368,7 @@ class Worker(Node):
         retries_used = spec.attempt - 1 - len(spec.lost)
         if (retryable and state is TaskState.FAILED and error is not None
                 and error.type != "SerializationError" and retries_used < spec.retries and self.accepting):
-            opts = spec.opts or {}  # types checked by TaskSpec.from_row
-            base = opts.get("backoff", RETRY_BASE)
-            cap = opts.get("backoff_max", RETRY_CAP)
-            self._retry(spec, delay=min(float(cap), float(base) * (2 ** min(retries_used, 60))))
+            self._retry(spec, delay=retry_delay(spec.opts, retries_used))  # opts checked by from_row
             return
         self.sink.add(row)
         self.done_ids.append(spec.task_id)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from .envelope import ErrorInfo, Result, TaskState
 from .futures import TaskFuture, settle
 from .policy import run_hooks
+from .options import retry_delay
 from .protocol import TaskSpec
 from .runner import execute
 from .serialize import loads, loads_args
@@ -33,7 +34,7 @@ def run_locally(client: "Client", fn: Callable, args: tuple, kwargs: dict, spec:
         if state is TaskState.FAILED and comp[2] and comp[2][0] != "SerializationError" \
                 and retries_used < spec.retries:
             spec.attempt += 1
-            time.sleep(min(30.0, 0.1 * 2 ** retries_used))  # the retry backoff, as on a worker
+            time.sleep(retry_delay(spec.opts, retries_used))  # the retry backoff, as on a worker
             continue
         break
     cont = comp[8]

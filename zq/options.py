@@ -58,6 +58,18 @@ def task_options(t: Any, fn: Callable, priority: Any, key: Optional[str], delay:
     return opts or None
 
 
+RETRY_BACKOFF = 0.1
+RETRY_BACKOFF_MAX = 30.0
+
+
+def retry_delay(opts: Optional[dict], retries_used: int) -> float:
+    """Seconds before rerun ``retries_used + 1``: ``backoff * 2**k`` capped at ``backoff_max``."""
+    opts = opts or {}
+    base = float(opts.get("backoff", RETRY_BACKOFF))
+    cap = float(opts.get("backoff_max", RETRY_BACKOFF_MAX))
+    return min(cap, base * (2 ** min(retries_used, 60)))
+
+
 def check_params(name: str, info: dict, params: "dict | list | tuple | None") -> tuple[tuple, dict]:
     """(args, kwargs) from JSON-able ``params``, checked against the registered signature."""
     if params is None:
