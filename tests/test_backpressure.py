@@ -13,12 +13,16 @@ import zq
 from .conftest import connect
 
 FLOOD = textwrap.dedent("""
-    import sys, zq
+    import sys, time, zq
     def noop(x):
         return x
     cfg = zq.load_config(None, {"ventilator_clients": sys.argv[1], "sink_endpoint": sys.argv[2]})
     client = zq.Client(cfg)
-    futs = [client.submit(noop, i) for i in range(int(sys.argv[3]))]
+    n = int(sys.argv[3])
+    futs = [client.submit(noop, i) for i in range(n)]
+    # all of them at the ventilator before the test freezes us
+    while client.stats()["ventilator"]["counters"].get("submitted", 0) < n:
+        time.sleep(0.05)  # sleep-ok: polling the ventilator's counter
     print("SUBMITTED", flush=True)
     futs[-1].result(120)
     print("DONE", flush=True)
@@ -44,8 +48,8 @@ def test_flooding_client_that_stops_reading_stalls_no_one(cluster, tmp_path):
         try:
             # another client is served while 60,000 tasks of the frozen one go through
             assert [other.submit(square, i).result(timeout=30) for i in range(20)] == [i * i for i in range(20)]
-            stats = other.stats()  # (the frozen client's IO thread may not have sent them all)
-            assert stats["ventilator"]["counters"]["submitted"] > 10_000
+            stats = other.stats()
+            assert stats["ventilator"]["counters"]["submitted"] >= 60_000 + 20
         finally:
             other.shutdown()
         flood.send_signal(signal.SIGCONT)
