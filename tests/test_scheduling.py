@@ -243,7 +243,9 @@ def test_duplicate_key_returns_the_same_task_while_running(mclient, sdir):
         touch(gate)
     assert f1.result(10) == "one"
     assert read_lines(log) == ["one"]
-    # finished: the key is free again
+    # finished (as the ventilator knows it: the result can reach us before its DONE does):
+    # the key is free again
+    wait_for(lambda: mclient.show_task(f1.task_id)["state"] == "SUCCESS", 10, what="the ventilator saw it finish")
     f3 = mclient.submit_task(T.mark, (log, "three"), key=key)
     assert f3.task_id != f1.task_id
     assert f3.result(10) == "three"
