@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from tests.lifecycle_tasks import wait_for
 from zq._embedded import parse_ready
 
 from .conftest import zq_script
@@ -28,15 +28,6 @@ def call(base: str, method: str, path: str, body: dict | None = None) -> tuple[i
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
 
-
-def until(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)  # sleep-ok: polling with a deadline
-    raise AssertionError("timed out")
 
 
 @pytest.fixture
@@ -64,7 +55,7 @@ def test_submit_list_show_result(api):
     code, body = call(api, "POST", "/tasks", {"name": "http.add", "params": {"a": 2, "b": 3}})
     assert code == 202
     tid = body["task_id"]
-    res = until(lambda: (lambda r: r[1] if r[0] == 200 else None)(call(api, "GET", f"/tasks/{tid}/result")))
+    res = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(call(api, "GET", f"/tasks/{tid}/result")))
     assert res["value"] == 5 and res["state"] == "SUCCESS"
     code, shown = call(api, "GET", f"/tasks/{tid}")
     assert code == 200 and shown["name"] == "http.add"
@@ -85,13 +76,13 @@ def test_bad_requests_get_clear_errors(api):
 def test_requeue_forget_pause_resume(api):
     code, body = call(api, "POST", "/tasks", {"name": "http.fail"})
     tid = body["task_id"]
-    until(lambda: call(api, "GET", f"/tasks/{tid}")[1].get("state") == "FAILED")
+    wait_for(lambda: call(api, "GET", f"/tasks/{tid}")[1].get("state") == "FAILED")
     code, body = call(api, "POST", f"/tasks/{tid}/requeue")
     assert code == 202 and body["task_id"] != tid
     assert call(api, "DELETE", f"/tasks/{tid}")[1] == {"forgotten": True}
     assert all(t["task_id"] != tid for t in call(api, "GET", "/tasks?state=FAILED")[1])
     assert call(api, "POST", "/queues/default/pause")[0] == 200
     code, body = call(api, "POST", "/tasks", {"name": "http.add", "params": [1]})
-    until(lambda: call(api, "GET", f"/tasks/{body['task_id']}")[1].get("state") == "PAUSED")
+    wait_for(lambda: call(api, "GET", f"/tasks/{body['task_id']}")[1].get("state") == "PAUSED")
     assert call(api, "POST", "/queues/default/resume")[0] == 200
-    until(lambda: call(api, "GET", f"/tasks/{body['task_id']}")[1].get("state") == "SUCCESS")
+    wait_for(lambda: call(api, "GET", f"/tasks/{body['task_id']}")[1].get("state") == "SUCCESS")

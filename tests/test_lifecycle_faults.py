@@ -3,11 +3,10 @@ continuations, hostile follow-ups, watching a result nobody kept."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import zq
+from tests.lifecycle_tasks import wait_for
 
 
 def fail_once_then(path, value):
@@ -30,15 +29,6 @@ def bad_follow_up(ctx: zq.TaskContext):
 def identity(x):
     return x
 
-
-def wait_for(pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)  # sleep-ok: polling with a deadline
-    raise AssertionError("timed out")
 
 
 def test_retrying_is_visible_during_the_backoff(cluster, client, tmp_path):
