@@ -140,8 +140,7 @@ class Ventilator(Node):
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + self.config.heartbeat_interval / 2
-            if self.journal is not None and self.journal.dirty:
-                self.journal.commit()  # durable before any worker sees a task
+            self._make_durable()  # before any worker sees a task
             self._dispatch()
             self.sink.flush()
         self._shutdown()
@@ -222,10 +221,11 @@ class Ventilator(Node):
             ids = self._on_submit(ident, msg)
             req = msg.header.get("req")
             if isinstance(req, int):  # a submit waiting for its answer (de-duplication keys)
-                if self.journal is not None:
-                    self.journal.commit()  # durable before we say which task it is
+                self._make_durable()  # before we say which task it is
                 self._send(self.clients, ident, P.pack(P.REPLY, {"req": req, "ok": True, "data": ids}))
         elif cmd == P.REQUEST:
+            # whatever an answer shows (a task QUEUED, say) must survive a SIGKILL right after
+            self._make_durable()
             req = P.field(msg.header, "req", int, cmd)
             op = P.field(msg.header, "op", str, cmd)
             try:
@@ -235,6 +235,10 @@ class Ventilator(Node):
             self._send(self.clients, ident, P.pack(P.REPLY, reply))
         elif cmd != P.HEARTBEAT:  # heartbeats: liveness only (we heartbeat clients from _tick)
             raise ProtocolError(f"clients may not send {cmd.decode()}")
+
+    def _make_durable(self) -> None:
+        if self.journal is not None and self.journal.dirty:
+            self.journal.commit()
 
     def _on_submit(self, ident: bytes, msg: P.Message) -> list[str]:
         """Accept a batch; the id each task goes by (a de-duplicated one: the existing task)."""

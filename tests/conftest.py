@@ -36,12 +36,28 @@ def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
         c.start()
         return c
 
+    make.clusters = made  # type: ignore[attr-defined]  # for the node logs of a failed test
     yield make
     for c in made:
         c.stop(timeout=20)
         for n in c.nodes():
             if n.alive():
                 n.kill()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    """A failed test's report carries the last lines each of its nodes logged: a failure
+    seen once in CI can be understood without reproducing it."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        for c in getattr(value, "clusters", ()):
+            text = "\n".join(n.log(80) for n in c.nodes())
+            if text:
+                rep.sections.append(("zq node logs", text))
 
 
 @pytest.fixture
