@@ -15,7 +15,8 @@ disabled names, concurrency and rate limits, delays) is decided in
 ``nodes/dispatch.py``.  Every state change goes through ``_set_state``, checked
 against ``zq.envelope.TRANSITIONS`` and reported to ``on_state`` policies.
 
-A worker silent for ``heartbeat_timeout`` is lost: every task it held is queued
+What workers say, and what losing one means, is in ``nodes/vent_workers.py``: a
+worker silent for ``heartbeat_timeout`` is lost, every task it held is queued
 again with the cause recorded; after 3 losses the task fails with WorkerLost.
 """
 
@@ -44,17 +45,16 @@ from .history import History
 from .journal import Journal
 from .records import TaskRecord, WorkerInfo
 from .scheduler import Scheduler
+from .vent_workers import WorkerMessages
 
 log = logging.getLogger("zq.ventilator")
 
-MAX_LOST_ATTEMPTS = 3
 FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
 FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
-_FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED))
 
 
-class Ventilator(Node):
+class Ventilator(WorkerMessages, Node):
     role = "ventilator"
 
     def __init__(self, config: Config, journal: Optional[str] = None, policies: Sequence[Policy] = (),
@@ -341,135 +341,7 @@ class Ventilator(Node):
             self.finished.popitem(last=False)
         self.history.add(spec, state.value, worker, error)
 
-    # -- workers ----------------------------------------------------------------------
-    def _on_worker(self, ident: bytes, msg: P.Message) -> None:
-        cmd = msg.command
-        now = time.monotonic()
-        w = self.workers.get(ident)
-        if cmd == P.READY:
-            self._register(ident, msg.header, now)
-            return
-        if w is None:
-            # not registered (we restarted, or it was declared lost): ask it to say READY
-            self._send(self.wsock, ident, P.pack(P.UNKNOWN, {"instance": self.instance}))
-            return
-        w.last_seen = now
-        h = msg.header
-        if cmd == P.DONE:
-            ids = P.str_list(h, "ids", cmd)
-            states = P.str_list(h, "states", cmd)
-            credit = P.field(h, "credit", int, cmd)
-            if len(ids) != len(states) or not all(st in _FINAL_STATES for st in states):
-                raise ProtocolError("DONE: ids and final states must pair up")
-            for tid, st in zip(ids, states):
-                w.inflight.discard(tid)
-                rec = self.tasks.get(tid)
-                if rec is not None and rec.worker == ident:
-                    self._close(rec, TaskState(st), w.id, None if st == "SUCCESS" else st)
-                    self.counters["done"] += 1
-                    w.done += 1
-            w.credit = max(0, min(100_000, w.credit + credit))
-        elif cmd == P.STARTED:
-            for tid in P.str_list(h, "ids", cmd):
-                rec = self.tasks.get(tid)
-                if rec is not None and rec.worker == ident and rec.state is TaskState.QUEUED:
-                    self._set_state(rec, TaskState.RUNNING)
-        elif cmd == P.RETRY:
-            tid = P.field(h, "id", str, cmd)
-            delay = float(P.field(h, "delay", (int, float), cmd))
-            w.inflight.discard(tid)
-            rec = self.tasks.get(tid)
-            if rec is not None and rec.worker == ident:
-                lost = h.get("lost")
-                if isinstance(lost, str):  # its executor process died, not a retry of an error
-                    rec.spec.lost.append(lost)
-                    self.counters["lost_attempts"] += 1
-                else:
-                    self.counters["retried"] += 1
-                    self._set_state(rec, TaskState.RETRYING)
-                rec.spec.attempt += 1
-                self._requeue(rec, delay=delay)
-        elif cmd == P.BYE:
-            for tid in P.str_list(h, "ids", cmd):
-                w.inflight.discard(tid)
-                rec = self.tasks.get(tid)
-                if rec is not None and rec.worker == ident:
-                    self._requeue(rec)
-            if h.get("final"):
-                log.info("%s left", w.describe())
-                self._drop_worker(w, cause=None)
-            else:
-                w.credit = 0  # a stopping worker takes nothing more
-        elif cmd == P.PROGRESS:
-            self._on_progress(h)
-        elif cmd == P.SPAWN:
-            self._on_submit(ident, msg)
-        elif cmd == P.CONTINUE:
-            self._on_continue(w, msg)
-        elif cmd != P.HEARTBEAT:
-            raise ProtocolError(f"workers may not send {cmd.decode()}")
-
-    def _on_progress(self, h: dict) -> None:
-        rows = P.field(h, "p", list, P.PROGRESS)
-        by_client: dict[bytes, list] = {}
-        for row in rows:
-            if not (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)):
-                raise ProtocolError("PROGRESS rows are [id, done, total, message, time]")
-            rec = self.tasks.get(row[0])
-            if rec is not None:
-                rec.progress = row[1:]
-                if rec.spec.client:  # scheduled and follow-up tasks may have no one waiting
-                    by_client.setdefault(rec.spec.client.encode(), []).append(row)
-        for client, prows in by_client.items():
-            self._send(self.clients, client, P.pack(P.PROGRESS, {"p": prows}))
-
-    def _on_continue(self, w: WorkerInfo, msg: P.Message) -> None:
-        """The task goes on as another call: same id, new function and arguments."""
-        h = msg.header
-        tid = P.field(h, "id", str, P.CONTINUE)
-        digest = P.field(h, "digest", bytes, P.CONTINUE)
-        then = P.field(h, "then", list, P.CONTINUE)
-        if len(msg.payload) != 2 or len(digest) != 16:
-            raise ProtocolError("CONTINUE carries a 16-byte digest, a function frame and an argument frame")
-        w.inflight.discard(tid)
-        rec = self.tasks.get(tid)
-        if rec is None or rec.worker != w.ident:
-            return
-        self.dispatch.finished(rec.spec)  # under its old name (limits count by name)
-        rec.worker = None
-        fn = msg.payload[0]
-        if len(fn):
-            self.fns[digest] = fn
-        spec = rec.spec
-        spec.name = str(h.get("name") or spec.name)
-        spec.digest = digest
-        queue = h.get("queue")
-        if isinstance(queue, str) and queue:
-            spec.queue = queue
-        spec.args = msg.payload[1]
-        spec.opts = dict(spec.opts or {}, then=then, hops=(spec.opts or {}).get("hops", 0) + 1)
-        if self.journal is not None and digest not in self._journaled_fns and digest in self.fns:
-            self.journal.put_function(digest, self.fns[digest])
-            self._journaled_fns.add(digest)
-        self.counters["continued"] += 1
-        self._requeue(rec)
-
-    def _register(self, ident: bytes, header: dict, now: float) -> None:
-        new = WorkerInfo(ident, header, now)
-        old = self.workers.get(ident)
-        if old is not None:
-            new.inflight = old.inflight  # the same worker reconnected: it still runs what it held
-        else:
-            log.info("%s joined, queues=%s credit=%d", new.describe(), ",".join(new.queues), new.credit)
-        self.workers[ident] = new
-        tasks = header.get("tasks")
-        if isinstance(tasks, dict):
-            for name, info in tasks.items():
-                if isinstance(name, str) and isinstance(info, dict):
-                    self.registry[name] = info
-                    if isinstance(info.get("schedule"), dict):
-                        self.scheduler.register(name, str(info.get("queue") or "default"), info["schedule"])
-        self._send(self.wsock, ident, self._heartbeat())
+    # -- workers: what they say is handled in nodes/vent_workers.py (WorkerMessages) ----
 
     def _requeue(self, rec: TaskRecord, delay: float = 0.0) -> None:
         """Back to its queue (front), or after ``delay`` (a retry waits out its backoff as
@@ -485,28 +357,6 @@ class Ventilator(Node):
             self.dispatch.push_later(rec.spec.task_id, time.monotonic() + delay)
         else:
             self.dispatch.push(rec.spec, front=True)
-
-    def _drop_worker(self, w: WorkerInfo, cause: Optional[str]) -> None:
-        """Forget a worker; re-queue what it held (a loss when ``cause`` is given)."""
-        self.workers.pop(w.ident, None)
-        for tid in list(w.inflight):
-            rec = self.tasks.get(tid)
-            if rec is None or rec.worker != w.ident:
-                continue
-            if cause is None:
-                self._requeue(rec)
-                continue
-            spec = rec.spec
-            spec.lost.append(f"attempt {spec.attempt}: {w.describe()} lost: {cause}")
-            self.counters["lost_attempts"] += 1
-            if len(spec.lost) >= MAX_LOST_ATTEMPTS:
-                msg = (f"task {tid} ({spec.name}) lost its worker {len(spec.lost)} times: "
-                       + "; ".join(spec.lost))
-                self._finish(rec, TaskState.FAILED, ErrorInfo("WorkerLost", msg, "", "zq.errors"))
-            else:
-                spec.attempt += 1
-                self._requeue(rec)
-        w.inflight.clear()
 
     def _tick(self, now: float) -> None:
         cfg = self.config

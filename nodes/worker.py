@@ -82,6 +82,9 @@ class Worker(Node):
         self.imports = list(imports)
         self.registry = import_tasks(self.imports)  # tasks that can be submitted by name
         self.progress_out: dict[str, list] = {}  # task id -> latest progress, sent each turn
+        # what the ventilator must get (RETRY, CONTINUE, SPAWN, BYE) but could not be sent
+        # yet (EAGAIN: link down or full); kept in order with the ids each concerns
+        self.outbox: collections.deque[tuple[list, list[str]]] = collections.deque()
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -123,21 +126,43 @@ class Worker(Node):
         self._send_ready()
 
     def _send_ready(self) -> None:
+        """Register (again).  A fresh connection may have lost what the old one carried, so
+        READY also says which tasks finished here (unsent DONEs) and which this worker still
+        holds: the ventilator queues again whatever else it thought we had."""
         self.promised = 0
         credit = self._wanted()
-        self.promised = credit
-        self._to_vent(P.READY, {
+        held = [*self.running, *(s.task_id for s in self.local), *self.abandoned,
+                *(tid for _, ids in self.outbox for tid in ids)]
+        if self._to_vent(P.READY, {
             "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
             "pid": os.getpid(), "executor": self.executor.kind, "concurrency": self.slots,
             "tasks": {name: t.describe() for name, t in self.registry.items()},
-        })
+            "held": held, "done": self.done_ids, "states": self.done_states,
+        }):
+            self.promised = credit
+            self.done_ids, self.done_states = [], []
 
-    def _to_vent(self, cmd: bytes, header: dict) -> None:
+    def _to_vent(self, cmd: bytes, header: dict) -> bool:
+        """Send now or not at all (heartbeats, progress); False if it could not be sent."""
+        return self._send_vent(P.pack(cmd, header))
+
+    def _send_vent(self, frames: list) -> bool:
         try:
-            self.vent.send_multipart(P.pack(cmd, header), flags=zmq.NOBLOCK)
-            self.vent_last_send = time.monotonic()
+            self.vent.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            self.counters["ventilator_send_dropped"] += 1
+            self.counters["ventilator_send_deferred"] += 1
+            return False
+        self.vent_last_send = time.monotonic()
+        return True
+
+    def _to_vent_surely(self, frames: list, ids: list[str]) -> None:
+        """Send what must reach the ventilator: now, or from the outbox once it can be."""
+        if self.outbox or not self._send_vent(frames):
+            self.outbox.append((frames, ids))
+
+    def _flush_outbox(self) -> None:
+        while self.outbox and self._send_vent(self.outbox[0][0]):
+            self.outbox.popleft()
 
     def close(self) -> None:
         ex = getattr(self, "executor", None)
@@ -219,7 +244,7 @@ class Worker(Node):
             while len(self.fn_store) > FN_STORE:
                 self.fn_store.popitem(last=False)
             if not self.accepting:  # stopping: give them straight back
-                self._to_vent(P.BYE, {"ids": [t.task_id for t in tasks]})
+                self._to_vent_surely(P.pack(P.BYE, {"ids": [t.task_id for t in tasks]}), [])
                 return
             self.local.extend(tasks)
         elif cmd == P.CANCEL:
@@ -344,22 +369,14 @@ class Worker(Node):
                 self.counters["spawn_refused"] += 1
                 log.warning("follow-up task refused: %s", exc)
                 return
-            tid = spec.task_id
-            try:
-                self.vent.send_multipart(P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data}), flags=zmq.NOBLOCK)
-                self.counters["spawned"] += 1
-            except zmq.Again:
-                self.counters["spawn_dropped"] += 1
-                log.warning("follow-up task %s could not be queued: ventilator not reachable", tid)
+            self._to_vent_surely(P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data}), [])
+            self.counters["spawned"] += 1
 
     def _continue(self, spec: TaskSpec, cont: list) -> None:
         """The task goes on as another call (it returned a zq.Call, or a chain goes on)."""
         name, digest, fn_data, args, queue, then = cont
         header = {"id": spec.task_id, "name": name, "digest": digest, "queue": queue, "then": then}
-        try:
-            self.vent.send_multipart(P.pack(P.CONTINUE, header, [fn_data, args]), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters["ventilator_send_dropped"] += 1
+        self._to_vent_surely(P.pack(P.CONTINUE, header, [fn_data, args]), [spec.task_id])
         self.counters["continued"] += 1
 
     def _complete(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], row: Any,
@@ -378,7 +395,7 @@ class Worker(Node):
         header: dict = {"id": spec.task_id, "delay": delay, "credit": 0}
         if lost:
             header["lost"] = spec.lost[-1]
-        self._to_vent(P.RETRY, header)
+        self._to_vent_surely(P.pack(P.RETRY, header), [spec.task_id])
         self.counters["retries"] += 1
 
     def _finish(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo],
@@ -387,16 +404,17 @@ class Worker(Node):
         self._complete(spec, state, error, result_row(spec, state, error, worker=self.id), retryable)
 
     def _report(self) -> None:
+        self._flush_outbox()
         if self.progress_out:
             self._to_vent(P.PROGRESS, {"p": list(self.progress_out.values())})
             self.progress_out.clear()
         if self.started_ids:
-            self._to_vent(P.STARTED, {"ids": self.started_ids})
+            self._to_vent(P.STARTED, {"ids": self.started_ids})  # status only: may be lost
             self.started_ids = []
         credit = self._wanted()
-        if self.done_ids or credit:
-            self.promised += credit
-            self._to_vent(P.DONE, {"ids": self.done_ids, "states": self.done_states, "credit": credit})
+        if (self.done_ids or credit) and self._to_vent(
+                P.DONE, {"ids": self.done_ids, "states": self.done_states, "credit": credit}):
+            self.promised += credit  # not sent: kept, and sent with the next ones (or READY)
             self.done_ids, self.done_states = [], []
 
     def _tick(self, now: float) -> None:
@@ -436,7 +454,7 @@ class Worker(Node):
             self._stop_deadline = now + self.grace
             handed = [s.task_id for s in self.local]
             self.local.clear()
-            self._to_vent(P.BYE, {"ids": handed})
+            self._to_vent_surely(P.pack(P.BYE, {"ids": handed}), [])
             log.info("stopping: handed back %d queued task(s), waiting up to %.0fs for %d running",
                      len(handed), self.grace, len(self.running))
         if self.running and now < self._stop_deadline:
