@@ -36,6 +36,7 @@ from zq._wake import Waker
 from zq.policy import Policy, load_policies
 from zq.protocol import BY_NAME, TaskSpec
 from zq.runner import Completion, execute, execute_async, load_function
+from zq.serialize import args_blob
 
 log = logging.getLogger("zq.worker")
 
@@ -282,7 +283,7 @@ class ProcessExecutor:
                 fn = fns.get(s.digest)
                 fn = bytes(fn) if fn is not None else None
                 child.digests.add(s.digest)
-            items.append((s.row(), bytes(s.args), fn))
+            items.append((s.row(), args_blob(s.args), fn))
             child.tasks.append(s.task_id)
         child.conn.send_bytes(pickle.dumps(items, protocol=5))
 

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import msgpack
 
 from zq.protocol import TaskSpec
+from zq.serialize import args_blob, args_from_blob
 
 MEMORY_LIMIT = 100_000
 COLUMNS = ("task_id", "name", "queue", "state", "submitted_at", "finished_at", "attempts", "worker",
@@ -63,7 +64,7 @@ class History:
                 "INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?)",
                 (*[e[c] for c in COLUMNS[:-1]],
                  msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
-                 bytes(spec.args) if keep_args else None))
+                 args_blob(spec.args) if keep_args else None))
             return
         self.memory[spec.task_id] = e
         self.memory.move_to_end(spec.task_id)
@@ -93,7 +94,7 @@ class History:
         row = self.db.execute("SELECT row, args FROM history WHERE task_id = ?", (task_id,)).fetchone()
         if row is None or row[0] is None:
             return None
-        return TaskSpec.from_row(msgpack.unpackb(row[0], raw=False), bytes(row[1]))
+        return TaskSpec.from_row(msgpack.unpackb(row[0], raw=False), args_from_blob(bytes(row[1])))
 
     def forget(self, task_id: str) -> bool:
         if self.db is None:

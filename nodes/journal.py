@@ -16,6 +16,7 @@ import msgpack
 
 from zq.errors import ConfigError
 from zq.protocol import TaskSpec
+from zq.serialize import args_blob, args_from_blob
 
 log = logging.getLogger("zq.journal")
 
@@ -75,7 +76,7 @@ class Journal:
                 # an update keeps the row (and so the task's place in acceptance order)
                 cur.executemany("INSERT INTO tasks VALUES (?, ?, ?) ON CONFLICT(task_id) DO UPDATE "
                                 "SET row = excluded.row, args = excluded.args",
-                                [(s.task_id, msgpack.packb(s.row(), use_bin_type=True), bytes(s.args))
+                                [(s.task_id, msgpack.packb(s.row(), use_bin_type=True), args_blob(s.args))
                                  for s in self._put.values()])
             if self._del:
                 cur.executemany("DELETE FROM tasks WHERE task_id = ?", [(t,) for t in self._del])
@@ -93,7 +94,7 @@ class Journal:
         specs = []
         for tid, row, args in self.db.execute("SELECT task_id, row, args FROM tasks ORDER BY rowid"):
             try:
-                specs.append(TaskSpec.from_row(msgpack.unpackb(row, raw=False), bytes(args)))
+                specs.append(TaskSpec.from_row(msgpack.unpackb(row, raw=False), args_from_blob(bytes(args))))
             except Exception as exc:  # a damaged row must not stop the others
                 log.error("journal: task %s could not be read back: %s", tid, exc)
         return specs, fns

@@ -37,6 +37,7 @@ from zq.envelope import ErrorInfo, TaskInfo, TaskState, can_transition
 from zq.errors import ProtocolError
 from zq.policy import Policy, run_hooks
 from zq.protocol import TaskSpec
+from zq.serialize import args_size
 
 from . import admin
 from .common import Node, Peers, SinkLink, result_row
@@ -443,7 +444,7 @@ class Ventilator(WorkerMessages, Node):
                 fns[spec.digest] = fn
                 size += len(fn)
             keep.append(spec)
-            size += len(spec.args)
+            size += args_size(spec.args)
         if not keep:
             return True
         err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns))

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import textwrap
 
-import zq
-
 from .conftest import connect
 
 FLOOD = textwrap.dedent("""

@@ -32,6 +32,7 @@ from .envelope import TaskState
 from .errors import NodeUnreachable, SerializationError, ZqError
 from .futures import settle_row
 from .protocol import ResultRow, TaskSpec
+from .serialize import args_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from .futures import TaskFuture
@@ -170,8 +171,8 @@ class ClientIO:
             def size(t: TaskSpec) -> int:
                 if new_fn(t):
                     seen.add(t.digest)
-                    return len(t.args) + len(self._fn_bytes[t.digest])
-                return len(t.args)
+                    return args_size(t.args) + len(self._fn_bytes[t.digest])
+                return args_size(t.args)
 
             n = P.take_batch(tasks[start:start + 5000], limit, size=size)
             batch = tasks[start:start + n]
@@ -282,11 +283,11 @@ class ClientIO:
         too_big = []
         with self._lock:
             for tid, spec in list(self._unfinished.items()):
-                if len(spec.args) + len(self._fn_bytes.get(spec.digest, b"")) > limit:
+                if args_size(spec.args) + len(self._fn_bytes.get(spec.digest, b"")) > limit:
                     del self._unfinished[tid]
                     fut = self._futures.pop(tid, None)
                     if fut is not None:
-                        too_big.append((fut, len(spec.args)))
+                        too_big.append((fut, args_size(spec.args)))
         for fut, size in too_big:
             try:
                 fut.set_exception(SerializationError(

@@ -39,7 +39,7 @@ from .futures import TaskFuture
 from .policy import Policy
 from .protocol import ResultRow, TaskSpec
 from .security import Keys
-from .serialize import FunctionCache, function_name, pack_args
+from .serialize import FunctionCache, args_size, function_name, pack_args
 from . import protocol as P
 from ._clientadmin import AdminMixin
 from ._clientio import ClientIO
@@ -204,11 +204,11 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
             digest, fn_data = self._fns.get(fn)
         args = tuple(args)
         kwargs = kwargs or {}
-        payload = pack_args(args, kwargs)
+        payload = pack_args(args, kwargs, oob=True)  # a large buffer argument: not copied
         limit = self._max_message - 4096
-        if len(payload) + len(fn_data) > limit:
+        if args_size(payload) + len(fn_data) > limit:
             raise SerializationError(
-                f"task is {len(payload) + len(fn_data)} bytes pickled, over the cluster's maximum "
+                f"task is {args_size(payload) + len(fn_data)} bytes pickled, over the cluster's maximum "
                 f"message size of {self._max_message} bytes")
         task_id = f"{self.id}-{next(self._ids)}"
         task_name = name or (t.name if t else function_name(fn))

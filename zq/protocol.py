@@ -21,13 +21,16 @@ Who sends what (C client, V ventilator, W worker, S sink):
 ==========  ==========  =====================================================
 command     direction   header / payload
 ==========  ==========  =====================================================
-SUBMIT      C -> V      {"t": [task rows], "f": [digests], "req"?: int}; fn frames, arg frames
-                        (with "req" the ventilator REPLYs the id each task goes by)
+SUBMIT      C -> V      {"t": [task rows], "f": [digests], "req"?: int, "n"?: [ints]}; fn frames,
+                        arg frames (with "req" the ventilator REPLYs the id each task goes by;
+                        "n": how many argument frames each task has, when one has more than
+                        one: a pickle and its out-of-band buffers, see zq.serialize)
 REJECT      V -> C      {"ids": [...], "code": str, "msg": str}
 CANCELED    (reserved)  cancellations travel as CANCELED results through the sink
 REQUEST     C -> V/S    {"req": int, "op": str, ...}
 REPLY       V/S -> C    {"req": int, "ok": bool, "data"|"error": ...}
-READY       W -> V      {"id", "queues", "credit", "host", "pid", "executor", "concurrency", "tasks"}
+READY       W -> V      {"id", "queues", "credit", "host", "pid", "executor", "concurrency", "tasks",
+                        "held"?: [ids], "done"?: [ids], "states"?: [...]} (re-registering)
 TASKS       V -> W      like SUBMIT, rows carry attempt and lost causes
 STARTED     W -> V      {"ids": [...]}
 DONE        W -> V      {"ids": [...], "states": [...], "credit": int}
@@ -58,6 +61,7 @@ import msgpack
 
 from .envelope import ErrorInfo, Result, TaskState
 from .errors import ProtocolError
+from .serialize import ArgFrames
 
 PROTOCOL = b"ZQ01"
 
@@ -269,16 +273,25 @@ def pack_tasks(command: bytes, tasks: Iterable[TaskSpec], fns: dict[bytes, Any],
     header: dict = {"t": [t.row() for t in tasks], "f": list(fns)}
     if req is not None:
         header["req"] = req
+    if any(type(t.args) is ArgFrames for t in tasks):
+        header["n"] = [len(t.args) if type(t.args) is ArgFrames else 1 for t in tasks]
+        frames = [f for t in tasks for f in (t.args if type(t.args) is ArgFrames else (t.args,))]
+        return [PROTOCOL, command, _packb(header), *fns.values(), *frames]
     return [PROTOCOL, command, _packb(header), *fns.values(), *(t.args for t in tasks)]
 
 
 def unpack_tasks(msg: Message) -> tuple[list[TaskSpec], dict[bytes, Any]]:
     rows = field(msg.header, "t", list, msg.command)
     digests = field(msg.header, "f", list, msg.command)
-    if len(msg.payload) != len(rows) + len(digests):
+    counts = msg.header.get("n")
+    if counts is not None and not (isinstance(counts, list) and len(counts) == len(rows) and all(
+            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 1024 for c in counts)):
+        raise ProtocolError(f"{msg.command.decode()}: n must list 1..1024 argument frames per task")
+    n_args = sum(counts) if counts is not None else len(rows)
+    if len(msg.payload) != n_args + len(digests):
         raise ProtocolError(
-            f"{msg.command.decode()}: {len(rows)} task(s) and {len(digests)} function(s) "
-            f"but {len(msg.payload)} payload frame(s)"
+            f"{msg.command.decode()}: {len(rows)} task(s) ({n_args} argument frame(s)) and "
+            f"{len(digests)} function(s) but {len(msg.payload)} payload frame(s)"
         )
     fns: dict[bytes, Any] = {}
     for d, frame in zip(digests, msg.payload):
@@ -286,7 +299,12 @@ def unpack_tasks(msg: Message) -> tuple[list[TaskSpec], dict[bytes, Any]]:
             raise ProtocolError("function digest must be 16 bytes")
         fns[d] = frame
     n = len(digests)
-    tasks = [TaskSpec.from_row(row, msg.payload[n + i]) for i, row in enumerate(rows)]
+    if counts is None:
+        return [TaskSpec.from_row(row, msg.payload[n + i]) for i, row in enumerate(rows)], fns
+    tasks = []
+    for row, c in zip(rows, counts):
+        tasks.append(TaskSpec.from_row(row, msg.payload[n] if c == 1 else ArgFrames(msg.payload[n:n + c])))
+        n += c
     return tasks, fns
 
 

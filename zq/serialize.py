@@ -8,6 +8,13 @@
   cloudpickle and uses the C pickler, protocol 5.
 * Anything else goes through cloudpickle.  Both outputs load with
   :func:`pickle.loads`.
+* A large ``bytes``, ``bytearray`` or ``memoryview`` argument (``OOB_MIN`` bytes
+  or more, passed directly as an argument) is not copied into the pickle: it
+  travels as a frame of its own (pickle protocol 5 out-of-band buffer), and
+  ``bytes`` are sent straight from the caller's object (zero-copy; they cannot
+  change).  A mutable buffer is copied once at submit, so changing it afterwards
+  does not change the task.  Such arguments are an :class:`ArgFrames` list
+  instead of one frame; a memoryview argument arrives as a read-only 1-D view.
 """
 
 from __future__ import annotations
@@ -19,8 +26,12 @@ import sys
 from typing import Any, Callable
 
 import cloudpickle
+import msgpack
 
 from .errors import SerializationError
+
+OOB_MIN = 64 * 1024  # bytes: a buffer argument this large travels as its own frame
+MULTI = b"ZQMF"  # prefix of several frames stored as one blob (journal, history, pipes)
 
 _PLAIN_SCALARS = (int, float, str, bytes, bool, type(None), complex)
 _SCALAR_SET = frozenset(_PLAIN_SCALARS)
@@ -63,7 +74,15 @@ def loads(data: Any, what: str = "object") -> Any:
 
 
 def loads_args(data: Any) -> tuple[tuple, dict]:
-    obj = loads(data, "task arguments")
+    if type(data) is bytes and data.startswith(MULTI):  # stored or piped (args_blob)
+        data = args_from_blob(data)
+    if type(data) is ArgFrames:
+        try:
+            obj = pickle.loads(data[0], buffers=data[1:])
+        except Exception as exc:
+            raise SerializationError(f"task arguments could not be unpickled: {type(exc).__name__}: {exc}") from exc
+    else:
+        obj = loads(data, "task arguments")
     if type(obj) is tuple and len(obj) == 2 and type(obj[0]) is tuple and type(obj[1]) is dict:
         # (args, kwargs) form; pack_args never sends a bare (tuple, dict) pair of
         # positional arguments without wrapping it, so this is unambiguous.
@@ -75,11 +94,92 @@ def _ambiguous(args: tuple) -> bool:
     return len(args) == 2 and type(args[0]) is tuple and type(args[1]) is dict
 
 
-def pack_args(args: tuple, kwargs: dict) -> bytes:
-    """Arguments as one pickled frame; ``loads_args`` inverts it."""
+class ArgFrames(list):
+    """Pickled arguments as several frames: the pickle stream, then its out-of-band buffers."""
+
+    __slots__ = ()
+
+
+class _OutOfBand:
+    """Pickles as ``kind(buffer)`` with the buffer out of band (protocol 5)."""
+
+    __slots__ = ("data", "kind")
+
+    def __init__(self, data: Any, kind: type) -> None:
+        self.data = data
+        self.kind = kind
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        return self.kind, (pickle.PickleBuffer(self.data),)
+
+
+def _out_of_band(x: Any) -> Any:
+    """``x`` wrapped to travel out of band, or ``None`` when it stays in the pickle."""
+    t = type(x)
+    if t is bytes:
+        return _OutOfBand(x, bytes) if len(x) >= OOB_MIN else None
+    if t is bytearray:
+        return _OutOfBand(bytes(x), bytearray) if len(x) >= OOB_MIN else None
+    if t is memoryview and x.nbytes >= OOB_MIN and x.ndim == 1 and x.format in ("B", "b", "c") \
+            and x.c_contiguous:
+        return _OutOfBand(x.tobytes(), memoryview)
+    return None
+
+
+def _pack_out_of_band(args: tuple, kwargs: dict) -> "ArgFrames | None":
+    if not any(type(x) in (bytes, bytearray, memoryview) for x in (*args, *kwargs.values())):
+        return None
+    wrapped_args = tuple(_out_of_band(x) or x for x in args)
+    wrapped_kw = {k: _out_of_band(v) or v for k, v in kwargs.items()}
+    wrapped = (wrapped_args, wrapped_kw) if kwargs or _ambiguous(args) else wrapped_args
+    bufs: list = []
+    rest = [x for x in (*wrapped_args, *wrapped_kw.values()) if type(x) is not _OutOfBand]
+    if len(rest) == len(args) + len(kwargs):
+        return None  # no buffer large enough
+    try:
+        if _is_plain(rest):
+            data = pickle.dumps(wrapped, protocol=5, buffer_callback=bufs.append)
+        else:
+            data = cloudpickle.dumps(wrapped, protocol=5, buffer_callback=bufs.append)
+    except Exception as exc:
+        raise SerializationError(f"task arguments could not be pickled: {type(exc).__name__}: {exc}") from exc
+    return ArgFrames([data, *(b.raw() for b in bufs)])
+
+
+def pack_args(args: tuple, kwargs: dict, oob: bool = False) -> "bytes | ArgFrames":
+    """Arguments as one pickled frame (or, with ``oob``, an :class:`ArgFrames` when a large
+    buffer argument travels out of band); ``loads_args`` inverts either."""
+    if oob:
+        frames = _pack_out_of_band(args, kwargs)
+        if frames is not None:
+            return frames
     if kwargs or _ambiguous(args):
         return dumps((args, kwargs), "task arguments")
     return dumps(args, "task arguments")
+
+
+def args_size(data: Any) -> int:
+    """Bytes on the wire of packed arguments (one frame or ArgFrames)."""
+    if type(data) is ArgFrames:
+        return sum(memoryview(f).nbytes for f in data)
+    return len(data)
+
+
+def args_blob(data: Any) -> bytes:
+    """Packed arguments as one ``bytes`` (to store, or to pass through a pipe)."""
+    if type(data) is ArgFrames:
+        return MULTI + msgpack.packb([bytes(f) for f in data], use_bin_type=True)
+    return bytes(data)
+
+
+def args_from_blob(blob: Any) -> Any:
+    """Inverse of :func:`args_blob`."""
+    if type(blob) is bytes and blob.startswith(MULTI):
+        frames = msgpack.unpackb(memoryview(blob)[4:], raw=False)
+        if not (isinstance(frames, list) and frames and all(type(f) is bytes for f in frames)):
+            raise SerializationError("task arguments: a damaged multi-frame blob")
+        return ArgFrames(frames)
+    return blob
 
 
 class FunctionCache:
