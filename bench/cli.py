@@ -108,7 +108,7 @@ class Runner:
     def _count_steps(self) -> int:
         p, n = self.p, 0
         for s in self.sections:
-            n += {"baselines": 3, "raw": 3, "throughput": 4, "latency": 2,
+            n += {"baselines": 3, "raw": 4, "throughput": 4, "latency": 2,
                   "payload": len(p["payload_n"]) * len(PAYLOAD_KINDS) + 1,
                   "scaling": len(p["scaling_workers"]) * 4, "memory": 1,
                   "peers": len(self.peer_names)}.get(s, 0)
@@ -163,6 +163,8 @@ class Runner:
                                              p["raw_batched_n"], 256, self.opts.workers, reps, timeout=to)
             bo["raw_latency"] = self.measure("bare pyzmq 4-hop round trip", raw.latency, p["lat_n"],
                                              p["lat_warmup"])
+            bo["raw_payload"] = self.measure("bare pyzmq 4-hop payloads", raw.payload,
+                                             {**p["payload_n"], 1_000_000: p["args_1mb_n"]}, reps, timeout=to)
         if "throughput" in self.sections or "latency" in self.sections:
             zo["throughput"], zo["latency"] = {}, {}
             for ex in ("thread", "process"):
@@ -284,7 +286,18 @@ def ratios(out: dict) -> dict:
         p50 = _get(z, "latency", ex, "p50_us")
         r[f"p50_{ex}_vs_pool"] = _ratio(p50, _get(b, "pool_latency", "p50_us"))
         r[f"p50_{ex}_vs_raw_4hop"] = _ratio(p50, _get(b, "raw_latency", "p50_us"))
+    # payloads: zq MB/s (bytes arguments) / bare 4-hop MB/s of the same size
+    bare = {d.get("size"): d.get("mb_per_s") for d in _raw_payload_rows(b)}
+    for d in z.get("payload") or []:
+        if isinstance(d, dict) and d.get("kind") == "bytes" and bare.get(d.get("size")):
+            r[f"payload_{d['size']}_vs_raw"] = _ratio(d.get("mb_per_s"), bare[d["size"]])
+    r["args_1mb_vs_raw"] = _ratio(_get(z, "args_1mb", "mb_per_s"), bare.get(1_000_000))
     return {k: v for k, v in r.items() if v is not None}
+
+
+def _raw_payload_rows(b: dict) -> list:
+    rows = (b.get("raw_payload") or {}).get("rows")
+    return [d for d in rows if isinstance(d, dict)] if isinstance(rows, list) else []
 
 
 def _x(v: Optional[float]) -> str:
@@ -388,21 +401,31 @@ def report(out: dict) -> str:
             L += _table(rows)
     if z.get("payload"):
         L.append("")
-        L.append("Payloads: each task carries one argument and returns len(); thread executor")
+        L.append("Payloads: each task carries one argument and returns len(); thread executor; "
+                 "bare pyzmq: the same 4 hops, bytes")
         L.append("")
-        rows = [["argument", "N", "MB/s", "tasks/s"]]
+        bare = {d.get("size"): d for d in _raw_payload_rows(b)}
+        rows = [["argument", "N", "MB/s", "tasks/s", "bare MB/s", "zq/bare"]]
+
+        def vs_bare(d: dict) -> list[str]:
+            raw_d = bare.get(d.get("size")) if d.get("kind", "bytes") == "bytes" else None
+            if not raw_d or not raw_d.get("mb_per_s"):
+                return ["", ""]
+            return [f"{raw_d['mb_per_s']:,.1f}", _x(_ratio(d.get("mb_per_s"), raw_d["mb_per_s"]))]
+
         for d in z["payload"]:
             if not isinstance(d, dict):
                 continue
             name = f"{fmt_bytes(d.get('size'))} {d.get('kind', '?')}"
             if d.get("error") and "mb_per_s" not in d:
-                rows.append([name, f"{d.get('n', 0):,}", "ERROR", d["error"][:60]])
+                rows.append([name, f"{d.get('n', 0):,}", "ERROR", d["error"][:60], "", ""])
             else:
-                rows.append([name, f"{d['n']:,}", f"{d['mb_per_s']:,.1f}", fmt_rate(d["tasks_per_s"])])
+                rows.append([name, f"{d['n']:,}", f"{d['mb_per_s']:,.1f}", fmt_rate(d["tasks_per_s"]),
+                             *vs_bare(d)])
         a = z.get("args_1mb") or {}
         if a.get("tasks_per_s"):
             rows.append(["1 MB bytes (tasks/s figure)", f"{a['n']:,}", f"{a['mb_per_s']:,.1f}",
-                         fmt_rate(a["tasks_per_s"])])
+                         fmt_rate(a["tasks_per_s"]), *vs_bare({**a, "size": 1_000_000})])
         L += _table(rows)
     if z.get("scaling"):
         L.append("")

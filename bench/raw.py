@@ -16,6 +16,10 @@ every loop is bounded by a deadline.
 Latency (:func:`latency`): one task at a time through the four hops a zq task
 takes (client -> ventilator -> worker -> sink -> client), each a Python process
 that unpacks and repacks msgpack: the floor for zq's round trip.
+
+Payloads (:func:`payload`): the same four hops, each task carrying a ``size``-byte
+argument frame that the ventilator forwards without copying (``copy=False``) and
+the worker replaces with its length: the MB/s ceiling for zq's payload figures.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Optional
 import msgpack
 import zmq
 
-from .util import latency_summary
+from .util import latency_summary, median
 
 log = logging.getLogger("bench.raw")
 
@@ -188,8 +192,12 @@ def pipeline(n: int, batch: int, workers: int = 1, reps: int = 1, warmup: int = 
 
 
 def _hop(in_ep: str, in_bind: bool, out_ep: Optional[str], out_bind: bool, ports: Any,
-         name: str, work: bool) -> None:
-    """PULL -> (unpack, maybe run noop, repack) -> PUSH; reports the ports it bound."""
+         name: str, work: bool, zero_copy: bool) -> None:
+    """PULL -> (unpack, maybe run noop, repack) -> PUSH; reports the ports it bound.
+
+    A message is a msgpack frame, then optionally a payload frame: forwarded as it
+    is (zero-copy with ``zero_copy``, which costs small messages a little), or, by the
+    worker, replaced by its length."""
     ctx = zmq.Context()
     s_in = ctx.socket(zmq.PULL)
     s_out = ctx.socket(zmq.PUSH)
@@ -204,60 +212,116 @@ def _hop(in_ep: str, in_bind: bool, out_ep: Optional[str], out_bind: bool, ports
         s_out.connect(out_ep)
     ports.put((name, bound))
     while True:
-        obj = _unpackb(s_in.recv())
+        frames = s_in.recv_multipart(copy=not zero_copy)
+        obj = _unpackb(frames[0])
         if obj == "stop":
             s_out.send(_packb("stop"))
             break
+        rest = frames[1:]
         if work:
             tid, args = obj
             t0 = time.perf_counter()
-            r = _noop(args)
+            r = _noop(args) if not rest else len(rest[0])
             obj = (tid, 0, r, t0, time.perf_counter())
-        s_out.send(_packb(obj))
+            rest = []
+        s_out.send_multipart([_packb(obj), *rest], copy=not zero_copy)
     s_in.close(0)
     s_out.close(linger=1000)
     ctx.term()
 
 
+class Chain:
+    """client (this process) -> ventilator -> worker -> sink -> client, each hop a process."""
+
+    def __init__(self, zero_copy: bool = False) -> None:
+        mpctx = mp.get_context("spawn")
+        self.ctx = zmq.Context()
+        self.back = self.ctx.socket(zmq.PULL)
+        back_port = self.back.bind_to_random_port("tcp://127.0.0.1")
+        ports = mpctx.Queue()
+        # ventilator binds both sides; the sink binds its input and connects back to us
+        vent = mpctx.Process(target=_hop, args=("", True, None, True, ports, "vent", False, zero_copy), daemon=True)
+        sink = mpctx.Process(target=_hop, args=("", True, f"tcp://127.0.0.1:{back_port}", False, ports,
+                                                "sink", False, zero_copy), daemon=True)
+        self.procs = [vent, sink]
+        vent.start()
+        sink.start()
+        got = dict(ports.get(timeout=60) for _ in range(2))
+        worker = mpctx.Process(target=_hop, args=(f"tcp://127.0.0.1:{got['vent']['out']}", False,
+                                                  f"tcp://127.0.0.1:{got['sink']['in']}", False, ports,
+                                                  "worker", True, zero_copy), daemon=True)
+        self.procs.append(worker)
+        worker.start()
+        ports.get(timeout=60)
+        self.out = self.ctx.socket(zmq.PUSH)
+        self.out.connect(f"tcp://127.0.0.1:{got['vent']['in']}")
+
+    def send(self, i: int, payload: Any = None) -> None:
+        if payload is None:
+            self.out.send(_packb((i, (1, 2))))
+        else:
+            self.out.send_multipart([_packb((i, None)), payload], copy=False)
+
+    def recv(self, timeout: float = 10.0) -> Any:
+        if not self.back.poll(int(timeout * 1000)):
+            raise TimeoutError("raw chain did not answer")
+        return _unpackb(self.back.recv())
+
+    def close(self) -> None:
+        try:
+            self.out.send(_packb("stop"))
+            self.back.poll(5000)
+        finally:
+            for p in self.procs:
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
+            self.out.close(0)
+            self.back.close(0)
+            self.ctx.term()
+
+
 def latency(n: int, warmup: int = 50) -> dict:
     """One task at a time: client -> ventilator -> worker -> sink -> client (4 TCP hops)."""
-    mpctx = mp.get_context("spawn")
-    ctx = zmq.Context()
-    back = ctx.socket(zmq.PULL)
-    back_port = back.bind_to_random_port("tcp://127.0.0.1")
-    ports = mpctx.Queue()
-    # ventilator binds both sides; the sink binds its input and connects back to us
-    vent = mpctx.Process(target=_hop, args=("", True, None, True, ports, "vent", False), daemon=True)
-    sink = mpctx.Process(target=_hop, args=("", True, f"tcp://127.0.0.1:{back_port}", False, ports, "sink",
-                                            False), daemon=True)
-    vent.start()
-    sink.start()
-    got = dict(ports.get(timeout=60) for _ in range(2))
-    worker = mpctx.Process(target=_hop, args=(f"tcp://127.0.0.1:{got['vent']['out']}", False,
-                                              f"tcp://127.0.0.1:{got['sink']['in']}", False, ports,
-                                              "worker", True), daemon=True)
-    worker.start()
-    ports.get(timeout=60)
-    out = ctx.socket(zmq.PUSH)
-    out.connect(f"tcp://127.0.0.1:{got['vent']['in']}")
+    chain = Chain()
     samples = []
     try:
         for i in range(warmup + n):
             t0 = time.perf_counter()
-            out.send(_packb((i, (1, 2))))
-            if not back.poll(10_000):
-                raise TimeoutError("raw latency chain did not answer")
-            _unpackb(back.recv())
+            chain.send(i)
+            chain.recv()
             if i >= warmup:
                 samples.append(time.perf_counter() - t0)
-        out.send(_packb("stop"))
-        back.poll(5000)
     finally:
-        for p in (vent, worker, sink):
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-        out.close(0)
-        back.close(0)
-        ctx.term()
+        chain.close()
     return {**latency_summary(samples), "hops": 4}
+
+
+def payload(sizes: dict[int, int], reps: int = 1, timeout: float = 120.0) -> dict:
+    """MB/s through the 4-hop chain: for each ``size: n``, ``n`` tasks sent at once, each
+    carrying ``size`` bytes to the worker (which answers with the length); the median of
+    ``reps`` rounds after a warm-up task.  ``{"rows": [{size, n, mb_per_s, tasks_per_s}]}``"""
+    chain = Chain(zero_copy=True)
+    out = []
+    try:
+        for size, n in sizes.items():
+            data = (b"\x5a" * min(size, 1 << 16)) * (size // (1 << 16) + 1)
+            data = data[:size]
+            chain.send(0, data)
+            chain.recv(timeout)
+            rates = []
+            for _ in range(max(1, reps)):
+                t0 = time.perf_counter()
+                for i in range(n):
+                    chain.send(i, data)
+                for _ in range(n):
+                    got = chain.recv(timeout)
+                    if got[2] != size:
+                        raise RuntimeError(f"raw chain returned {got[2]} for {size} bytes")
+                rates.append(n * size / (time.perf_counter() - t0))
+            rate = median(rates)
+            out.append({"size": size, "n": n, "mb_per_s": rate / 1e6, "tasks_per_s": rate / size,
+                        "samples_mb_per_s": [r / 1e6 for r in rates]})
+    finally:
+        chain.close()
+    return {"rows": out}

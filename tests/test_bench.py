@@ -50,7 +50,9 @@ def test_bench_smoke_writes_json(tmp_path):
     for name in ("pool_submit", "pool_map", "raw_unbatched", "raw_batched"):
         assert b[name]["tasks_per_s"] > 0, name
     assert b["pool_latency"]["p50_us"] > 0 and b["raw_latency"]["p50_us"] > 0
-    assert "submit_thread_vs_pool" in data["ratios"]
+    assert {(d["size"], d["n"]) for d in b["raw_payload"]["rows"]} >= {(100, 50), (10_000_000, 1), (1_000_000, 5)}
+    assert all(d["mb_per_s"] > 0 for d in b["raw_payload"]["rows"])
+    assert {"submit_thread_vs_pool", "payload_10000000_vs_raw", "args_1mb_vs_raw"} <= set(data["ratios"])
     assert data["peers"]["nosuchpeer"]["skipped"]
     for name in ("dask", "ray", "ipyparallel"):
         assert set(data["peers"][name]) & {"skipped", "submit", "error"}
