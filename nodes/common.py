@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import zmq
 
 from zq import protocol as P
-from zq._sockets import LinkMonitor, dealer
+from zq._sockets import LinkMonitor, dealer, recv_now, send_now
 from zq._wake import Waker
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskState
@@ -215,7 +215,7 @@ class SinkLink:
             n = P.take_batch(self.pending, limit, self.MAX_BATCH)
             batch = [self.pending[i] for i in range(n)]
             try:
-                self.socket.send_multipart(P.pack_results(batch), flags=zmq.NOBLOCK, copy=False)
+                send_now(self.socket, P.pack_results(batch))
             except zmq.Again:
                 return  # the sink is slow or away: keep them, try again next turn
             for _ in range(n):
@@ -224,9 +224,8 @@ class SinkLink:
 
     def on_readable(self) -> None:
         while True:
-            try:
-                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=True)
-            except zmq.Again:
+            frames = recv_now(self.socket, small=1 << 30)
+            if frames is None:
                 return
             self.last_recv = time.monotonic()
             self.backoff = self.node.config.heartbeat_interval

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import check_bind_allowed, router
+from zq._sockets import check_bind_allowed, recv_now, router, send_now
 from zq.config import Config
 from zq.errors import ProtocolError
 from zq.policy import Policy, run_hooks
@@ -96,11 +96,11 @@ class Sink(Node):
         for n in itertools.count():
             if n & 15 == 15 and time.monotonic() > deadline:
                 break
-            try:
-                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            # with keys, frames stay zmq.Frames: their metadata says who sent them
+            frames = recv_now(self.sock, small=4 if self.keys is None else 0)
+            if frames is None:
                 break
-            ident = frames[0].bytes
+            ident = bytes(frames[0])
             try:
                 if self.keys is not None:
                     self._role = peer_role(frames[1])
@@ -115,7 +115,7 @@ class Sink(Node):
 
     def _send(self, ident: bytes, frames: list) -> bool:
         try:
-            self.sock.send_multipart([ident, *frames], flags=zmq.NOBLOCK, copy=False)
+            send_now(self.sock, [ident, *frames])
             return True
         except zmq.ZMQError:
             return False

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import check_bind_allowed, router
+from zq._sockets import check_bind_allowed, recv_now, router, send_now
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskInfo, TaskState, can_transition
 from zq.errors import ProtocolError
@@ -153,11 +153,10 @@ class Ventilator(WorkerMessages, Node):
         for n in itertools.count():
             if n & 15 == 15 and time.monotonic() > deadline:
                 return
-            try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv_now(sock, small=4)
+            if frames is None:
                 return
-            ident = frames[0].bytes
+            ident = frames[0]
             try:
                 handler(ident, P.unpack(frames[1:]))
             except ProtocolError as exc:
@@ -173,7 +172,7 @@ class Ventilator(WorkerMessages, Node):
     def _try_send(self, sock: zmq.Socket, ident: bytes, frames: list) -> int:
         """0 if sent, else the errno: EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)."""
         try:
-            sock.send_multipart([ident, *frames], flags=zmq.NOBLOCK, copy=False)
+            send_now(sock, [ident, *frames])
             return 0
         except zmq.ZMQError as exc:
             self.counters["undeliverable"] += 1

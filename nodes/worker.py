@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import dealer
+from zq._sockets import dealer, recv_now, send_now
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskState
 from zq.errors import ProtocolError
@@ -148,7 +148,7 @@ class Worker(Node):
 
     def _send_vent(self, frames: list) -> bool:
         try:
-            self.vent.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_now(self.vent, frames)
         except zmq.Again:
             self.counters["ventilator_send_deferred"] += 1
             return False
@@ -220,9 +220,8 @@ class Worker(Node):
 
     def _drain_ventilator(self, limit: int = 1000) -> None:
         for _ in range(limit):
-            try:
-                frames = self.vent.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv_now(self.vent, small=3)
+            if frames is None:
                 return
             self.vent_last_recv = time.monotonic()
             self.backoff = self.config.heartbeat_interval

@@ -109,3 +109,30 @@ def test_an_over_limit_argument_fails_the_submit_naming_its_size(make_cluster, m
     with pytest.raises(SerializationError, match="bytes pickled"):
         client.submit(len, BIG)
     assert client.submit(len, b"ok").result(timeout=30) == 2
+
+
+def test_recv_now_and_send_now_move_whole_messages():
+    import zmq
+
+    from zq._sockets import recv_now, send_now
+
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        b.bind("inproc://frames")
+        a.connect("inproc://frames")
+        assert recv_now(b) is None  # nothing waiting: no exception, no blocking
+        send_now(a, [b"one", b"two", BIG, memoryview(BIG)])
+        assert b.poll(5000)
+        got = recv_now(b, small=2)
+        assert got[:2] == [b"one", b"two"] and all(isinstance(f, zmq.Frame) for f in got[2:])
+        assert [bytes(f) for f in got[2:]] == [BIG, BIG]
+        assert recv_now(b) is None
+        c = ctx.socket(zmq.PAIR)  # never connected: the first send cannot go anywhere
+        with pytest.raises(zmq.Again):
+            send_now(c, [b"x", b"y"])
+        c.close(0)
+    finally:
+        a.close(0)
+        b.close(0)
+        ctx.term()

@@ -108,11 +108,12 @@ class FlakySocket:
         self.sent.append(P.unpack([bytes(f) for f in frames]))
 
 
-def test_worker_keeps_what_it_could_not_send_and_sends_it_in_order():
+def test_worker_keeps_what_it_could_not_send_and_sends_it_in_order(monkeypatch):
     from types import SimpleNamespace
 
     from nodes.worker import Worker
 
+    monkeypatch.setattr("nodes.worker.send_now", lambda sock, frames: sock.send_multipart(frames))
     w = Worker(zq.load_config(None, {}), worker_id="w")
     w.vent = FlakySocket()
     w.aio = SimpleNamespace(running=0)
@@ -130,11 +131,12 @@ def test_worker_keeps_what_it_could_not_send_and_sends_it_in_order():
     assert not w.outbox and not w.done_ids
 
 
-def test_worker_ready_on_a_fresh_connection_says_what_it_finished_and_holds():
+def test_worker_ready_on_a_fresh_connection_says_what_it_finished_and_holds(monkeypatch):
     from types import SimpleNamespace
 
     from nodes.worker import Worker
 
+    monkeypatch.setattr("nodes.worker.send_now", lambda sock, frames: sock.send_multipart(frames))
     w = Worker(zq.load_config(None, {}), worker_id="w")
     w.vent = FlakySocket()
     w.aio = SimpleNamespace(running=0)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import zmq
 
 from . import protocol as P
-from ._sockets import LinkMonitor, dealer
+from ._sockets import LinkMonitor, dealer, recv_now, send_now
 from .context import Progress, estimate_eta
 from .envelope import TaskState
 from .errors import NodeUnreachable, SerializationError, ZqError
@@ -187,7 +187,7 @@ class ClientIO:
         backlog = self._backlog[node]
         if not backlog:
             try:
-                sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+                send_now(sock, frames)
                 self._nodes[node]["last_send"] = time.monotonic()
                 return
             except zmq.Again:
@@ -200,7 +200,7 @@ class ClientIO:
             backlog = self._backlog[node]
             while backlog:
                 try:
-                    sock.send_multipart(backlog[0], copy=False, flags=zmq.NOBLOCK)
+                    send_now(sock, backlog[0])
                 except zmq.Again:
                     break
                 backlog.popleft()
@@ -209,9 +209,8 @@ class ClientIO:
     def _drain(self, sock: zmq.Socket, node: str, limit: int = 1000) -> None:
         info = self._nodes[node]
         for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv_now(sock, small=3)
+            if frames is None:
                 return
             info["last_recv"] = time.monotonic()
             info["backoff"] = self.config.heartbeat_interval

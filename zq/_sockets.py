@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket as _socket
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import zmq
 
@@ -17,6 +17,48 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("zq.net")
 
 HWM = 100_000
+
+# -- the hot path: pyzmq's Cython socket methods with int flags ---------------------------
+# pyzmq's recv_multipart/send_multipart add a Python layer (enum flags, one exception per
+# empty poll) that costs a few microseconds per message on every hop; these do the same.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_recv = zmq.backend.Socket.recv
+_send = zmq.backend.Socket.send
+_get = zmq.backend.Socket.get
+_COPY_BELOW = 65536  # bytes: smaller frames are copied (cheaper than tracking a zero-copy one)
+
+
+def recv_now(sock: zmq.Socket, small: int = 0) -> Optional[list]:
+    """The next whole message on ``sock`` if one is waiting, else ``None``.
+
+    The first ``small`` frames (routing id, protocol, command, header) come as ``bytes``,
+    the rest as ``zmq.Frame`` (zero-copy: payloads may be large).  ``small=0``: every
+    frame a ``zmq.Frame`` (their metadata, e.g. the CURVE User-Id, is readable)."""
+    if not _get(sock, _EVENTS) & _POLLIN:
+        return None
+    try:
+        part = _recv(sock, _NOBLOCK, small > 0)
+    except zmq.Again:
+        return None
+    parts = [part]
+    i = 1
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, _NOBLOCK, i < small))
+        i += 1
+    return parts
+
+
+def send_now(sock: zmq.Socket, frames: Sequence[Any]) -> None:
+    """``sock.send_multipart(frames, NOBLOCK, copy=False)``; raises ``zmq.Again`` when the
+    peer cannot take it (high-water mark, no connection) and then sends nothing."""
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        _send(sock, f, _NOBLOCK | _SNDMORE if i < last else _NOBLOCK,
+              type(f) is bytes and len(f) < _COPY_BELOW)
 
 
 def normalize_bind(endpoint: str) -> str:
