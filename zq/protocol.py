@@ -13,7 +13,10 @@ Every message, after the ROUTER identity frame where there is one, is::
 Tasks and results travel in batches: one ``SUBMIT``/``TASKS`` message holds any
 number of tasks (rows in the header, one argument frame each, preceded by the
 frames of the functions the receiver has not seen yet), one ``RESULT`` message
-any number of results.  Batching is opportunistic: a sender packs whatever is
+any number of results.  When every argument (value) in a batch is small
+(``INLINE_MAX`` bytes or less) they ride in the header instead ("a": [bytes],
+"v": [bytes]) and the message has no frame per task: a frame costs each hop a
+send and a receive call, more than the bytes it carries.  Batching is opportunistic: a sender packs whatever is
 ready, it never waits to fill a batch.
 
 Who sends what (C client, V ventilator, W worker, S sink):
@@ -21,7 +24,8 @@ Who sends what (C client, V ventilator, W worker, S sink):
 ==========  ==========  =====================================================
 command     direction   header / payload
 ==========  ==========  =====================================================
-SUBMIT      C -> V      {"t": [task rows], "f": [digests], "req"?: int, "n"?: [ints]}; fn frames,
+SUBMIT      C -> V      {"t": [task rows], "f": [digests], "req"?: int, "n"?: [ints], "a"?: [bytes]};
+                        fn frames,
                         arg frames (with "req" the ventilator REPLYs the id each task goes by;
                         "n": how many argument frames each task has, when one has more than
                         one: a pickle and its out-of-band buffers, see zq.serialize)
@@ -38,7 +42,8 @@ RETRY       W -> V      {"id": str, "delay": float, "credit": int, "lost"?: caus
 CANCEL      V -> W      {"ids": [...]} stop these tasks if they run
 BYE         W -> V      {"ids": [...], "final"?: bool} tasks handed back (graceful stop)
 UNKNOWN     V -> W      {"instance"} you are not registered: send READY again
-RESULT      W/V -> S, S -> C  {"r": [result rows]}; one value frame per row
+RESULT      W/V -> S, S -> C  {"r": [result rows], "v"?: [bytes]}; one value frame per row (or
+                        every value in "v")
 ACK         S -> W/V, C -> S  {"ids": [...]} results safe / received: forget them
 HELLO       C -> S      {"client": id} route my results to this socket
 HEARTBEAT   any         {"id": node id, "instance": random id of this run, "max": max message}
@@ -99,6 +104,8 @@ BY_NAME = bytes(16)
 
 #: Default maximum size of one message on every bound socket (libzmq MAXMSGSIZE).
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+#: Arguments and values this small travel in the header of a batch (see the docstring).
+INLINE_MAX = 1024
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -273,7 +280,11 @@ def pack_tasks(command: bytes, tasks: Iterable[TaskSpec], fns: dict[bytes, Any],
     header: dict = {"t": [t.row() for t in tasks], "f": list(fns)}
     if req is not None:
         header["req"] = req
-    if any(type(t.args) is ArgFrames for t in tasks):
+    args = [t.args for t in tasks]
+    if all(type(a) is not ArgFrames and len(a) <= INLINE_MAX for a in args):
+        header["a"] = [a if type(a) is bytes else bytes(a) for a in args]
+        return [PROTOCOL, command, _packb(header), *fns.values()]
+    if any(type(a) is ArgFrames for a in args):
         header["n"] = [len(t.args) if type(t.args) is ArgFrames else 1 for t in tasks]
         frames = [f for t in tasks for f in (t.args if type(t.args) is ArgFrames else (t.args,))]
         return [PROTOCOL, command, _packb(header), *fns.values(), *frames]
@@ -284,7 +295,13 @@ def unpack_tasks(msg: Message) -> tuple[list[TaskSpec], dict[bytes, Any]]:
     rows = field(msg.header, "t", list, msg.command)
     digests = field(msg.header, "f", list, msg.command)
     counts = msg.header.get("n")
-    if counts is not None and not (isinstance(counts, list) and len(counts) == len(rows) and all(
+    inline = msg.header.get("a")
+    if inline is not None:
+        if not (isinstance(inline, list) and len(inline) == len(rows) and counts is None
+                and all(type(a) is bytes for a in inline)):
+            raise ProtocolError(f"{msg.command.decode()}: a must list one argument blob per task")
+        counts = [0] * len(rows)
+    elif counts is not None and not (isinstance(counts, list) and len(counts) == len(rows) and all(
             isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 1024 for c in counts)):
         raise ProtocolError(f"{msg.command.decode()}: n must list 1..1024 argument frames per task")
     n_args = sum(counts) if counts is not None else len(rows)
@@ -299,6 +316,8 @@ def unpack_tasks(msg: Message) -> tuple[list[TaskSpec], dict[bytes, Any]]:
             raise ProtocolError("function digest must be 16 bytes")
         fns[d] = frame
     n = len(digests)
+    if inline is not None:
+        return [TaskSpec.from_row(row, a) for row, a in zip(rows, inline)], fns
     if counts is None:
         return [TaskSpec.from_row(row, msg.payload[n + i]) for i, row in enumerate(rows)], fns
     tasks = []
@@ -373,11 +392,21 @@ def _check_result_row(row: Any) -> list:
 
 
 def pack_results(results: Sequence[ResultRow]) -> list:
-    return [PROTOCOL, RESULT, _packb({"r": [r.row for r in results]}), *(r.payload for r in results)]
+    values = [r.payload for r in results]
+    if all(len(v) <= INLINE_MAX for v in values):
+        return [PROTOCOL, RESULT, _packb({"r": [r.row for r in results],
+                                          "v": [v if type(v) is bytes else bytes(v) for v in values]})]
+    return [PROTOCOL, RESULT, _packb({"r": [r.row for r in results]}), *values]
 
 
 def unpack_results(msg: Message) -> list[ResultRow]:
     rows = field(msg.header, "r", list, msg.command)
+    inline = msg.header.get("v")
+    if inline is not None:
+        if not (isinstance(inline, list) and len(inline) == len(rows) and not msg.payload
+                and all(type(v) is bytes for v in inline)):
+            raise ProtocolError("RESULT: v must list one value per row and come without value frames")
+        return [ResultRow(_check_result_row(row), v) for row, v in zip(rows, inline)]
     if len(rows) != len(msg.payload):
         raise ProtocolError(f"RESULT: {len(rows)} row(s) but {len(msg.payload)} value frame(s)")
     return [ResultRow(_check_result_row(row), p) for row, p in zip(rows, msg.payload)]
