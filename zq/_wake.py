@@ -28,6 +28,10 @@ class Waker:
 
     def wake_if_sleeping(self) -> None:
         if self.sleeping:
+            # once woken, the loop looks at its queues before it sleeps again: later
+            # producers skip the system call (which would also hand the loop the GIL
+            # once per item, and so cut a burst into one-item batches)
+            self.sleeping = False
             self.wake()
 
     def drain(self) -> None:

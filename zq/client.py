@@ -194,7 +194,9 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
             raise ValueError("retries must be >= 0")
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be > 0 seconds")
-        opts = task_options(t, fn, priority, key, delay, eta, result_ttl, retry_backoff, retry_backoff_max)
+        fn_name, fn_async = self._fns.info(fn)
+        opts = task_options(t, fn, priority, key, delay, eta, result_ttl, retry_backoff, retry_backoff_max,
+                            fn_async)
         if _opts:
             opts = {**(opts or {}), **_opts}
         by_name = bool(opts and opts.pop("_by_name", False))
@@ -211,7 +213,7 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
                 f"task is {args_size(payload) + len(fn_data)} bytes pickled, over the cluster's maximum "
                 f"message size of {self._max_message} bytes")
         task_id = f"{self.id}-{next(self._ids)}"
-        task_name = name or (t.name if t else function_name(fn))
+        task_name = name or (t.name if t else fn_name)
         spec = TaskSpec(task_id, task_name, queue, digest, self.id, retain_result, retries,
                         float(timeout) if timeout is not None else None, time.time(), opts=opts,
                         args=payload)

@@ -19,8 +19,10 @@ def _by_name_placeholder(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover 
 
 def task_options(t: Any, fn: Callable, priority: Any, key: Optional[str], delay: Optional[float],
                  eta: "float | dt.datetime | None", result_ttl: Optional[float],
-                 backoff: Optional[float], backoff_max: Optional[float]) -> Optional[dict]:
-    """The ``opts`` map of a task from submit_task's arguments and the task's defaults."""
+                 backoff: Optional[float], backoff_max: Optional[float],
+                 fn_is_async: Optional[bool] = None) -> Optional[dict]:
+    """The ``opts`` map of a task from submit_task's arguments and the task's defaults
+    (``fn_is_async``: ``is_async(fn)`` if the caller knows it already)."""
     opts: dict[str, Any] = {}
     prio = parse_priority(priority if priority is not None else (t.priority if t else None))
     if prio:
@@ -53,7 +55,7 @@ def task_options(t: Any, fn: Callable, priority: Any, key: Optional[str], delay:
             opts["limit"] = t.max_concurrency
         if t.rate_limit:
             opts["rate"] = t.rate_limit
-    if is_async(fn):
+    if is_async(fn) if fn_is_async is None else fn_is_async:
         opts["async"] = True
     return opts or None
 

@@ -126,9 +126,12 @@ def _out_of_band(x: Any) -> Any:
     return None
 
 
+_BUFFERS = frozenset({bytes, bytearray, memoryview})
+
+
 def _pack_out_of_band(args: tuple, kwargs: dict) -> "ArgFrames | None":
-    if not any(type(x) in (bytes, bytearray, memoryview) for x in (*args, *kwargs.values())):
-        return None
+    if _BUFFERS.isdisjoint(map(type, args)) and (not kwargs or _BUFFERS.isdisjoint(map(type, kwargs.values()))):
+        return None  # the common case, checked in C
     wrapped_args = tuple(_out_of_band(x) or x for x in args)
     wrapped_kw = {k: _out_of_band(v) or v for k, v in kwargs.items()}
     wrapped = (wrapped_args, wrapped_kw) if kwargs or _ambiguous(args) else wrapped_args
@@ -187,7 +190,21 @@ class FunctionCache:
 
     def __init__(self, limit: int = 4096) -> None:
         self._by_fn: dict[Any, tuple[bytes, bytes]] = {}
+        self._info: dict[Any, tuple[str, bool]] = {}
         self._limit = limit
+
+    def info(self, fn: Callable) -> tuple[str, bool]:
+        """``(function_name(fn), is_async(fn))``, looked up once per function."""
+        try:
+            hit = self._info.get(fn)
+        except TypeError:  # unhashable callable
+            return _describe(fn)
+        if hit is None:
+            hit = _describe(fn)
+            if len(self._info) >= self._limit:
+                self._info.clear()
+            self._info[fn] = hit
+        return hit
 
     def get(self, fn: Callable) -> tuple[bytes, bytes]:
         try:
@@ -248,6 +265,12 @@ def pickle_function(fn: Callable) -> tuple[bytes, bytes]:
             f"function {getattr(fn, '__qualname__', fn)!r} could not be pickled: {type(exc).__name__}: {exc}"
         ) from exc
     return hashlib.blake2b(data, digest_size=16).digest(), data
+
+
+def _describe(fn: Any) -> tuple[str, bool]:
+    from .runner import is_async  # runner imports this module
+
+    return function_name(fn), is_async(fn)
 
 
 def function_name(fn: Any) -> str:
