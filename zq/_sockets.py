@@ -19,16 +19,12 @@ log = logging.getLogger("zq.net")
 HWM = 100_000
 
 # -- the hot path: pyzmq's Cython socket methods with int flags ---------------------------
-# pyzmq's recv_multipart/send_multipart add a Python layer (enum flags, one exception per
-# empty poll) that costs a few microseconds per message on every hop; these do the same.
+# pyzmq's recv_multipart/send_multipart add a Python layer (enum flags, a getsockopt per
+# frame) that costs a few microseconds per message on every hop; these do the same.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
 _send = zmq.backend.Socket.send
-_get = zmq.backend.Socket.get
 _COPY_BELOW = 65536  # bytes: smaller frames are copied (cheaper than tracking a zero-copy one)
 
 
@@ -37,17 +33,17 @@ def recv_now(sock: zmq.Socket, small: int = 0) -> Optional[list]:
 
     The first ``small`` frames (routing id, protocol, command, header) come as ``bytes``,
     the rest as ``zmq.Frame`` (zero-copy: payloads may be large).  ``small=0``: every
-    frame a ``zmq.Frame`` (their metadata, e.g. the CURVE User-Id, is readable)."""
-    if not _get(sock, _EVENTS) & _POLLIN:
-        return None
+    frame a ``zmq.Frame`` (their metadata, e.g. the CURVE User-Id, is readable).  Frames
+    say themselves whether more follow: no getsockopt(RCVMORE) per frame."""
     try:
-        part = _recv(sock, _NOBLOCK, small > 0)
+        f = _recv(sock, _NOBLOCK, False)
     except zmq.Again:
         return None
-    parts = [part]
+    parts = [f.bytes if small > 0 else f]
     i = 1
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, _NOBLOCK, i < small))
+    while f.more:
+        f = _recv(sock, _NOBLOCK, False)
+        parts.append(f.bytes if i < small else f)
         i += 1
     return parts
 
