@@ -53,7 +53,8 @@ class Sink(Node):
         # task id -> (client id, senders to ACK once it is safe, monotonic time recorded)
         self.awaiting: dict[str, tuple[str, set[bytes], float]] = {}
         self._acks: dict[bytes, list[str]] = {}
-        self.watchers: dict[str, set[str]] = {}  # task id -> other clients that want its result
+        # task id -> {client that wants its result too: when it last said so (WATCH)}
+        self.watchers: dict[str, dict[str, float]] = {}
         self._role = ""
         self.started_mono = time.monotonic()
         self._next_stale_scan = 0.0
@@ -65,6 +66,10 @@ class Sink(Node):
         check_bind_allowed(self.config.sink_endpoint, secured=self.keys is not None,
                            insecure=self.config.insecure)
         self.start_auth({"sink": ("clients", "workers", "ventilator")})
+        if self.config.sink_watch_ttl < 2 * P.WATCH_RENEW:
+            log.warning("sink.watch_ttl %gs is below twice the clients' renewal interval (%gs): "
+                        "a waiting client's watch may lapse between renewals",
+                        self.config.sink_watch_ttl, P.WATCH_RENEW)
         self.sock, ep = router(self.ctx, self.config.sink_endpoint, self.config.max_message_size,
                                keys=self.keys, domain="sink")
         self.endpoints = {"endpoint": ep}
@@ -142,7 +147,7 @@ class Sink(Node):
                 if hit is not None:
                     self._deliver(client, [hit[0]])
                 elif tid not in self.recorded:
-                    self.watchers.setdefault(tid, set()).add(client)
+                    self.watchers.setdefault(tid, {})[client] = time.monotonic()
                 else:  # recorded, delivered, not retained: nothing left to send
                     self._send(ident, P.pack(P.ERROR, {"code": "gone", "ids": [tid],
                                                        "msg": f"the result of {tid} was not retained"}))
@@ -294,8 +299,21 @@ class Sink(Node):
             self._next_stale_scan = now + 5.0
             for tid in [t for t, (_, _, since) in self.awaiting.items() if now - since > ttl]:
                 self._release(tid)
+            self._expire_watches(now)
         self._flush_acks()
         self.rate_samples.append((now, self.counters["results"]))
+
+    def _expire_watches(self, now: float) -> None:
+        """Forget watches not renewed within ``watch_ttl`` (their client is gone, or the id
+        will never finish): interest in results nobody may read must not pile up."""
+        cutoff = now - self.config.sink_watch_ttl
+        for tid in [t for t, w in self.watchers.items() if min(w.values()) < cutoff]:
+            w = self.watchers[tid]
+            for client in [c for c, seen in w.items() if seen < cutoff]:
+                del w[client]
+                self.counters["watches_expired"] += 1
+            if not w:
+                del self.watchers[tid]
 
     def stats(self) -> dict:
         rate = 0.0
@@ -310,6 +328,7 @@ class Sink(Node):
             "retained": len(self.retained),
             "undelivered": sum(len(q) for q in self.undelivered.values()),
             "awaiting_ack": len(self.awaiting),
+            "watched": len(self.watchers),
             "counters": dict(self.counters),
             "results_per_second": rate,
             "policies": [type(p).__name__ for p in self.policies],

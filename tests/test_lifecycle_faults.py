@@ -61,3 +61,29 @@ def limited(x):
 def test_concurrency_limit_is_released_when_a_task_continues(cluster, client):
     # with a leaked count the second task of the limited name would never start
     assert [client.submit(limited, i).result(timeout=15) for i in range(3)] == [0, 1, 2]
+
+
+def test_watches_of_results_that_never_come_are_forgotten(make_cluster, make_client):
+    cluster = make_cluster(workers=0, env={"ZQ_SINK_WATCH_TTL": "0.5"})
+    client, other = make_client(cluster), make_client(cluster)
+    queued = client.submit_task(identity, (1,), retain_result=True)  # no worker yet: it waits
+    watcher = other.future_for(queued.task_id)
+    for n in range(3):  # ids that will never finish anywhere
+        other.future_for(f"no-such-task-{n}")
+
+    def sink_counters():
+        s = other.stats()["sink"]
+        return s["watched"], s["counters"].get("watches_expired", 0)
+
+    wait_for(lambda: sink_counters()[1] >= 4, what="watches expired")
+    assert sink_counters()[0] == 0
+    cluster.add_worker(wait=True)
+    assert queued.result(timeout=30) == 1
+    # the watching client renews its watches on a schedule (every WATCH_RENEW seconds, made
+    # due at once here): a renewal after the watch lapsed still finds the retained result
+    def renewed_and_done():
+        other._next_rewatch = 1.0
+        return watcher.done()
+
+    wait_for(renewed_and_done, what="the watcher's result after a renewal")
+    assert watcher.result() == 1

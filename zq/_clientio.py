@@ -306,10 +306,15 @@ class ClientIO:
             self._send_tasks(specs)
         else:
             self._send(self.ssock, "sink", P.pack(P.HELLO, {"client": self.id}))
-            with self._lock:  # futures of other clients' tasks: watch them again
-                watched = [tid for tid in self._futures if tid not in self._unfinished]
-            if watched:
-                self._send(self.ssock, "sink", P.pack(P.WATCH, {"ids": watched}))
+            self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Tell the sink (again) which other clients' results we wait for: after it
+        restarted, and every WATCH_RENEW seconds (it forgets watches not renewed)."""
+        with self._lock:
+            watched = [tid for tid in self._futures if tid not in self._unfinished]
+        if watched:
+            self._send(self.ssock, "sink", P.pack(P.WATCH, {"ids": watched}))
 
     def _on_results(self, rows: list[ResultRow]) -> None:
         settled = []
@@ -347,6 +352,10 @@ class ClientIO:
 
     def _tick(self, now: float) -> None:
         cfg = self.config
+        if now >= self._next_rewatch:
+            if self._next_rewatch:
+                self._rewatch()
+            self._next_rewatch = now + P.WATCH_RENEW
         for node, sock_attr in (("ventilator", "vsock"), ("sink", "ssock")):
             info = self._nodes[node]
             # heartbeat on a fixed schedule, busy or not: the nodes answer heartbeats,

@@ -124,6 +124,7 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
         #: the smallest maximum message size of this client and its nodes (from heartbeats)
         self._max_message = cfg.max_message_size
         self._peer_max: dict[str, int] = {}
+        self._next_rewatch = 0.0  # when to renew WATCHes (protocol.WATCH_RENEW)
         self._closed = False
         self._stop_io = False
         self._io_error: Optional[BaseException] = None

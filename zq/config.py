@@ -34,6 +34,9 @@ class Config:
     sink_endpoint: str = DEFAULT_SINK
     sink_retain: bool = False
     sink_result_ttl: float = 3600.0
+    #: a client's interest in a result not recorded yet (WATCH) lasts this long unless the
+    #: client renews it (clients renew every protocol.WATCH_RENEW seconds)
+    sink_watch_ttl: float = 600.0
     sink_policies: tuple[str, ...] = ()
     # [worker]
     worker_executor: str = "process"
@@ -65,6 +68,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("sink", "endpoint"): "sink_endpoint",
     ("sink", "retain"): "sink_retain",
     ("sink", "result_ttl"): "sink_result_ttl",
+    ("sink", "watch_ttl"): "sink_watch_ttl",
     ("sink", "policies"): "sink_policies",
     ("worker", "executor"): "worker_executor",
     ("worker", "concurrency"): "worker_concurrency",
@@ -128,6 +132,8 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("cluster.heartbeat_interval must be > 0 and heartbeat_liveness >= 1")
     if cfg.sink_result_ttl <= 0:
         raise ConfigError("sink.result_ttl must be > 0 seconds")
+    if cfg.sink_watch_ttl <= 0:
+        raise ConfigError("sink.watch_ttl must be > 0 seconds")
     if not cfg.worker_queues:
         raise ConfigError("worker.queues must name at least one queue")
     if cfg.max_message_size < 1024:

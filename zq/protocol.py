@@ -104,6 +104,9 @@ BY_NAME = bytes(16)
 
 #: Default maximum size of one message on every bound socket (libzmq MAXMSGSIZE).
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+#: Seconds between a client's renewals of its WATCHes (the sink forgets one not renewed
+#: for its ``watch_ttl``, default 600 s: a watch of an id that never finishes cannot pile up)
+WATCH_RENEW = 60.0
 #: Arguments and values this small travel in the header of a batch (see the docstring).
 INLINE_MAX = 1024
 
