@@ -32,11 +32,19 @@ CREATE INDEX IF NOT EXISTS history_finished ON history (finished_at);
 """
 
 
-def entry(spec: TaskSpec, state: str, worker: str, error: Optional[str]) -> dict:
-    return {"task_id": spec.task_id, "name": spec.name, "queue": spec.queue, "state": state,
-            "submitted_at": spec.submitted_at, "finished_at": time.time(), "attempts": spec.attempt,
-            "worker": worker, "error": error, "parent": (spec.opts or {}).get("parent"),
-            "root": (spec.opts or {}).get("root") or spec.task_id, "forgotten": False}
+def entry(spec: TaskSpec, state: str, worker: str, error: Optional[str]) -> list:
+    """A history entry in COLUMNS order (a list: one per finished task, so kept small and
+    cheap to make; :func:`as_dict` is the form callers see)."""
+    opts = spec.opts
+    return [spec.task_id, spec.name, spec.queue, state, spec.submitted_at, time.time(), spec.attempt,
+            worker, error, opts.get("parent") if opts else None,
+            (opts.get("root") if opts else None) or spec.task_id, False]
+
+
+def as_dict(e: Any) -> dict:
+    d = dict(zip(COLUMNS, e))
+    d["forgotten"] = bool(d["forgotten"])
+    return d
 
 
 def matches(e: dict, state: Optional[str], queue: Optional[str], name: Optional[str],
@@ -51,7 +59,7 @@ class History:
     def __init__(self, db: Optional[sqlite3.Connection] = None, retention: float = 7 * 86400.0) -> None:
         self.db = db
         self.retention = retention
-        self.memory: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self.memory: collections.OrderedDict[str, list] = collections.OrderedDict()
         self.specs: collections.OrderedDict[str, TaskSpec] = collections.OrderedDict()
         if db is not None:
             db.executescript(SCHEMA)
@@ -62,7 +70,7 @@ class History:
         if self.db is not None:
             self.db.execute(
                 "INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?)",
-                (*[e[c] for c in COLUMNS[:-1]],
+                (*e[:-1],
                  msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
                  args_blob(spec.args) if keep_args else None))
             return
@@ -78,14 +86,16 @@ class History:
 
     def get(self, task_id: str) -> Optional[dict]:
         if self.db is None:
-            return self.memory.get(task_id)
+            e = self.memory.get(task_id)
+            return as_dict(e) if e is not None else None
         row = self.db.execute(f"SELECT {','.join(COLUMNS)} FROM history WHERE task_id = ?",
                               (task_id,)).fetchone()
-        if row is None:
-            return None
-        e = dict(zip(COLUMNS, row))
-        e["forgotten"] = bool(e["forgotten"])
-        return e
+        return as_dict(row) if row is not None else None
+
+    def __contains__(self, task_id: str) -> bool:
+        if self.db is None:
+            return task_id in self.memory
+        return self.db.execute("SELECT 1 FROM history WHERE task_id = ?", (task_id,)).fetchone() is not None
 
     def spec(self, task_id: str) -> Optional[TaskSpec]:
         """The task as submitted (failed or cancelled tasks only), for requeue."""
@@ -101,7 +111,7 @@ class History:
             e = self.memory.get(task_id)
             if e is None:
                 return False
-            e["forgotten"] = True
+            e[-1] = True
             return True
         cur = self.db.execute("UPDATE history SET forgotten = 1 WHERE task_id = ?", (task_id,))
         return cur.rowcount > 0
@@ -110,8 +120,8 @@ class History:
               since: Optional[float] = None, forgotten: bool = False) -> list[dict]:
         """Matching entries, newest first."""
         if self.db is None:
-            return [e for e in reversed(self.memory.values())
-                    if matches(e, state, queue, name, since, forgotten)]
+            return [d for d in map(as_dict, reversed(self.memory.values()))
+                    if matches(d, state, queue, name, since, forgotten)]
         where, params = [], []
         for col, val in (("state", state), ("queue", queue), ("name", name)):
             if val is not None:
@@ -125,12 +135,7 @@ class History:
         sql = f"SELECT {','.join(COLUMNS)} FROM history"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        out = []
-        for row in self.db.execute(sql + " ORDER BY finished_at DESC", params):
-            e = dict(zip(COLUMNS, row))
-            e["forgotten"] = bool(e["forgotten"])
-            out.append(e)
-        return out
+        return [as_dict(row) for row in self.db.execute(sql + " ORDER BY finished_at DESC", params)]
 
     def prune(self, now: Optional[float] = None) -> int:
         """Drop entries older than the retention (journal only; memory is bounded by count)."""

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from zq import protocol as P
-from zq.envelope import ErrorInfo, TaskState
+from zq.envelope import STATE_OF, ErrorInfo, TaskState
 from zq.errors import ProtocolError
 
 from .records import WorkerInfo
@@ -100,7 +100,7 @@ class WorkerMessages(_Base):
             w.inflight.discard(tid)
             rec = self.tasks.get(tid)
             if rec is not None and rec.worker == w.ident:
-                self._close(rec, TaskState(st), w.id, None if st == "SUCCESS" else st)
+                self._close(rec, STATE_OF[st], w.id, None if st == "SUCCESS" else st)
                 self.counters["done"] += 1
                 w.done += 1
 

@@ -267,7 +267,7 @@ class Ventilator(WorkerMessages, Node):
         if rec is not None:  # a resubmission (client reconnected): keep the one we have
             rec.client = ident
             return spec.task_id
-        if spec.task_id in self.finished or self.history.get(spec.task_id) is not None:
+        if spec.task_id in self.finished or spec.task_id in self.history:
             return spec.task_id  # already ran; its result is at the sink
         key = (spec.opts or {}).get("key")
         if isinstance(key, str):

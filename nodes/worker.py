@@ -37,7 +37,7 @@ import zmq
 from zq import protocol as P
 from zq._sockets import dealer, recv_now, send_now
 from zq.config import Config
-from zq.envelope import ErrorInfo, TaskState
+from zq.envelope import STATE_OF, ErrorInfo, TaskState
 from zq.errors import ProtocolError
 from zq.options import retry_delay
 from zq.policy import Policy, load_policies
@@ -324,7 +324,7 @@ class Worker(Node):
             spec = entry[0]
             run = comp[6]
             self.avg_run = run if self.avg_run is None else 0.9 * self.avg_run + 0.1 * run
-            state = TaskState(comp[1])
+            state = STATE_OF[comp[1]]
             error = ErrorInfo.from_row(comp[2])
             if comp[8] is not None and state is TaskState.SUCCESS:
                 self._continue(spec, comp[8])

@@ -28,7 +28,7 @@ import zmq
 from . import protocol as P
 from ._sockets import LinkMonitor, dealer, recv_now, send_now
 from .context import Progress, estimate_eta
-from .envelope import TaskState
+from .envelope import STATE_OF, TaskState
 from .errors import NodeUnreachable, SerializationError, ZqError
 from .futures import settle_row
 from .protocol import ResultRow, TaskSpec
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("zq.client")
 
 FINISHED_MEMORY = 100_000
-_STATES = {s.value: s for s in TaskState}
+_STATES = STATE_OF
 
 
 class ClientIO:

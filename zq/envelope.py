@@ -36,6 +36,8 @@ class TaskState(str, enum.Enum):
 
 
 _FINISHED = frozenset({TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED})
+#: value -> TaskState: a dict lookup, where ``TaskState(value)`` costs an Enum call
+STATE_OF: dict[str, TaskState] = {s.value: s for s in TaskState}
 
 #: The legal transitions, in one table (the ventilator checks every change against
 #: it and fires ``Policy.on_state``).  QUEUED -> QUEUED and RUNNING -> QUEUED are

@@ -64,7 +64,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import msgpack
 
-from .envelope import ErrorInfo, Result, TaskState
+from .envelope import STATE_OF, ErrorInfo, Result
 from .errors import ProtocolError
 from .serialize import ArgFrames
 
@@ -362,7 +362,7 @@ class ResultRow:
     def to_result(self) -> Result:
         r = self.row
         return Result(
-            task_id=r[0], name=r[1], state=TaskState(r[2]), error=ErrorInfo.from_row(r[3]),
+            task_id=r[0], name=r[1], state=STATE_OF[r[2]], error=ErrorInfo.from_row(r[3]),
             attempts=r[4], worker=r[5], host=r[6], pid=r[7], queue=r[8], submitted_at=r[9],
             started_at=r[10], finished_at=r[11], run_seconds=r[12],
             payload=bytes(self.payload), lost=tuple(r[15]),
@@ -374,10 +374,8 @@ def _check_result_row(row: Any) -> list:
         raise ProtocolError("result row must be a list of 17 fields")
     if not isinstance(row[0], str) or not isinstance(row[13], str) or not isinstance(row[1], str):
         raise ProtocolError("result row: task id, name and client must be strings")
-    try:
-        TaskState(row[2])
-    except ValueError:
-        raise ProtocolError(f"result row: unknown state {row[2]!r}") from None
+    if type(row[2]) is not str or row[2] not in STATE_OF:
+        raise ProtocolError(f"result row: unknown state {row[2]!r}")
     err = row[3]
     if err is not None and not (isinstance(err, list) and len(err) == 4 and all(isinstance(x, str) for x in err)):
         raise ProtocolError("result row: error must be nil or 4 strings")
