@@ -388,7 +388,7 @@ class Worker(Node):
             return
         self.sink.add(row)
         self.done_ids.append(spec.task_id)
-        self.done_states.append(state.value)
+        self.done_states.append(state._value_)  # (not .value: an Enum property call)
 
     def _retry(self, spec: TaskSpec, delay: float, lost: bool = False) -> None:
         header: dict = {"id": spec.task_id, "delay": delay, "credit": 0}
