@@ -195,28 +195,22 @@ class FunctionCache:
 
     def info(self, fn: Callable) -> tuple[str, bool]:
         """``(function_name(fn), is_async(fn))``, looked up once per function."""
-        try:
-            hit = self._info.get(fn)
-        except TypeError:  # unhashable callable
-            return _describe(fn)
-        if hit is None:
-            hit = _describe(fn)
-            if len(self._info) >= self._limit:
-                self._info.clear()
-            self._info[fn] = hit
-        return hit
+        return self._memo(self._info, fn, _describe)
 
     def get(self, fn: Callable) -> tuple[bytes, bytes]:
+        """``(digest, pickled bytes)``, pickled once per function."""
+        return self._memo(self._by_fn, fn, pickle_function)
+
+    def _memo(self, table: dict, fn: Callable, make: Callable[[Callable], Any]) -> Any:
         try:
-            hit = self._by_fn.get(fn)
-        except TypeError:  # unhashable callable
-            hit = None
-            return pickle_function(fn)
+            hit = table.get(fn)
+        except TypeError:  # unhashable callable: nothing to remember it by
+            return make(fn)
         if hit is None:
-            hit = pickle_function(fn)
-            if len(self._by_fn) >= self._limit:
-                self._by_fn.clear()
-            self._by_fn[fn] = hit
+            hit = make(fn)
+            if len(table) >= self._limit:
+                table.clear()
+            table[fn] = hit
         return hit
 
 
