@@ -61,7 +61,7 @@ class WorkerMessages(_Base):
         elif cmd == P.RETRY:
             tid = P.field(h, "id", str, cmd)
             delay = float(P.field(h, "delay", (int, float), cmd))
-            w.inflight.discard(tid)
+            w.inflight.pop(tid, None)
             rec = self.tasks.get(tid)
             if rec is not None and rec.worker == ident:
                 lost = h.get("lost")
@@ -75,7 +75,7 @@ class WorkerMessages(_Base):
                 self._requeue(rec, delay=delay)
         elif cmd == P.BYE:
             for tid in P.str_list(h, "ids", cmd):
-                w.inflight.discard(tid)
+                w.inflight.pop(tid, None)
                 rec = self.tasks.get(tid)
                 if rec is not None and rec.worker == ident:
                     self._requeue(rec)
@@ -97,7 +97,7 @@ class WorkerMessages(_Base):
         if len(ids) != len(states) or not all(st in _FINAL_STATES for st in states):
             raise ProtocolError("DONE: ids and final states must pair up")
         for tid, st in zip(ids, states):
-            w.inflight.discard(tid)
+            w.inflight.pop(tid, None)
             rec = self.tasks.get(tid)
             if rec is not None and rec.worker == w.ident:
                 self._close(rec, STATE_OF[st], w.id, None if st == "SUCCESS" else st)
@@ -126,7 +126,7 @@ class WorkerMessages(_Base):
         then = P.field(h, "then", list, P.CONTINUE)
         if len(msg.payload) != 2 or len(digest) != 16:
             raise ProtocolError("CONTINUE carries a 16-byte digest, a function frame and an argument frame")
-        w.inflight.discard(tid)
+        w.inflight.pop(tid, None)
         rec = self.tasks.get(tid)
         if rec is None or rec.worker != w.ident:
             return
@@ -151,20 +151,34 @@ class WorkerMessages(_Base):
 
     def _register(self, ident: bytes, header: dict, now: float) -> None:
         new = WorkerInfo(ident, header, now)
+        # a worker registering again (fresh connection, or a repeated READY) says what it
+        # finished without reporting it, what it holds, and the last TASKS message it got
+        done = P.str_list(header, "done", P.READY) if "done" in header else []
+        states = P.str_list(header, "states", P.READY) if "done" in header else []
+        if len(done) != len(states) or not all(st in _FINAL_STATES for st in states):
+            raise ProtocolError("READY: done ids and final states must pair up")
+        held = set(P.str_list(header, "held", P.READY)) if "held" in header else None
+        seen = header.get("seen")
+        if seen is None:
+            seen = 1 << 62  # not said: it got every message we sent
+        elif not isinstance(seen, int) or isinstance(seen, bool):
+            raise ProtocolError("READY: seen must be an int")
         old = self.workers.get(ident)
         self.workers[ident] = new
-        if old is not None:  # the same worker on a fresh connection
-            new.inflight = old.inflight
-            if "done" in header:  # what finished there and was not reported on the old one
-                self._on_done(new, P.str_list(header, "done", P.READY), P.str_list(header, "states", P.READY))
-            held = header.get("held")
-            if isinstance(held, list):  # anything else we thought it held is lost: run it again
-                for tid in new.inflight.difference(held):
+        if old is not None:
+            new.inflight, new.seq = old.inflight, old.seq
+            self._on_done(new, done, states)
+            if held is not None:  # what it got and no longer holds went down with the old link
+                for tid, seq in list(new.inflight.items()):
+                    if tid in held or seq > seen:  # held, or still on its way to the worker
+                        continue
+                    del new.inflight[tid]
                     rec = self.tasks.get(tid)
                     if rec is not None and rec.worker == ident:
                         self.counters["requeued_on_reconnect"] += 1
                         self._requeue(rec)
-                new.inflight.intersection_update(held)
+            # credit counts what the worker holds; tasks still on their way will be held too
+            new.credit = max(0, new.credit - sum(1 for seq in new.inflight.values() if seq > seen))
         else:
             log.info("%s joined, queues=%s credit=%d", new.describe(), ",".join(new.queues), new.credit)
         tasks = header.get("tasks")

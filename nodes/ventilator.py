@@ -224,14 +224,15 @@ class Ventilator(WorkerMessages, Node):
                 self._make_durable()  # before we say which task it is
                 self._send(self.clients, ident, P.pack(P.REPLY, {"req": req, "ok": True, "data": ids}))
         elif cmd == P.REQUEST:
-            # whatever an answer shows (a task QUEUED, say) must survive a SIGKILL right after
-            self._make_durable()
             req = P.field(msg.header, "req", int, cmd)
             op = P.field(msg.header, "op", str, cmd)
             try:
                 reply = {"req": req, "ok": True, "data": admin.handle(self, ident, op, msg.header)}
             except (ProtocolError, KeyError, TypeError, ValueError) as exc:
                 reply = {"req": req, "ok": False, "error": f"{op}: {exc}"}
+            # whatever the answer shows (a task QUEUED, requeued, cancelled) must survive a
+            # SIGKILL right after it: what this turn wrote, and what the request itself did
+            self._make_durable()
             self._send(self.clients, ident, P.pack(P.REPLY, reply))
         elif cmd != P.HEARTBEAT:  # heartbeats: liveness only (we heartbeat clients from _tick)
             raise ProtocolError(f"clients may not send {cmd.decode()}")
@@ -446,7 +447,7 @@ class Ventilator(WorkerMessages, Node):
             size += args_size(spec.args)
         if not keep:
             return True
-        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns))
+        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns, seq=w.seq + 1))
         if err:
             for spec in reversed(keep):  # not sent: put them back
                 self.dispatch.finished(spec)
@@ -460,9 +461,10 @@ class Ventilator(WorkerMessages, Node):
             w.fns.popitem(last=False)
         w.credit -= len(keep)
         w.last_sent = time.monotonic()
+        w.seq += 1
         for spec in keep:
             self.tasks[spec.task_id].worker = w.ident
-            w.inflight.add(spec.task_id)
+            w.inflight[spec.task_id] = w.seq
         self.counters["dispatched"] += len(keep)
         return True
 

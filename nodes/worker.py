@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import dealer, recv_now, send_now
+from zq._sockets import LinkMonitor, dealer, recv_now, send_now
 from zq.config import Config
 from zq.envelope import STATE_OF, ErrorInfo, TaskState
 from zq.errors import ProtocolError
@@ -51,6 +51,7 @@ log = logging.getLogger("zq.worker")
 FN_STORE = 4096
 PREFETCH_SECONDS = 0.02  # adaptive prefetch: hold about this much work beyond the slots
 MAX_PREFETCH = 2000
+SPAWN_MEMORY = 10_000  # recent follow-up tasks kept to send again after a reconnect
 BATCH_MAX = 64  # tasks handed to one slot at once (short tasks only)
 SHORT_TASK = 0.001  # seconds: tasks shorter than this are batched
 
@@ -85,6 +86,11 @@ class Worker(Node):
         # what the ventilator must get (RETRY, CONTINUE, SPAWN, BYE) but could not be sent
         # yet (EAGAIN: link down or full); kept in order with the ids each concerns
         self.outbox: collections.deque[tuple[list, list[str]]] = collections.deque()
+        # follow-up tasks sent lately: sent again after a reconnect (the old link may have
+        # lost them; the ventilator ignores an id it already has)
+        self.spawned: collections.deque[tuple[float, list]] = collections.deque()
+        self.tasks_seq = 0  # the last TASKS message number received (READY's "seen")
+        self.vent_instance: Optional[str] = None
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -121,6 +127,14 @@ class Worker(Node):
         self.vent = dealer(self.ctx, self.config.ventilator_workers, self.id.encode(),
                            self.config.max_message_size, keys=self.keys, server="ventilator")
         self.poller.register(self.vent, zmq.POLLIN)
+        old = getattr(self, "vent_monitor", None)
+        if old is not None:
+            self.poller.unregister(old.socket)
+            old.close()
+        # libzmq reconnects by itself after a reset and drops what was queued on the old
+        # connection: a reconnect it reports is handled like ours (READY says what we hold)
+        self.vent_monitor = LinkMonitor(self.vent)
+        self.poller.register(self.vent_monitor.socket, zmq.POLLIN)
         self.vent_last_recv = time.monotonic()
         self.vent_last_send = 0.0
         self._send_ready()
@@ -137,10 +151,20 @@ class Worker(Node):
             "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
             "pid": os.getpid(), "executor": self.executor.kind, "concurrency": self.slots,
             "tasks": {name: t.describe() for name, t in self.registry.items()},
-            "held": held, "done": self.done_ids, "states": self.done_states,
+            "held": held, "done": self.done_ids, "states": self.done_states, "seen": self.tasks_seq,
         }):
             self.promised = credit
             self.done_ids, self.done_states = [], []
+        self._forget_spawned(time.monotonic())
+        for _, frames in self.spawned:
+            self._to_vent_surely(frames, [])
+
+    def _forget_spawned(self, now: float) -> None:
+        """Follow-ups older than two heartbeat timeouts reached the ventilator (or it would
+        have been declared silent, and this worker registered again, since)."""
+        horizon = now - 2 * self.config.heartbeat_timeout
+        while self.spawned and (self.spawned[0][0] < horizon or len(self.spawned) > SPAWN_MEMORY):
+            self.spawned.popleft()
 
     def _to_vent(self, cmd: bytes, header: dict) -> bool:
         """Send now or not at all (heartbeats, progress); False if it could not be sent."""
@@ -171,7 +195,9 @@ class Worker(Node):
         if getattr(self, "aio", None) is not None:
             self.aio.close(1.0)
         if getattr(self, "vent", None) is not None:
-            self.vent.close(0)
+            # a graceful stop waited for its last messages (_stop_step); give libzmq a moment
+            self.vent.close(linger=500 if self.stopping else 0)
+            self.vent_monitor.close()
         if getattr(self, "sink", None) is not None:
             self.sink.close()
 
@@ -204,6 +230,9 @@ class Worker(Node):
             waker.sleeping = False
             if self.vent in events:
                 self._drain_ventilator()
+            if self.vent_monitor.socket in events and self.vent_monitor.reconnected():
+                log.info("connection to the ventilator re-established: registering again")
+                self._send_ready()
             self.sink.handle(events)
             if waker.fileno() in events:
                 waker.drain()
@@ -235,8 +264,16 @@ class Worker(Node):
 
     def _on_ventilator(self, msg: P.Message) -> None:
         cmd = msg.command
+        if cmd == P.HEARTBEAT or cmd == P.UNKNOWN:
+            inst = msg.header.get("instance")
+            if isinstance(inst, str) and inst != self.vent_instance:
+                self.vent_instance = inst  # a (re)started ventilator numbers TASKS from 1
+                self.tasks_seq = 0
         if cmd == P.TASKS:
             tasks, fns = P.unpack_tasks(msg)
+            seq = msg.header.get("seq")
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                self.tasks_seq = max(self.tasks_seq, seq)
             self.promised = max(0, self.promised - len(tasks))
             for digest, frame in fns.items():
                 self.fn_store[digest] = frame
@@ -368,7 +405,9 @@ class Worker(Node):
                 self.counters["spawn_refused"] += 1
                 log.warning("follow-up task refused: %s", exc)
                 return
-            self._to_vent_surely(P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data}), [])
+            frames = P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data})
+            self._to_vent_surely(frames, [])
+            self.spawned.append((time.monotonic(), frames))
             self.counters["spawned"] += 1
 
     def _continue(self, spec: TaskSpec, cont: list) -> None:
@@ -418,6 +457,7 @@ class Worker(Node):
 
     def _tick(self, now: float) -> None:
         cfg = self.config
+        self._forget_spawned(now)
         for tid, (spec, deadline) in list(self.running.items()):
             if deadline is not None and now > deadline:
                 del self.running[tid]
@@ -465,13 +505,17 @@ class Worker(Node):
                 self.executor.kill(tid, "worker stopping")
             self.running.clear()
         self._report()
-        self._to_vent(P.BYE, {"ids": ids, "final": True})
-        # deliver what we hold to the sink (bounded wait)
+        self._to_vent_surely(P.pack(P.BYE, {"ids": ids, "final": True}), [])
+        # deliver what we hold to the sink, and to the ventilator what it must get (bounded)
         deadline = time.monotonic() + min(5.0, max(1.0, self.grace))
-        while self.sink.unacked and time.monotonic() < deadline:
+        while (self.sink.unacked or self.outbox or self.done_ids) and time.monotonic() < deadline:
             self.sink.flush()
-            if self.sink.socket.poll(100):
+            self._report()
+            if self.sink.socket.poll(20):
                 self.sink.on_readable()
         if self.sink.unacked:
             log.warning("%d result(s) not acknowledged by the sink at exit", len(self.sink.unacked))
+        if self.outbox or self.done_ids:
+            log.warning("ventilator unreachable at exit: %d message(s) not sent (it will re-queue "
+                        "this worker's tasks when it declares it lost)", len(self.outbox) + bool(self.done_ids))
         return False

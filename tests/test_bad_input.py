@@ -136,7 +136,7 @@ def envelope_garbage(rng: random.Random) -> tuple[str, list[bytes]]:
         full = [P.PROTOCOL, rng.choice(sorted(P.COMMANDS)), packb({})]
         return "truncated", full[: rng.randrange(0, 3)] or [b""]
     if kind == 2:
-        version = rng.choice([b"ZQ00", b"ZQ02", b"zq01", b"ZQ1", b"ZQ01\x00", b"", rng.randbytes(4)])
+        version = rng.choice([b"ZQ00", b"ZQ01", b"zq02", b"ZQ2", b"ZQ02\x00", b"", rng.randbytes(4)])
         if version == P.PROTOCOL:
             version = b"ZQ99"
         return "wrong version", [version, P.HEARTBEAT, packb({"id": "x"})]
@@ -369,7 +369,7 @@ def test_clients_endpoint_answers_each_kind_of_garbage_with_error(small_cluster)
         "empty frame": [b""],
         "version only": [P.PROTOCOL],
         "no header": [P.PROTOCOL, P.SUBMIT],
-        "wrong version": [b"ZQ02", P.SUBMIT, packb({"t": [], "f": []})],
+        "wrong version": [b"ZQ01", P.SUBMIT, packb({"t": [], "f": []})],  # the old protocol
         "unknown command": [P.PROTOCOL, b"EXPLODE", packb({})],
         "garbage msgpack": [P.PROTOCOL, P.SUBMIT, b"\xc1\xc1\xc1"],
         "header not a map": [P.PROTOCOL, P.SUBMIT, packb([1, 2, 3])],

@@ -35,12 +35,21 @@ class FakeWorker:
 
     def take(self, n: int, timeout: float = 20.0) -> list[P.TaskSpec]:
         got: list[P.TaskSpec] = []
+        self.seqs: list[int] = []
         while len(got) < n:
             assert self.sock.poll(int(timeout * 1000)), f"only {len(got)} of {n} tasks arrived"
             msg = P.unpack(self.sock.recv_multipart(copy=False))
             if msg.command == P.TASKS:
                 got.extend(P.unpack_tasks(msg)[0])
+                self.seqs.append(msg.header["seq"])
         return got
+
+    def wait_heartbeat(self, timeout: float = 20.0) -> None:
+        """The ventilator answers a READY with a heartbeat: it has handled the READY."""
+        while True:
+            assert self.sock.poll(int(timeout * 1000)), "no heartbeat from the ventilator"
+            if P.unpack(self.sock.recv_multipart()).command == P.HEARTBEAT:
+                return
 
     def close(self) -> None:
         self.sock.close(0)
@@ -71,6 +80,34 @@ def test_reregistering_worker_reports_unsent_dones_and_lost_tasks_run_again(make
         fake.sock.send_multipart(P.pack(P.DONE, {"ids": [second], "states": ["SUCCESS"], "credit": 0}))
         wait_for(lambda: client.get_status(second) is zq.TaskState.SUCCESS, what="second reported done")
         assert client.stats()["ventilator"]["counters"]["requeued_on_reconnect"] == 1
+    finally:
+        fake.close()
+
+
+def test_ready_does_not_requeue_tasks_still_on_their_way(make_cluster, make_client):
+    """A READY built before a TASKS message arrived (a repeated READY after a ventilator
+    restart, a reconnect racing a dispatch) must not re-queue that message's tasks."""
+    cluster = make_cluster(workers=0)
+    client = make_client(cluster)
+    fake = FakeWorker(cluster.endpoints["workers"])
+    try:
+        fake.ready(credit=2)
+        futs = [client.submit(square, i) for i in (3, 4)]
+        fake.take(2)
+        assert fake.seqs == [1] or fake.seqs == [1, 2]
+        last = fake.seqs[-1]
+
+        def requeued():
+            return client.stats()["ventilator"]["counters"].get("requeued_on_reconnect", 0)
+
+        fake.ready(credit=0, held=[], seen=0)  # "built before any TASKS arrived"
+        fake.wait_heartbeat()
+        assert requeued() == 0
+        fake.ready(credit=0, held=[], seen=last)  # it got them, and holds none: lost
+        fake.wait_heartbeat()
+        assert requeued() == 2
+        cluster.add_worker(wait=True)
+        assert [f.result(timeout=30) for f in futs] == [9, 16]
     finally:
         fake.close()
 
@@ -151,4 +188,13 @@ def test_worker_ready_on_a_fresh_connection_says_what_it_finished_and_holds(monk
     assert ready.command == P.READY
     assert sorted(ready.header["held"]) == ["t-retry", "t-run"]
     assert (ready.header["done"], ready.header["states"]) == (["t-done"], ["FAILED"])
+    assert ready.header["seen"] == 0
     assert not w.done_ids  # reported by READY, not again by DONE
+    # a follow-up task sent lately goes again after the next READY (the old link may have lost it)
+    w._flush_outbox()
+    child = P.TaskSpec("t-child", "f", "default", b"d" * 16, "", None, 0, None, 0.0, args=b"")
+    w._on_event(("spawn", child.row(), b"fn", b""))
+    w.vent.sent.clear()
+    w._send_ready()
+    w._flush_outbox()
+    assert [m.command for m in w.vent.sent] == [P.READY, P.SPAWN]

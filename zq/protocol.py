@@ -4,7 +4,9 @@ Every message, after the ROUTER identity frame where there is one, is::
 
     [PROTOCOL, COMMAND, HEADER, *PAYLOAD]
 
-* ``PROTOCOL`` is ``b"ZQ01"``: a node answers any other version with ``ERROR``.
+* ``PROTOCOL`` is ``b"ZQ02"``: a node answers any other version with ``ERROR``.
+  (ZQ02: arguments and values inline in batch headers, out-of-band argument frames,
+  numbered TASKS and READY's held/done/seen; ZQ01 nodes are refused, not misread.)
 * ``COMMAND`` is one of the byte strings below.
 * ``HEADER`` is a msgpack map.  Routers read only this frame.
 * ``PAYLOAD`` frames carry pickled bytes (functions, arguments, values); no
@@ -34,8 +36,9 @@ CANCELED    (reserved)  cancellations travel as CANCELED results through the sin
 REQUEST     C -> V/S    {"req": int, "op": str, ...}
 REPLY       V/S -> C    {"req": int, "ok": bool, "data"|"error": ...}
 READY       W -> V      {"id", "queues", "credit", "host", "pid", "executor", "concurrency", "tasks",
-                        "held"?: [ids], "done"?: [ids], "states"?: [...]} (re-registering)
-TASKS       V -> W      like SUBMIT, rows carry attempt and lost causes
+                        "held"?: [ids], "done"?: [ids], "states"?: [...], "seen"?: int}
+                        (registering again: what it holds, finished, last TASKS seq it got)
+TASKS       V -> W      like SUBMIT, rows carry attempt and lost causes; "seq": its number
 STARTED     W -> V      {"ids": [...]}
 DONE        W -> V      {"ids": [...], "states": [...], "credit": int}
 RETRY       W -> V      {"id": str, "delay": float, "credit": int, "lost"?: cause}
@@ -68,7 +71,7 @@ from .envelope import STATE_OF, ErrorInfo, Result
 from .errors import ProtocolError
 from .serialize import ArgFrames
 
-PROTOCOL = b"ZQ01"
+PROTOCOL = b"ZQ02"
 
 SUBMIT = b"SUBMIT"
 REJECT = b"REJECT"
@@ -279,13 +282,16 @@ def check_opts(task_id: str, opts: Any) -> None:
 
 
 def pack_tasks(command: bytes, tasks: Iterable[TaskSpec], fns: dict[bytes, Any],
-               req: Optional[int] = None) -> list:
+               req: Optional[int] = None, seq: Optional[int] = None) -> list:
     """A SUBMIT, SPAWN or TASKS message: ``fns`` maps digest -> pickled function to include;
-    ``req``: the sender waits for a REPLY with the id each task goes by."""
+    ``req``: the sender waits for a REPLY with the id each task goes by; ``seq``: the number
+    of this TASKS message to its worker (echoed in READY as "seen")."""
     tasks = list(tasks)
     header: dict = {"t": [t.row() for t in tasks], "f": list(fns)}
     if req is not None:
         header["req"] = req
+    if seq is not None:
+        header["seq"] = seq
     args = [t.args for t in tasks]
     if all(type(a) is not ArgFrames and len(a) <= INLINE_MAX for a in args):
         header["a"] = [a if type(a) is bytes else bytes(a) for a in args]
