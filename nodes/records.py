@@ -12,7 +12,7 @@ from zq.protocol import TaskSpec
 
 
 class WorkerInfo:
-    __slots__ = ("ident", "id", "queues", "credit", "inflight", "seq", "fns", "host", "pid", "executor",
+    __slots__ = ("ident", "id", "queues", "credit", "inflight", "fns", "host", "pid", "executor",
                  "concurrency", "last_seen", "last_sent", "done", "registered_at")
 
     def __init__(self, ident: bytes, header: dict, now: float) -> None:
@@ -28,8 +28,6 @@ class WorkerInfo:
         self.credit = credit
         #: task id -> the number of the TASKS message that carried it (``seq``)
         self.inflight: dict[str, int] = {}
-        #: TASKS messages sent to this worker (numbered 1, 2, ...; READY says the last seen)
-        self.seq = 0
         self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.host = str(header.get("host", ""))
         self.pid = header.get("pid", 0) if isinstance(header.get("pid"), int) else 0

@@ -166,7 +166,7 @@ class WorkerMessages(_Base):
         old = self.workers.get(ident)
         self.workers[ident] = new
         if old is not None:
-            new.inflight, new.seq = old.inflight, old.seq
+            new.inflight = old.inflight
             self._on_done(new, done, states)
             if held is not None:  # what it got and no longer holds went down with the old link
                 for tid, seq in list(new.inflight.items()):

@@ -78,6 +78,7 @@ class Ventilator(WorkerMessages, Node):
         self.history = History()
         self.scheduler = Scheduler()
         self._next_prune = 0.0
+        self.tasks_seq = 0  # TASKS messages sent in this run (each carries its number)
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -447,7 +448,10 @@ class Ventilator(WorkerMessages, Node):
             size += args_size(spec.args)
         if not keep:
             return True
-        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns, seq=w.seq + 1))
+        # numbered across all workers for this run: a worker's numbers only grow, even when it
+        # was dropped and came back (READY echoes the last one it got: vent_workers._register)
+        seq = self.tasks_seq + 1
+        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns, seq=seq))
         if err:
             for spec in reversed(keep):  # not sent: put them back
                 self.dispatch.finished(spec)
@@ -461,10 +465,10 @@ class Ventilator(WorkerMessages, Node):
             w.fns.popitem(last=False)
         w.credit -= len(keep)
         w.last_sent = time.monotonic()
-        w.seq += 1
+        self.tasks_seq = seq
         for spec in keep:
             self.tasks[spec.task_id].worker = w.ident
-            w.inflight[spec.task_id] = w.seq
+            w.inflight[spec.task_id] = seq
         self.counters["dispatched"] += len(keep)
         return True
 
