@@ -36,7 +36,7 @@ from zq._wake import Waker
 from zq.policy import Policy, load_policies
 from zq.protocol import BY_NAME, TaskSpec
 from zq.runner import Completion, execute, execute_async, load_function
-from zq.serialize import args_blob
+from zq.serialize import ArgFrames, args_blob
 
 log = logging.getLogger("zq.worker")
 
@@ -193,6 +193,8 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int, imports
             return
         for row, args, fn_data in batch:
             comp = execute(row, args, fn_loader(fns, row, fn_data), policies, max_result, emit)
+            if type(comp[3]) is ArgFrames:  # out-of-band frames cross the pipe as one blob
+                comp = (*comp[:3], args_blob(comp[3]), *comp[4:])
             conn.send_bytes(pickle.dumps(("done", comp), protocol=5))
 
 

@@ -29,6 +29,7 @@ from zq import protocol as P
 from zq._sockets import check_bind_allowed, recv_now, router, send_now
 from zq.config import Config
 from zq.errors import ProtocolError
+from zq.serialize import ArgFrames, args_blob, args_size
 from zq.policy import Policy, run_hooks
 from zq.protocol import ResultRow
 from zq.security import peer_role
@@ -238,7 +239,7 @@ class Sink(Node):
         q = self.undelivered.get(client)
         limit = P.batch_limit(self.config.max_message_size)
         while q:
-            n = P.take_batch(q, limit, 2000, size=lambda item: len(item[1].payload))
+            n = P.take_batch(q, limit, 2000, size=lambda item: args_size(item[1].payload))
             part = [q[i][1] for i in range(n)]
             if not self._send(client.encode(), P.pack_results(part)):
                 self._undeliverable(client, q)
@@ -264,7 +265,8 @@ class Sink(Node):
                 row = hit[0]
                 if h.get("consume"):
                     self.retained.pop(tid, None)
-                self._send(ident, P.pack(P.REPLY, {"req": req, "ok": True, "data": row.row}, [row.payload]))
+                value = row.payload if type(row.payload) is not ArgFrames else args_blob(row.payload)
+                self._send(ident, P.pack(P.REPLY, {"req": req, "ok": True, "data": row.row}, [value]))
         elif op == "stats":
             self._send(ident, P.pack(P.REPLY, {"req": req, "ok": True, "data": self.stats()}))
         else:

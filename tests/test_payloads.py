@@ -136,3 +136,54 @@ def test_recv_now_and_send_now_move_whole_messages():
         a.close(0)
         b.close(0)
         ctx.term()
+
+
+def big_value(kind: str, n: int):
+    data = bytes(range(256)) * (n // 256)
+    return {"bytes": data, "bytearray": bytearray(data), "memoryview": memoryview(data)}[kind]
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_large_buffer_results_travel_out_of_band_and_arrive_intact(start, make_client, executor):
+    cluster = start(workers=1, executor=executor, concurrency=2)
+    client = make_client(cluster)
+    n = OOB_MIN * 4
+    expected = bytes(range(256)) * (n // 256)
+    for kind in ("bytes", "bytearray", "memoryview"):
+        fut = client.submit_task(big_value, (kind, n), retain_result=True)
+        value = fut.result(timeout=60)
+        assert type(value).__name__ == kind and bytes(value) == expected
+        kept = client.get_result(fut.task_id)  # retained at the sink, fetched as one blob
+        assert bytes(kept.value) == expected and type(kept.value).__name__ == kind
+    small = client.submit(big_value, "bytes", 512).result(timeout=60)
+    assert small == expected[:512]
+
+
+def test_pack_value_round_trips_and_refuses_damage():
+    from zq.serialize import loads_value, pack_value
+
+    frames = pack_value(BIG)
+    assert type(frames) is ArgFrames and len(frames) == 2 and len(frames[0]) < 200
+    assert loads_value(frames) == BIG and loads_value(args_from_blob(args_blob(frames))) == BIG
+    assert loads_value(pack_value(("x", 1))) == ("x", 1) and loads_value(b"") is None
+    with pytest.raises(SerializationError):
+        loads_value(ArgFrames([b"not a pickle", BIG]))
+
+
+def test_result_messages_with_out_of_band_values_and_bad_counts_refused():
+    from nodes.common import result_row
+    from zq.envelope import TaskState
+    from zq.serialize import loads_value, pack_value
+
+    spec = P.TaskSpec("t1", "f", "q", b"d" * 16, "c", None, 0, None, 0.0, args=b"")
+    rows = [result_row(spec, TaskState.SUCCESS, None, worker="w", payload=pack_value(BIG)),
+            result_row(spec, TaskState.SUCCESS, None, worker="w", payload=pack_value(7))]
+    frames = P.pack_results(rows)
+    got = P.unpack_results(P.unpack(frames))
+    assert loads_value(got[0].payload) == BIG and loads_value(got[1].payload) == 7
+    assert got[0].to_result().value == BIG  # the envelope's blob form
+    msg = P.unpack(frames)
+    for bad in ([1, 1], [2], [3, 1], [0, 3], ["2", 1], "x"):
+        msg.header["n"] = bad
+        with pytest.raises(ProtocolError):
+            P.unpack_results(msg)

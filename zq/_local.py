@@ -18,7 +18,7 @@ from .policy import run_hooks
 from .options import retry_delay
 from .protocol import TaskSpec
 from .runner import execute
-from .serialize import loads, loads_args
+from .serialize import args_blob, loads, loads_args
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
@@ -52,7 +52,7 @@ def run_locally(client: "Client", fn: Callable, args: tuple, kwargs: dict, spec:
         task_id=spec.task_id, name=spec.name, state=state, error=ErrorInfo.from_row(comp[2]),
         attempts=spec.attempt, worker="local", host=socket.gethostname(), pid=os.getpid(),
         queue=spec.queue, submitted_at=spec.submitted_at, started_at=comp[4], finished_at=comp[5],
-        run_seconds=comp[6], payload=comp[3])
+        run_seconds=comp[6], payload=args_blob(comp[3]))
     for event in events:
         if event[0] == "progress":
             client._set_progress(fut, event[1:])

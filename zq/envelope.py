@@ -9,11 +9,10 @@ unpickled lazily, so nodes that only route a result never unpickle it.
 from __future__ import annotations
 
 import enum
-import pickle
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import SerializationError
+from .serialize import loads_value
 
 
 class TaskState(str, enum.Enum):
@@ -115,7 +114,8 @@ class Result:
     started_at: float
     finished_at: float
     run_seconds: float = 0.0
-    #: pickled value (or b"" for none); unpickled on first access of ``value``
+    #: pickled value (or b"" for none; a large buffer value: zq.serialize's multi-frame
+    #: blob); unpickled on first access of ``value``
     payload: bytes = field(default=b"", repr=False)
     #: why earlier attempts were lost, one line each (see WorkerLost)
     lost: tuple[str, ...] = ()
@@ -127,12 +127,7 @@ class Result:
             if not self.payload:
                 v: Any = None
             else:
-                try:
-                    v = pickle.loads(self.payload)
-                except Exception as exc:
-                    raise SerializationError(
-                        f"result of task {self.task_id} could not be unpickled: {exc!r}"
-                    ) from exc
+                v = loads_value(self.payload, f"result of task {self.task_id}")
             object.__setattr__(self, "_value", v)
         return self._value
 

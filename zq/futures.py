@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import pickle
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Generator, Optional
 
 from .envelope import Result, TaskState
 from .errors import SerializationError, TaskFailed, WorkerLost, ZqError
+from .serialize import loads_value
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
@@ -140,9 +140,9 @@ def settle_row(fut: TaskFuture, row: Any) -> None:
         return
     fut._row = row
     try:
-        value = pickle.loads(row.payload) if len(row.payload) else None
-    except Exception as exc:
-        fut.set_exception(SerializationError(f"result of task {fut.task_id} could not be unpickled: {exc!r}"))
+        value = loads_value(row.payload, f"result of task {fut.task_id}")
+    except SerializationError as exc:
+        fut.set_exception(exc)
         return
     try:
         fut.set_result(value)

@@ -69,7 +69,7 @@ import msgpack
 
 from .envelope import STATE_OF, ErrorInfo, Result
 from .errors import ProtocolError
-from .serialize import ArgFrames
+from .serialize import ArgFrames, args_blob, args_size
 
 PROTOCOL = b"ZQ02"
 
@@ -374,7 +374,7 @@ class ResultRow:
             task_id=r[0], name=r[1], state=STATE_OF[r[2]], error=ErrorInfo.from_row(r[3]),
             attempts=r[4], worker=r[5], host=r[6], pid=r[7], queue=r[8], submitted_at=r[9],
             started_at=r[10], finished_at=r[11], run_seconds=r[12],
-            payload=bytes(self.payload), lost=tuple(r[15]),
+            payload=args_blob(self.payload), lost=tuple(r[15]),
         )
 
 
@@ -403,9 +403,13 @@ def _check_result_row(row: Any) -> list:
 
 def pack_results(results: Sequence[ResultRow]) -> list:
     values = [r.payload for r in results]
-    if all(len(v) <= INLINE_MAX for v in values):
+    if all(type(v) is not ArgFrames and len(v) <= INLINE_MAX for v in values):
         return [PROTOCOL, RESULT, _packb({"r": [r.row for r in results],
                                           "v": [v if type(v) is bytes else bytes(v) for v in values]})]
+    if any(type(v) is ArgFrames for v in values):  # out-of-band values: several frames each
+        counts = [len(v) if type(v) is ArgFrames else 1 for v in values]
+        frames = [f for v in values for f in (v if type(v) is ArgFrames else (v,))]
+        return [PROTOCOL, RESULT, _packb({"r": [r.row for r in results], "n": counts}), *frames]
     return [PROTOCOL, RESULT, _packb({"r": [r.row for r in results]}), *values]
 
 
@@ -417,6 +421,17 @@ def unpack_results(msg: Message) -> list[ResultRow]:
                 and all(type(v) is bytes for v in inline)):
             raise ProtocolError("RESULT: v must list one value per row and come without value frames")
         return [ResultRow(_check_result_row(row), v) for row, v in zip(rows, inline)]
+    counts = msg.header.get("n")
+    if counts is not None:
+        if not (isinstance(counts, list) and len(counts) == len(rows) and all(
+                type(c) is int and 1 <= c <= 1024 for c in counts) and sum(counts) == len(msg.payload)):
+            raise ProtocolError("RESULT: n must list 1..1024 value frames per row, as many as sent")
+        out, i = [], 0
+        for row, c in zip(rows, counts):
+            value = msg.payload[i] if c == 1 else ArgFrames(msg.payload[i:i + c])
+            out.append(ResultRow(_check_result_row(row), value))
+            i += c
+        return out
     if len(rows) != len(msg.payload):
         raise ProtocolError(f"RESULT: {len(rows)} row(s) but {len(msg.payload)} value frame(s)")
     return [ResultRow(_check_result_row(row), p) for row, p in zip(rows, msg.payload)]
@@ -439,7 +454,7 @@ def take_batch(items: Any, max_bytes: int, max_count: int = 5000, size: Any = No
     limit = min(len(items), max_count)
     while n < limit:
         item = items[n]
-        total += size(item) if size else len(item.payload)
+        total += size(item) if size else args_size(item.payload)
         if n and total > max_bytes:
             break
         n += 1

@@ -24,7 +24,7 @@ from .canvas import Call
 from .context import TaskContext, _current
 from .envelope import ErrorInfo, TaskInfo, TaskState
 from .policy import Policy, run_hooks
-from .serialize import dumps, loads, loads_args, pack_args
+from .serialize import args_size, loads, loads_args, pack_args, pack_value
 
 Completion = tuple
 _NO_EMIT: Callable[[tuple], None] = lambda event: None  # noqa: E731
@@ -130,13 +130,13 @@ class _Run:
                 args, kwargs = loads_args(link_args)
                 return self.done(TaskState.SUCCESS, None, b"",
                                  [name, digest, data, pack_args((value, *args), kwargs), queue, then[1:]])
-            payload = dumps(value, f"result of task {self.row[0]}")
+            payload = pack_value(value, f"result of task {self.row[0]}")
         except Exception as exc:
             return self.done(TaskState.FAILED, _error(exc))
-        if len(payload) > self.max_result:
+        if args_size(payload) > self.max_result:
             return self.done(TaskState.FAILED, [
                 "SerializationError", "zq.errors",
-                f"result of task {self.row[0]} is {len(payload)} bytes pickled, over the cluster's "
+                f"result of task {self.row[0]} is {args_size(payload)} bytes pickled, over the cluster's "
                 f"maximum message size of {self.max_result} bytes", ""])
         return self.done(TaskState.SUCCESS, None, payload)
 

@@ -73,6 +73,34 @@ def loads(data: Any, what: str = "object") -> Any:
         raise SerializationError(f"{what} could not be unpickled: {type(exc).__name__}: {exc}") from exc
 
 
+def pack_value(value: Any, what: str = "result") -> "bytes | ArgFrames":
+    """A task's return value pickled; a large ``bytes``/``bytearray``/``memoryview`` value
+    travels out of band (an :class:`ArgFrames`), as large arguments do."""
+    wrapped = _out_of_band(value)
+    if wrapped is None:
+        return dumps(value, what)
+    bufs: list = []
+    try:
+        data = pickle.dumps(wrapped, protocol=5, buffer_callback=bufs.append)
+    except Exception as exc:
+        raise SerializationError(f"{what} could not be pickled: {type(exc).__name__}: {exc}") from exc
+    return ArgFrames([data, *(b.raw() for b in bufs)])
+
+
+def loads_value(data: Any, what: str = "result") -> Any:
+    """Inverse of :func:`pack_value` (also for its :func:`args_blob` form); b"" is None."""
+    if type(data) is bytes and data.startswith(MULTI):
+        data = args_from_blob(data)
+    if type(data) is ArgFrames:
+        try:
+            return pickle.loads(data[0], buffers=data[1:])
+        except Exception as exc:
+            raise SerializationError(f"{what} could not be unpickled: {type(exc).__name__}: {exc}") from exc
+    if not len(data):
+        return None
+    return loads(data, what)
+
+
 def loads_args(data: Any) -> tuple[tuple, dict]:
     if type(data) is bytes and data.startswith(MULTI):  # stored or piped (args_blob)
         data = args_from_blob(data)
