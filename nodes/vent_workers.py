@@ -84,10 +84,18 @@ class WorkerMessages(_Base):
                 self._drop_worker(w, cause=None)
             else:
                 w.credit = 0  # a stopping worker takes nothing more
+        elif cmd == P.HELD:
+            self._on_held(w, h)
         elif cmd == P.PROGRESS:
             self._on_progress(h)
         elif cmd == P.SPAWN:
-            self._on_submit(ident, msg)
+            req = h.get("req")
+            try:
+                self._on_submit(ident, msg)
+            finally:  # the worker keeps a follow-up until we say we have it (or refused it)
+                if type(req) is int:
+                    self._make_durable()
+                    self._send(self.wsock, ident, P.pack(P.REPLY, {"req": req, "ok": True}))
         elif cmd == P.CONTINUE:
             self._on_continue(w, msg)
         elif cmd != P.HEARTBEAT:
@@ -149,36 +157,43 @@ class WorkerMessages(_Base):
         self.counters["continued"] += 1
         self._requeue(rec)
 
+    def _done_lists(self, header: dict, cmd: bytes) -> tuple[list[str], list[str]]:
+        done = P.str_list(header, "done", cmd) if "done" in header else []
+        states = P.str_list(header, "states", cmd) if "done" in header else []
+        if len(done) != len(states) or not all(st in _FINAL_STATES for st in states):
+            raise ProtocolError(f"{cmd.decode()}: done ids and final states must pair up")
+        return done, states
+
+    def _on_held(self, w: WorkerInfo, h: dict) -> None:
+        """The answer to our SYNC: everything we sent before it has reached the worker or
+        was lost with an old connection; what it does not hold (or report done) was lost."""
+        upto = h.get("upto")
+        if type(upto) is not int:
+            raise ProtocolError("HELD: upto must be an int")
+        held = set(P.str_list(h, "held", P.HELD))
+        done, states = self._done_lists(h, P.HELD)
+        self._on_done(w, done, states)
+        for tid, seq in list(w.inflight.items()):
+            if seq > upto or tid in held:  # sent after the SYNC, or still there
+                continue
+            del w.inflight[tid]
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.worker == w.ident:
+                self.counters["requeued_on_reconnect"] += 1
+                self._requeue(rec)
+
     def _register(self, ident: bytes, header: dict, now: float) -> None:
         new = WorkerInfo(ident, header, now)
-        # a worker registering again (fresh connection, or a repeated READY) says what it
-        # finished without reporting it, what it holds, and the last TASKS message it got
-        done = P.str_list(header, "done", P.READY) if "done" in header else []
-        states = P.str_list(header, "states", P.READY) if "done" in header else []
-        if len(done) != len(states) or not all(st in _FINAL_STATES for st in states):
-            raise ProtocolError("READY: done ids and final states must pair up")
-        held = set(P.str_list(header, "held", P.READY)) if "held" in header else None
-        seen = header.get("seen")
-        if seen is None:
-            seen = 1 << 62  # not said: it got every message we sent
-        elif not isinstance(seen, int) or isinstance(seen, bool):
-            raise ProtocolError("READY: seen must be an int")
+        done, states = self._done_lists(header, P.READY)  # finished there, DONE not sent yet
         old = self.workers.get(ident)
         self.workers[ident] = new
         if old is not None:
+            # the same worker on a fresh connection (or a new process with its id): what the
+            # old connection carried may be lost; SYNC asks what it holds, and everything we
+            # sent before the SYNC arrives before it (HELD, _on_held)
             new.inflight = old.inflight
             self._on_done(new, done, states)
-            if held is not None:  # what it got and no longer holds went down with the old link
-                for tid, seq in list(new.inflight.items()):
-                    if tid in held or seq > seen:  # held, or still on its way to the worker
-                        continue
-                    del new.inflight[tid]
-                    rec = self.tasks.get(tid)
-                    if rec is not None and rec.worker == ident:
-                        self.counters["requeued_on_reconnect"] += 1
-                        self._requeue(rec)
-            # credit counts what the worker holds; tasks still on their way will be held too
-            new.credit = max(0, new.credit - sum(1 for seq in new.inflight.values() if seq > seen))
+            self._send(self.wsock, ident, P.pack(P.SYNC, {"upto": self.tasks_seq}))
         else:
             log.info("%s joined, queues=%s credit=%d", new.describe(), ",".join(new.queues), new.credit)
         tasks = header.get("tasks")

@@ -448,10 +448,9 @@ class Ventilator(WorkerMessages, Node):
             size += args_size(spec.args)
         if not keep:
             return True
-        # numbered across all workers for this run: a worker's numbers only grow, even when it
-        # was dropped and came back (READY echoes the last one it got: vent_workers._register)
+        # numbered (in this run) so that a SYNC can say "everything sent before me"
         seq = self.tasks_seq + 1
-        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns, seq=seq))
+        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns))
         if err:
             for spec in reversed(keep):  # not sent: put them back
                 self.dispatch.finished(spec)

@@ -52,9 +52,14 @@ log = logging.getLogger("zq.worker")
 FN_STORE = 4096
 PREFETCH_SECONDS = 0.02  # adaptive prefetch: hold about this much work beyond the slots
 MAX_PREFETCH = 2000
-SPAWN_MEMORY = 10_000  # recent follow-up tasks kept to send again after a reconnect
+SPAWN_MEMORY = 10_000  # follow-up tasks kept until the ventilator confirms them ...
+SPAWN_BYTES = 256 * 1024 * 1024  # ... and their bytes
 BATCH_MAX = 64  # tasks handed to one slot at once (short tasks only)
 SHORT_TASK = 0.001  # seconds: tasks shorter than this are batched
+
+
+def _size(frames: list) -> int:
+    return sum(len(f) for f in frames)
 
 
 class Worker(Node):
@@ -87,11 +92,12 @@ class Worker(Node):
         # what the ventilator must get (RETRY, CONTINUE, SPAWN, BYE) but could not be sent
         # yet (EAGAIN: link down or full); kept in order with the ids each concerns
         self.outbox: collections.deque[tuple[list, list[str]]] = collections.deque()
-        # follow-up tasks sent lately: sent again after a reconnect (the old link may have
-        # lost them; the ventilator ignores an id it already has)
-        self.spawned: collections.deque[tuple[float, list]] = collections.deque()
-        self.tasks_seq = 0  # the last TASKS message number received (READY's "seen")
-        self.vent_instance: Optional[str] = None
+        # follow-up tasks (SPAWN) the ventilator has not confirmed yet (REPLY to their req):
+        # sent again after every READY; the ventilator ignores an id it already has
+        self.spawned: collections.OrderedDict[int, list] = collections.OrderedDict()
+        self.spawned_bytes = 0
+        self._spawn_req = 0
+        self.ready_pending = False  # a READY that could not be sent yet
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -141,31 +147,28 @@ class Worker(Node):
         self._send_ready()
 
     def _send_ready(self) -> None:
-        """Register (again).  A fresh connection may have lost what the old one carried, so
-        READY also says which tasks finished here (unsent DONEs) and which this worker still
-        holds: the ventilator queues again whatever else it thought we had."""
+        """Register (again), with the tasks that finished here whose DONE was not sent.  A
+        ventilator that knew us answers SYNC (what do you hold?), see ``_on_ventilator``;
+        unconfirmed follow-ups go again (a fresh connection may have lost them)."""
         self.promised = 0
         credit = self._wanted()
-        held = [*self.running, *(s.task_id for s in self.local), *self.abandoned,
-                *(tid for _, ids in self.outbox for tid in ids)]
-        if self._to_vent(P.READY, {
+        self.ready_pending = not self._to_vent(P.READY, {
             "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
             "pid": os.getpid(), "executor": self.executor.kind, "concurrency": self.slots,
             "tasks": {name: t.describe() for name, t in self.registry.items()},
-            "held": held, "done": self.done_ids, "states": self.done_states, "seen": self.tasks_seq,
-        }):
-            self.promised = credit
-            self.done_ids, self.done_states = [], []
-        self._forget_spawned(time.monotonic())
-        for _, frames in self.spawned:
+            "done": self.done_ids, "states": self.done_states,
+        })
+        if self.ready_pending:
+            return
+        self.promised = credit
+        self.done_ids, self.done_states = [], []
+        for frames in self.spawned.values():
             self._to_vent_surely(frames, [])
 
-    def _forget_spawned(self, now: float) -> None:
-        """Follow-ups older than two heartbeat timeouts reached the ventilator (or it would
-        have been declared silent, and this worker registered again, since)."""
-        horizon = now - 2 * self.config.heartbeat_timeout
-        while self.spawned and (self.spawned[0][0] < horizon or len(self.spawned) > SPAWN_MEMORY):
-            self.spawned.popleft()
+    def _held(self) -> list[str]:
+        """Every task this worker has: queued here, running, abandoned, or in the outbox."""
+        return [*self.running, *(s.task_id for s in self.local), *self.abandoned,
+                *(tid for _, ids in self.outbox for tid in ids)]
 
     def _to_vent(self, cmd: bytes, header: dict) -> bool:
         """Send now or not at all (heartbeats, progress); False if it could not be sent."""
@@ -265,16 +268,8 @@ class Worker(Node):
 
     def _on_ventilator(self, msg: P.Message) -> None:
         cmd = msg.command
-        if cmd == P.HEARTBEAT or cmd == P.UNKNOWN:
-            inst = msg.header.get("instance")
-            if isinstance(inst, str) and inst != self.vent_instance:
-                self.vent_instance = inst  # a (re)started ventilator numbers TASKS from 1
-                self.tasks_seq = 0
         if cmd == P.TASKS:
             tasks, fns = P.unpack_tasks(msg)
-            seq = msg.header.get("seq")
-            if isinstance(seq, int) and not isinstance(seq, bool):
-                self.tasks_seq = max(self.tasks_seq, seq)
             self.promised = max(0, self.promised - len(tasks))
             for digest, frame in fns.items():
                 self.fn_store[digest] = frame
@@ -290,6 +285,16 @@ class Worker(Node):
         elif cmd == P.UNKNOWN:
             log.info("ventilator does not know this worker (it restarted?): registering again")
             self._send_ready()
+        elif cmd == P.SYNC:  # everything sent before it has arrived: say what we hold
+            upto = P.field(msg.header, "upto", int, cmd)
+            self._to_vent_surely(P.pack(P.HELD, {"upto": upto, "held": self._held(),
+                                                 "done": self.done_ids, "states": self.done_states}), [])
+            self.done_ids, self.done_states = [], []
+        elif cmd == P.REPLY:  # a follow-up task is safe at the ventilator
+            req = msg.header.get("req")
+            frames = self.spawned.pop(req, None) if type(req) is int else None
+            if frames is not None:
+                self.spawned_bytes -= _size(frames)
         elif cmd == P.ERROR:
             log.warning("ventilator refused a message: %s", msg.header.get("msg"))
         elif cmd != P.HEARTBEAT:
@@ -409,9 +414,17 @@ class Worker(Node):
                 self.counters["spawn_refused"] += 1
                 log.warning("follow-up task refused: %s", exc)
                 return
-            frames = P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data})
+            self._spawn_req += 1
+            frames = P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data}, req=self._spawn_req)
             self._to_vent_surely(frames, [])
-            self.spawned.append((time.monotonic(), frames))
+            self.spawned[self._spawn_req] = frames
+            self.spawned_bytes += _size(frames)
+            while len(self.spawned) > SPAWN_MEMORY or self.spawned_bytes > SPAWN_BYTES:
+                _, old = self.spawned.popitem(last=False)
+                self.spawned_bytes -= _size(old)
+                self.counters["spawn_unconfirmed_dropped"] += 1
+                log.error("too many follow-up tasks unconfirmed by the ventilator: the oldest "
+                          "will not be sent again after a reconnect")
             self.counters["spawned"] += 1
 
     def _continue(self, spec: TaskSpec, cont: list) -> None:
@@ -446,6 +459,8 @@ class Worker(Node):
         self._complete(spec, state, error, result_row(spec, state, error, worker=self.id), retryable)
 
     def _report(self) -> None:
+        if self.ready_pending:
+            self._send_ready()
         self._flush_outbox()
         if self.progress_out:
             self._to_vent(P.PROGRESS, {"p": list(self.progress_out.values())})
@@ -461,7 +476,6 @@ class Worker(Node):
 
     def _tick(self, now: float) -> None:
         cfg = self.config
-        self._forget_spawned(now)
         for tid, (spec, deadline) in list(self.running.items()):
             if deadline is not None and now > deadline:
                 del self.running[tid]
@@ -509,6 +523,10 @@ class Worker(Node):
                 self.executor.kill(tid, "worker stopping")
             self.running.clear()
         self._report()
+        if self.done_ids:  # deferred DONEs go before the final BYE (it re-queues what it lists)
+            self._to_vent_surely(P.pack(P.DONE, {"ids": self.done_ids, "states": self.done_states,
+                                                 "credit": 0}), [])
+            self.done_ids, self.done_states = [], []
         self._to_vent_surely(P.pack(P.BYE, {"ids": ids, "final": True}), [])
         # deliver what we hold to the sink, and to the ventilator what it must get (bounded)
         deadline = time.monotonic() + min(5.0, max(1.0, self.grace))

@@ -1,7 +1,9 @@
 """A worker that registers again on a fresh connection loses nothing, and leaves nothing
 stuck: whatever the old connection carried may be gone (libzmq drops a closed socket's
-queue), so READY says which tasks finished there (DONEs not yet sent) and which it still
-holds; the ventilator queues again anything else it thought that worker had.
+queue).  READY says which tasks finished there (DONEs not yet sent); a ventilator that
+knew the worker answers SYNC, and the worker's HELD lists what it holds: everything the
+ventilator sent before the SYNC has arrived by then, so what is not held was lost and is
+queued again, while tasks sent after the SYNC are left alone.
 
 A raw DEALER plays the worker here so the test decides exactly what was "lost".
 """
@@ -27,6 +29,7 @@ class FakeWorker:
         self.sock.setsockopt(zmq.IDENTITY, ident)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
+        self.extra: list[P.TaskSpec] = []
 
     def ready(self, credit: int, **extra) -> None:
         header = {"id": "fake", "queues": ["default"], "credit": credit, "host": "fakehost", "pid": 1,
@@ -35,21 +38,26 @@ class FakeWorker:
 
     def take(self, n: int, timeout: float = 20.0) -> list[P.TaskSpec]:
         got: list[P.TaskSpec] = []
-        self.seqs: list[int] = []
         while len(got) < n:
             assert self.sock.poll(int(timeout * 1000)), f"only {len(got)} of {n} tasks arrived"
             msg = P.unpack(self.sock.recv_multipart(copy=False))
             if msg.command == P.TASKS:
                 got.extend(P.unpack_tasks(msg)[0])
-                self.seqs.append(msg.header["seq"])
         return got
 
-    def wait_heartbeat(self, timeout: float = 20.0) -> None:
-        """The ventilator answers a READY with a heartbeat: it has handled the READY."""
+    def wait_for(self, command: bytes, timeout: float = 20.0) -> P.Message:
+        """The next message with this command (TASKS in between are kept in self.extra)."""
         while True:
-            assert self.sock.poll(int(timeout * 1000)), "no heartbeat from the ventilator"
-            if P.unpack(self.sock.recv_multipart()).command == P.HEARTBEAT:
-                return
+            assert self.sock.poll(int(timeout * 1000)), f"no {command.decode()} from the ventilator"
+            msg = P.unpack(self.sock.recv_multipart())
+            if msg.command == command:
+                return msg
+            if msg.command == P.TASKS:
+                self.extra.extend(P.unpack_tasks(msg)[0])
+
+    def held(self, upto: int, held: list, done: tuple = ((), ())) -> None:
+        self.sock.send_multipart(P.pack(P.HELD, {"upto": upto, "held": held, "done": list(done[0]),
+                                                 "states": list(done[1])}))
 
     def close(self) -> None:
         self.sock.close(0)
@@ -71,8 +79,11 @@ def test_reregistering_worker_reports_unsent_dones_and_lost_tasks_run_again(make
         wait_for(lambda: all(client.get_status(t) is zq.TaskState.RUNNING for t in ids), what="running")
         # "reconnected": the first one finished here (its DONE never went out), the second
         # still runs here, the third went down with the old connection
-        fake.ready(credit=0, held=[second], done=[first], states=["SUCCESS"])
+        fake.ready(credit=0, done=[first], states=["SUCCESS"])
+        sync = fake.wait_for(P.SYNC)
         wait_for(lambda: client.get_status(first) is zq.TaskState.SUCCESS, what="first recorded as done")
+        assert client.get_status(third) is zq.TaskState.RUNNING  # nothing moves before HELD
+        fake.held(sync.header["upto"], [second])
         wait_for(lambda: client.get_status(third) is zq.TaskState.QUEUED, what="third queued again")
         assert client.get_status(second) is zq.TaskState.RUNNING  # still the fake worker's
         cluster.add_worker(wait=True)
@@ -84,9 +95,9 @@ def test_reregistering_worker_reports_unsent_dones_and_lost_tasks_run_again(make
         fake.close()
 
 
-def test_ready_does_not_requeue_tasks_still_on_their_way(make_cluster, make_client):
-    """A READY built before a TASKS message arrived (a repeated READY after a ventilator
-    restart, a reconnect racing a dispatch) must not re-queue that message's tasks."""
+def test_held_answers_only_for_tasks_sent_before_its_sync(make_cluster, make_client):
+    """Tasks dispatched after the SYNC (the READY that asked for it granted credit) are on
+    their way when HELD comes back: they are not taken for lost."""
     cluster = make_cluster(workers=0)
     client = make_client(cluster)
     fake = FakeWorker(cluster.endpoints["workers"])
@@ -94,20 +105,25 @@ def test_ready_does_not_requeue_tasks_still_on_their_way(make_cluster, make_clie
         fake.ready(credit=2)
         futs = [client.submit(square, i) for i in (3, 4)]
         fake.take(2)
-        assert fake.seqs == sorted(fake.seqs) and len(set(fake.seqs)) == len(fake.seqs)
-        last = fake.seqs[-1]
 
         def requeued():
             return client.stats()["ventilator"]["counters"].get("requeued_on_reconnect", 0)
 
-        fake.ready(credit=0, held=[], seen=0)  # "built before any TASKS arrived"
-        fake.wait_heartbeat()
-        assert requeued() == 0
-        fake.ready(credit=0, held=[], seen=last)  # it got them, and holds none: lost
-        fake.wait_heartbeat()
+        fake.ready(credit=1)  # registers again, with room for one more
+        sync = fake.wait_for(P.SYNC)
+        futs.append(client.submit(square, 5))  # dispatched after the SYNC
+        fake.take(1)
+        fake.held(sync.header["upto"], [])  # the first two were lost with the "old link"
+        wait_for(lambda: requeued() == 2, what="the two lost tasks queued again")
+        # the third is still the fake's: its STARTED counts (it would not, had it been re-queued)
+        fake.sock.send_multipart(P.pack(P.STARTED, {"ids": [futs[2].task_id]}))
+        wait_for(lambda: client.get_status(futs[2].task_id) is zq.TaskState.RUNNING, what="third running")
         assert requeued() == 2
+        fake.ready(credit=0)  # now it loses the third one too
+        fake.held(fake.wait_for(P.SYNC).header["upto"], [])
+        wait_for(lambda: requeued() == 3, what="the third queued again")
         cluster.add_worker(wait=True)
-        assert [f.result(timeout=30) for f in futs] == [9, 16]
+        assert [f.result(timeout=30) for f in futs] == [9, 16, 25]
     finally:
         fake.close()
 
@@ -119,15 +135,16 @@ def test_reregistering_worker_with_a_bad_done_list_is_refused_and_the_ventilator
     fake = FakeWorker(cluster.endpoints["workers"])
     try:
         fake.ready(credit=0)
-        fake.ready(credit=0, held=[], done=["x"], states=["NOT-A-STATE"])
-        assert fake.sock.poll(10_000)
-        replies = []
-        while fake.sock.poll(2000):
-            replies.append(P.unpack(fake.sock.recv_multipart()).command)
-            if P.ERROR in replies:
-                break
-        assert P.ERROR in replies
+        bad = [P.pack(P.READY, {"id": "fake", "queues": ["default"], "credit": 0, "done": ["x"],
+                                "states": ["NOT-A-STATE"]}),
+               P.pack(P.HELD, {"upto": "7", "held": []}),
+               P.pack(P.HELD, {"upto": 7, "held": [[1]]}),
+               P.pack(P.HELD, {"upto": 7, "held": [], "done": ["a", "b"], "states": ["SUCCESS"]})]
+        for frames in bad:
+            fake.sock.send_multipart(frames)
+            fake.wait_for(P.ERROR)  # refused, with a reason, and nothing else changed
         assert client.submit(square, 7).result(timeout=30) == 49
+        assert cluster.ventilator.alive()
     finally:
         fake.close()
 
@@ -168,7 +185,7 @@ def test_worker_keeps_what_it_could_not_send_and_sends_it_in_order(monkeypatch):
     assert not w.outbox and not w.done_ids
 
 
-def test_worker_ready_on_a_fresh_connection_says_what_it_finished_and_holds(monkeypatch):
+def test_worker_ready_says_what_it_finished_and_held_says_what_it_holds(monkeypatch):
     from types import SimpleNamespace
 
     from nodes.worker import Worker
@@ -180,21 +197,30 @@ def test_worker_ready_on_a_fresh_connection_says_what_it_finished_and_holds(monk
     w.executor = SimpleNamespace(kind="thread")
     spec = P.TaskSpec("t-retry", "f", "default", b"d" * 16, "", None, 1, None, 0.0, args=b"")
     w._retry(spec, delay=0.5)  # stays in the outbox: the link is full
+    w._send_ready()
+    assert w.ready_pending  # could not go: sent again by the next turn's _report
     w.running["t-run"] = (spec, None)
     w.done_ids, w.done_states = ["t-done"], ["FAILED"]
     w.vent.full = False
-    w._send_ready()
+    w._report()
     ready = w.vent.sent[0]
-    assert ready.command == P.READY
-    assert sorted(ready.header["held"]) == ["t-retry", "t-run"]
+    assert ready.command == P.READY and not w.ready_pending
     assert (ready.header["done"], ready.header["states"]) == (["t-done"], ["FAILED"])
-    assert ready.header["seen"] == 0
     assert not w.done_ids  # reported by READY, not again by DONE
-    # a follow-up task sent lately goes again after the next READY (the old link may have lost it)
-    w._flush_outbox()
+    w.vent.sent.clear()
+    w.done_ids, w.done_states = ["t-late"], ["SUCCESS"]
+    w._on_ventilator(P.unpack(P.pack(P.SYNC, {"upto": 7})))
+    held = w.vent.sent[-1]
+    assert held.command == P.HELD and held.header["upto"] == 7
+    assert sorted(held.header["held"]) == ["t-run"] and held.header["done"] == ["t-late"]
+    # a follow-up task is kept (and sent again after each READY) until the ventilator confirms it
     child = P.TaskSpec("t-child", "f", "default", b"d" * 16, "", None, 0, None, 0.0, args=b"")
     w._on_event(("spawn", child.row(), b"fn", b""))
+    req = w.vent.sent[-1].header["req"]
     w.vent.sent.clear()
     w._send_ready()
-    w._flush_outbox()
     assert [m.command for m in w.vent.sent] == [P.READY, P.SPAWN]
+    w._on_ventilator(P.unpack(P.pack(P.REPLY, {"req": req, "ok": True})))
+    w.vent.sent.clear()
+    w._send_ready()
+    assert [m.command for m in w.vent.sent] == [P.READY] and not w.spawned and w.spawned_bytes == 0

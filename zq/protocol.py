@@ -5,8 +5,8 @@ Every message, after the ROUTER identity frame where there is one, is::
     [PROTOCOL, COMMAND, HEADER, *PAYLOAD]
 
 * ``PROTOCOL`` is ``b"ZQ02"``: a node answers any other version with ``ERROR``.
-  (ZQ02: arguments and values inline in batch headers, out-of-band argument frames,
-  numbered TASKS and READY's held/done/seen; ZQ01 nodes are refused, not misread.)
+  (ZQ02: arguments and values inline in batch headers, out-of-band frames, READY's
+  done ids, SYNC/HELD; ZQ01 nodes are refused, not misread.)
 * ``COMMAND`` is one of the byte strings below.
 * ``HEADER`` is a msgpack map.  Routers read only this frame.
 * ``PAYLOAD`` frames carry pickled bytes (functions, arguments, values); no
@@ -34,11 +34,14 @@ SUBMIT      C -> V      {"t": [task rows], "f": [digests], "req"?: int, "n"?: [i
 REJECT      V -> C      {"ids": [...], "code": str, "msg": str}
 CANCELED    (reserved)  cancellations travel as CANCELED results through the sink
 REQUEST     C -> V/S    {"req": int, "op": str, ...}
-REPLY       V/S -> C    {"req": int, "ok": bool, "data"|"error": ...}
+REPLY       V/S -> C    {"req": int, "ok": bool, "data"|"error": ...} (V -> W: a SPAWN with "req"
+                        was accepted)
 READY       W -> V      {"id", "queues", "credit", "host", "pid", "executor", "concurrency", "tasks",
-                        "held"?: [ids], "done"?: [ids], "states"?: [...], "seen"?: int}
-                        (registering again: what it holds, finished, last TASKS seq it got)
-TASKS       V -> W      like SUBMIT, rows carry attempt and lost causes; "seq": its number
+                        "done"?: [ids], "states"?: [...]} (finished here, DONE not sent yet)
+TASKS       V -> W      like SUBMIT, rows carry attempt and lost causes
+SYNC        V -> W      {"upto": int} (to a worker registering again) say what you hold now
+HELD        W -> V      {"upto", "held": [ids], "done": [ids], "states": [...]}: the answer; the
+                        ventilator queues again what it sent before that SYNC and is not held
 STARTED     W -> V      {"ids": [...]}
 DONE        W -> V      {"ids": [...], "states": [...], "credit": int}
 RETRY       W -> V      {"id": str, "delay": float, "credit": int, "lost"?: cause}
@@ -95,10 +98,13 @@ PROGRESS = b"PROGRESS"
 SPAWN = b"SPAWN"
 CONTINUE = b"CONTINUE"
 WATCH = b"WATCH"
+SYNC = b"SYNC"
+HELD = b"HELD"
 
 COMMANDS = frozenset(
     {SUBMIT, REJECT, CANCELED, REQUEST, REPLY, READY, TASKS, STARTED, DONE, RETRY,
-     CANCEL, BYE, UNKNOWN, RESULT, ACK, HELLO, HEARTBEAT, ERROR, PROGRESS, SPAWN, CONTINUE, WATCH}
+     CANCEL, BYE, UNKNOWN, RESULT, ACK, HELLO, HEARTBEAT, ERROR, PROGRESS, SPAWN, CONTINUE, WATCH,
+     SYNC, HELD}
 )
 
 #: The function "digest" of a task submitted by name: workers look the name up in
@@ -282,16 +288,13 @@ def check_opts(task_id: str, opts: Any) -> None:
 
 
 def pack_tasks(command: bytes, tasks: Iterable[TaskSpec], fns: dict[bytes, Any],
-               req: Optional[int] = None, seq: Optional[int] = None) -> list:
+               req: Optional[int] = None) -> list:
     """A SUBMIT, SPAWN or TASKS message: ``fns`` maps digest -> pickled function to include;
-    ``req``: the sender waits for a REPLY with the id each task goes by; ``seq``: the number
-    of this TASKS message to its worker (echoed in READY as "seen")."""
+    ``req``: the sender waits for a REPLY with the id each task goes by."""
     tasks = list(tasks)
     header: dict = {"t": [t.row() for t in tasks], "f": list(fns)}
     if req is not None:
         header["req"] = req
-    if seq is not None:
-        header["seq"] = seq
     args = [t.args for t in tasks]
     if all(type(a) is not ArgFrames and len(a) <= INLINE_MAX for a in args):
         header["a"] = [a if type(a) is bytes else bytes(a) for a in args]

@@ -206,7 +206,10 @@ def args_blob(data: Any) -> bytes:
 def args_from_blob(blob: Any) -> Any:
     """Inverse of :func:`args_blob`."""
     if type(blob) is bytes and blob.startswith(MULTI):
-        frames = msgpack.unpackb(memoryview(blob)[4:], raw=False)
+        try:
+            frames = msgpack.unpackb(memoryview(blob)[4:], raw=False)
+        except Exception as exc:
+            raise SerializationError(f"a damaged multi-frame blob: {exc}") from None
         if not (isinstance(frames, list) and frames and all(type(f) is bytes for f in frames)):
             raise SerializationError("task arguments: a damaged multi-frame blob")
         return ArgFrames(frames)
