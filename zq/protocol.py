@@ -18,8 +18,8 @@ frames of the functions the receiver has not seen yet), one ``RESULT`` message
 any number of results.  When every argument (value) in a batch is small
 (``INLINE_MAX`` bytes or less) they ride in the header instead ("a": [bytes],
 "v": [bytes]) and the message has no frame per task: a frame costs each hop a
-send and a receive call, more than the bytes it carries.  Batching is opportunistic: a sender packs whatever is
-ready, it never waits to fill a batch.
+send and a receive call, more than the bytes it carries.  Batching is
+opportunistic: a sender packs whatever is ready, it never waits to fill a batch.
 
 Who sends what (C client, V ventilator, W worker, S sink):
 

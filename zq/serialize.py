@@ -102,15 +102,7 @@ def loads_value(data: Any, what: str = "result") -> Any:
 
 
 def loads_args(data: Any) -> tuple[tuple, dict]:
-    if type(data) is bytes and data.startswith(MULTI):  # stored or piped (args_blob)
-        data = args_from_blob(data)
-    if type(data) is ArgFrames:
-        try:
-            obj = pickle.loads(data[0], buffers=data[1:])
-        except Exception as exc:
-            raise SerializationError(f"task arguments could not be unpickled: {type(exc).__name__}: {exc}") from exc
-    else:
-        obj = loads(data, "task arguments")
+    obj = loads_value(data, "task arguments")  # one frame, ArgFrames, or their stored blob
     if type(obj) is tuple and len(obj) == 2 and type(obj[0]) is tuple and type(obj[1]) is dict:
         # (args, kwargs) form; pack_args never sends a bare (tuple, dict) pair of
         # positional arguments without wrapping it, so this is unambiguous.
