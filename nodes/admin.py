@@ -127,11 +127,15 @@ def requeue(v: "Ventilator", task_id: str) -> str:
 def set_paused(v: "Ventilator", queue: str, paused: bool) -> int:
     """Pause or resume a queue; the number of its waiting tasks (shown PAUSED or QUEUED)."""
     (v.dispatch.paused.add if paused else v.dispatch.paused.discard)(queue)
+    if v.journal is not None:
+        v.journal.set_hold("queue", queue, paused)
     _announce_hold(v, lambda s: s.queue == queue, paused)
     return v.dispatch.waiting(queue)
 
 def set_disabled(v: "Ventilator", name: str, disabled: bool) -> bool:
     (v.dispatch.disabled.add if disabled else v.dispatch.disabled.discard)(name)
+    if v.journal is not None:
+        v.journal.set_hold("name", name, disabled)
     _announce_hold(v, lambda s: s.name == name, disabled)
     return disabled
 

@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS functions (
     digest BLOB PRIMARY KEY,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS holds (
+    kind TEXT NOT NULL,  -- 'queue' (paused) or 'name' (disabled)
+    name TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 """
 
 
@@ -98,6 +103,17 @@ class Journal:
             except Exception as exc:  # a damaged row must not stop the others
                 log.error("journal: task %s could not be read back: %s", tid, exc)
         return specs, fns
+
+    def set_hold(self, kind: str, name: str, on: bool) -> None:
+        """A paused queue (kind 'queue') or disabled task name (kind 'name'), kept at once:
+        a restarted ventilator must not run what an operator held back."""
+        if on:
+            self.db.execute("INSERT OR IGNORE INTO holds VALUES (?, ?)", (kind, name))
+        else:
+            self.db.execute("DELETE FROM holds WHERE kind = ? AND name = ?", (kind, name))
+
+    def holds(self, kind: str) -> set[str]:
+        return {n for (n,) in self.db.execute("SELECT name FROM holds WHERE kind = ?", (kind,))}
 
     def prune_functions(self, keep: Iterable[bytes]) -> None:
         keep = set(keep)

@@ -91,7 +91,7 @@ class WorkerMessages(_Base):
         elif cmd == P.SPAWN:
             req = h.get("req")
             try:
-                self._on_submit(ident, msg)
+                self._on_submit(ident, msg, self.wsock)
             finally:  # the worker keeps a follow-up until we say we have it (or refused it)
                 if type(req) is int:
                     self._make_durable()

@@ -106,6 +106,8 @@ class Ventilator(WorkerMessages, Node):
         self.journal = Journal(path)
         self.history = History(self.journal.db, self.history_retention)
         self.scheduler = Scheduler(self.journal.db)
+        self.dispatch.paused |= self.journal.holds("queue")
+        self.dispatch.disabled |= self.journal.holds("name")
         specs, fns = self.journal.load()
         self.fns.update(fns)
         self._journaled_fns.update(fns)
@@ -242,8 +244,9 @@ class Ventilator(WorkerMessages, Node):
         if self.journal is not None and self.journal.dirty:
             self.journal.commit()
 
-    def _on_submit(self, ident: bytes, msg: P.Message) -> list[str]:
-        """Accept a batch; the id each task goes by (a de-duplicated one: the existing task)."""
+    def _on_submit(self, ident: bytes, msg: P.Message, sock: Optional[zmq.Socket] = None) -> list[str]:
+        """Accept a batch; the id each task goes by (a de-duplicated one: the existing task).
+        ``sock``: where the sender is (clients; a worker's SPAWN comes on the workers socket)."""
         tasks, fns = P.unpack_tasks(msg)
         for digest, frame in fns.items():
             self.fns[digest] = frame
@@ -259,7 +262,7 @@ class Ventilator(WorkerMessages, Node):
                 continue
             ids.append(self._accept(spec, ident))
         if missing:
-            self._send(self.clients, ident, P.pack(P.REJECT, {
+            self._send(sock if sock is not None else self.clients, ident, P.pack(P.REJECT, {
                 "ids": missing, "code": "unknown-function",
                 "msg": "the ventilator does not hold this function (it restarted?): send it again"}))
         return ids

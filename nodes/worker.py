@@ -297,6 +297,9 @@ class Worker(Node):
                 self.spawned_bytes -= _size(frames)
         elif cmd == P.ERROR:
             log.warning("ventilator refused a message: %s", msg.header.get("msg"))
+        elif cmd == P.REJECT:  # a follow-up task it could not take
+            self.counters["spawn_rejected"] += 1
+            log.warning("ventilator refused follow-up task(s) %s: %s", msg.header.get("ids"), msg.header.get("msg"))
         elif cmd != P.HEARTBEAT:
             raise ProtocolError(f"the ventilator may not send {cmd.decode()}")
 

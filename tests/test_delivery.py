@@ -156,3 +156,25 @@ def test_future_result_timeout_returns_on_time(client):
         fut.result(timeout=0.3)
     assert time.monotonic() - t0 < 1.2
     assert fut.result(timeout=20) == 4
+
+
+def test_journal_keeps_paused_queues_and_disabled_names_across_a_restart(make_cluster, make_client, tmp_path):
+    journal = str(tmp_path / "journal.db")
+    cluster = make_cluster(workers=1, executor="thread", ventilator_args=["--journal", journal])
+    client = make_client(cluster)
+    name = "tests.test_delivery.die_every_time"
+    client.pause("held-queue")
+    client.disable_task(name)
+    cluster.restart("ventilator")  # SIGKILL: what an operator held back stays held
+    status = client.stats()["ventilator"]
+    assert status["queues"]["held-queue"]["paused"] and name in status["disabled"]
+    cluster.add_worker(["--queue", "held-queue"], wait=True)
+    fut = client.submit_task(slow_square, (3, 0.0), queue="held-queue")
+    wait_for(lambda: client.get_status(fut.task_id) is zq.TaskState.PAUSED, what="held")
+    client.resume("held-queue")
+    client.enable_task(name)
+    assert fut.result(timeout=30) == 9
+    cluster.restart("ventilator")
+    status = client.stats()["ventilator"]
+    assert "held-queue" not in status["queues"] or not status["queues"]["held-queue"]["paused"]
+    assert name not in status["disabled"]
