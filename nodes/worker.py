@@ -42,7 +42,7 @@ from zq.errors import ProtocolError
 from zq.options import retry_delay
 from zq.policy import Policy, load_policies
 from zq.protocol import TaskSpec
-from zq.serialize import MULTI, args_from_blob
+from zq.serialize import args_from_blob
 
 from .common import HOST, Node, SinkLink, result_row
 from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
@@ -375,9 +375,7 @@ class Worker(Node):
             if comp[8] is not None and state is TaskState.SUCCESS:
                 self._continue(spec, comp[8])
                 continue
-            payload = comp[3]
-            if type(payload) is bytes and payload.startswith(MULTI):  # from a process: frames again
-                payload = args_from_blob(payload)
+            payload = args_from_blob(comp[3])  # a blob (from a process's pipe) becomes frames again
             row = result_row(spec, state, error, worker=self.id, started_at=comp[4], finished_at=comp[5],
                              run_seconds=run, pid=comp[7], payload=payload)
             self._complete(spec, state, error, row)

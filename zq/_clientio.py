@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("zq.client")
 
 FINISHED_MEMORY = 100_000
-_STATES = STATE_OF
 
 
 class ClientIO:
@@ -318,7 +317,7 @@ class ClientIO:
 
     def _on_results(self, rows: list[ResultRow]) -> None:
         settled = []
-        states = _STATES
+        states = STATE_OF
         with self._lock:
             finished = self._finished
             for r in rows:

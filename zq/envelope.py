@@ -124,10 +124,7 @@ class Result:
     @property
     def value(self) -> Any:
         if self._value is _MISSING:
-            if not self.payload:
-                v: Any = None
-            else:
-                v = loads_value(self.payload, f"result of task {self.task_id}")
+            v = loads_value(self.payload, f"result of task {self.task_id}")  # b"": None
             object.__setattr__(self, "_value", v)
         return self._value
 

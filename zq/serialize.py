@@ -79,9 +79,16 @@ def pack_value(value: Any, what: str = "result") -> "bytes | ArgFrames":
     wrapped = _out_of_band(value)
     if wrapped is None:
         return dumps(value, what)
+    return _pickle_out_of_band(wrapped, True, what)
+
+
+def _pickle_out_of_band(obj: Any, plain: bool, what: str) -> "ArgFrames":
+    """``obj`` (holding ``_OutOfBand`` wrappers) as the pickle stream plus one frame per
+    buffer; ``plain``: nothing else in it needs cloudpickle."""
     bufs: list = []
     try:
-        data = pickle.dumps(wrapped, protocol=5, buffer_callback=bufs.append)
+        dump = pickle.dumps if plain else cloudpickle.dumps
+        data = dump(obj, protocol=5, buffer_callback=bufs.append)
     except Exception as exc:
         raise SerializationError(f"{what} could not be pickled: {type(exc).__name__}: {exc}") from exc
     return ArgFrames([data, *(b.raw() for b in bufs)])
@@ -155,18 +162,10 @@ def _pack_out_of_band(args: tuple, kwargs: dict) -> "ArgFrames | None":
     wrapped_args = tuple(_out_of_band(x) or x for x in args)
     wrapped_kw = {k: _out_of_band(v) or v for k, v in kwargs.items()}
     wrapped = (wrapped_args, wrapped_kw) if kwargs or _ambiguous(args) else wrapped_args
-    bufs: list = []
     rest = [x for x in (*wrapped_args, *wrapped_kw.values()) if type(x) is not _OutOfBand]
     if len(rest) == len(args) + len(kwargs):
         return None  # no buffer large enough
-    try:
-        if _is_plain(rest):
-            data = pickle.dumps(wrapped, protocol=5, buffer_callback=bufs.append)
-        else:
-            data = cloudpickle.dumps(wrapped, protocol=5, buffer_callback=bufs.append)
-    except Exception as exc:
-        raise SerializationError(f"task arguments could not be pickled: {type(exc).__name__}: {exc}") from exc
-    return ArgFrames([data, *(b.raw() for b in bufs)])
+    return _pickle_out_of_band(wrapped, _is_plain(rest), "task arguments")
 
 
 def pack_args(args: tuple, kwargs: dict, oob: bool = False) -> "bytes | ArgFrames":
