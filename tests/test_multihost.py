@@ -27,7 +27,7 @@ import pytest
 
 from zq.security import generate
 
-from .netns import LineReader, NsNodeProcess, VirtualNet, unavailable_reason
+from bench.netns import LineReader, NsNodeProcess, VirtualNet, unavailable_reason
 
 pytestmark = pytest.mark.timeout(60)
 

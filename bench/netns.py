@@ -1,4 +1,4 @@
-"""A small virtual network of Linux network namespaces, for multi-host tests.
+"""A small virtual network of Linux network namespaces, for multi-host tests and nemesis runs.
 
     ┌──────── zqmh-SFX-br (namespace) ────────┐
     │  bridge zbSFX ── zbSFXvent ── veth ─────┼──▶ zqmh-SFX-vent    znSFXvent 10.231.X.1
