@@ -203,7 +203,7 @@ class Run:
     def _restart_when_gone(self, name: str, delay: float) -> None:
         n = self.nodes[name]
         if n.alive():
-            self.at(0.2, f"restart {name}", lambda: self._restart_when_gone(name, delay))
+            self.at(0.2, "", lambda: self._restart_when_gone(name, delay))
             return
         self.at(delay, f"restart {name}", lambda: self._restarted(name))
 
@@ -238,7 +238,7 @@ class Run:
                 return
         self.faults[kind] += 1
         self.active += 1
-        log.info("t=%5.1fs fault %s on %s", time.monotonic() - self.t0, kind, target)
+        self.timeline(f"fault {kind} on {target}")
         if kind in ("worker-kill", "sink-kill", "vent-kill"):
             self._sig(target, signal.SIGKILL)
             self._restart_when_gone(target, rng.uniform(0.1, 2.0))
@@ -260,6 +260,12 @@ class Run:
             self.start_client()
             self.active -= 1
 
+    def timeline(self, what: str) -> None:
+        """Log a fault or a heal, and keep it in faults.log (wall clock, as the records)."""
+        log.info("t=%5.1fs %s", time.monotonic() - self.t0, what)
+        with open(os.path.join(self.dir, "faults.log"), "a") as f:
+            f.write(f"{time.time():.3f} {what}\n")
+
     def _link_up(self, host: str) -> None:
         self.net.link_up(host)
         self.active -= 1
@@ -279,6 +285,8 @@ class Run:
             now = time.monotonic()
             while self.events and self.events[0][0] <= now:
                 _, _, what, action = heapq.heappop(self.events)
+                if what:
+                    self.timeline(what)
                 action()
             for n in self.nodes.values():
                 self._note_death(n)

@@ -9,7 +9,7 @@
 Every record is a line appended to a file of the run's directory (``O_APPEND``
 writes of one line, so concurrent writers never interleave within a line):
 
-    exec.log       "TASK_ID ATTEMPT PID" each time the task body starts (workers)
+    exec.log       "TASK_ID ATTEMPT PID TIME" each time the task body starts (workers)
     done.log       one JSON object each time the sink's on_done fires (RecordResults)
     submitted-TAG  "SEQ TASK_ID" once ``submit`` returned, in submission order
     results-TAG    "TASK_ID ok VALUE" / "TASK_ID err TYPE" as futures resolve;
@@ -60,7 +60,7 @@ def work(i: int, directory: str, seconds: float) -> int:
     """The task: log that it runs, take ``seconds``, return ``expected(i)``."""
     ctx = zq.current_task()
     tid, attempt = (ctx.task_id, ctx.attempt) if ctx is not None else ("?", 0)
-    _append(os.path.join(directory, "exec.log"), f"{tid} {attempt} {os.getpid()}\n")
+    _append(os.path.join(directory, "exec.log"), f"{tid} {attempt} {os.getpid()} {time.time():.3f}\n")
     if seconds > 0:
         time.sleep(seconds)  # sleep-ok: the task's work
     return expected(i)
