@@ -21,7 +21,7 @@ import collections
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import zmq
 
@@ -48,6 +48,7 @@ class ClientIO:
     _futures: dict[str, "TaskFuture"]
     _unfinished: dict[str, TaskSpec]
     _requests: dict[int, concurrent.futures.Future]
+    _req_ids: Iterator[int]
 
     def _io_main(self) -> None:
         ctx = zmq.Context()
@@ -182,7 +183,7 @@ class ClientIO:
         is only bookkeeping (``_cancel_reqs``): nobody waits for it."""
         for i in range(0, len(ids), 10000):
             part = ids[i:i + 10000]
-            req = next(self._req_ids)  # type: ignore[attr-defined]
+            req = next(self._req_ids)
             self._cancel_reqs[req] = part
             self._cancelling.update(dict.fromkeys(part))
             self._send(self.vsock, "ventilator", P.pack(P.REQUEST, {"req": req, "op": "cancel", "ids": part}))
@@ -247,7 +248,7 @@ class ClientIO:
             info["backoff"] = self.config.heartbeat_interval
             if info.get("warned"):
                 info["warned"] = False
-                log.warning("%s at %s answers again", node, info["endpoint"])
+                log.info("%s at %s answers again", node, info["endpoint"])
             info["heard"] = True
             try:
                 self._on_message(node, P.unpack(frames))
