@@ -407,14 +407,16 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
         return {"ventilator": self._request("ventilator", "stats", {}),
                 "sink": self._request("sink", "stats", {})}
 
-    def _cancel_later(self, ids: Sequence[str]) -> None:
+    def _cancel_later(self, futs: Sequence[TaskFuture]) -> None:
         """Futures cancelled here (``TaskFuture.cancel``): forget them (a result that still
         arrives is acknowledged, not delivered) and have the IO thread ask the ventilator to
         drop or stop their tasks.  Never waits; callable from the IO thread."""
         with self._lock:
-            for tid in ids:
-                self._futures.pop(tid, None)
-                self._unfinished.pop(tid, None)  # not to be submitted again
+            for f in futs:
+                tid = f.task_id
+                if self._futures.get(tid) is f:
+                    del self._futures[tid]
+                    self._unfinished.pop(tid, None)  # not to be submitted again
                 self._outbox.append(("cancel", tid))
         self._waker.wake()
 

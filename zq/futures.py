@@ -66,7 +66,7 @@ class TaskFuture(concurrent.futures.Future):
         if not self._cancel_local():
             return False
         if self._client is not None:
-            self._client._cancel_later([self.task_id])
+            self._client._cancel_later([self])
         return True
 
     def _cancel_local(self) -> bool:
@@ -214,17 +214,18 @@ class GroupFuture(concurrent.futures.Future):
                 pass
 
     def cancel(self) -> bool:
-        """Cancel the group and every member (without waiting for the cluster); False if
-        the group had finished (a failed member finishes it)."""
-        if not super().cancel():  # before the members: their callbacks must not finish the group
-            return False
-        try:
-            self.set_running_or_notify_cancel()
-        except RuntimeError:
-            pass
+        """Cancel the group and its unfinished members (without waiting for the cluster);
+        False if the group had finished (a failed member finishes it: the members still
+        running are cancelled all the same)."""
+        ok = super().cancel()  # before the members: their callbacks must not finish the group
+        if ok:
+            try:
+                self.set_running_or_notify_cancel()
+            except RuntimeError:
+                pass
         for m in self.members:
             m.cancel()
-        return True
+        return ok
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
