@@ -418,7 +418,8 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
                     del self._futures[tid]
                     self._unfinished.pop(tid, None)  # not to be submitted again
                 self._outbox.append(("cancel", tid))
-        self._waker.wake()
+        if not self._stop_io:  # after shutdown the waker's descriptors are closed
+            self._waker.wake()
 
     def _cancel_futures(self, futs: Sequence[TaskFuture]) -> list[bool]:
         """``cancel(task_id)``: one round trip; True for each task that will not run."""
