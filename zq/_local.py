@@ -19,7 +19,7 @@ from .policy import run_hooks
 from .options import retry_delay
 from .protocol import TaskSpec
 from .runner import execute
-from .serialize import args_blob, loads, loads_args
+from .serialize import args_blob, loads
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
@@ -30,18 +30,16 @@ def run_locally(client: "Client", fn: Callable, args: tuple, kwargs: dict, spec:
     stack), then the follow-ups it (and they, in turn) queued, in the order queued."""
     fut = TaskFuture(spec.task_id, client)
     follow_ups: collections.deque[tuple] = collections.deque()
-    result = _run_chain(client, fut, fn, args, kwargs, spec, follow_ups)
+    result = _run_chain(client, fut, fn, spec, follow_ups)  # (args and kwargs are in spec.args)
     while follow_ups:  # a work list, not recursion: follow-ups of follow-ups need no stack
         _, row, fn_data, arg_bytes = follow_ups.popleft()
-        a, kw = loads_args(arg_bytes)
         child = TaskSpec.from_row(row, arg_bytes)
-        _run_chain(client, TaskFuture(child.task_id, client), loads(fn_data, "task function"), a, kw,
-                   child, follow_ups)
+        _run_chain(client, TaskFuture(child.task_id, client), loads(fn_data, "task function"), child, follow_ups)
     settle(fut, result)  # last: everything it started locally has run when its caller hears of it
     return fut
 
 
-def _run_chain(client: "Client", fut: TaskFuture, fn: Callable, args: tuple, kwargs: dict, spec: TaskSpec,
+def _run_chain(client: "Client", fut: TaskFuture, fn: Callable, spec: TaskSpec,
                follow_ups: "collections.deque[tuple]") -> Result:
     """Run one task and each continuation it returns (a returned ``zq.Call`` or the next link
     of a chain: same id, as the cluster would), retrying as a worker would; queue the
@@ -69,7 +67,6 @@ def _run_chain(client: "Client", fut: TaskFuture, fn: Callable, args: tuple, kwa
         # a continuation (returned zq.Call or a chain): go on here, as the cluster would
         name, _digest, fn_bytes, arg_bytes, queue, then = cont
         fn = loads(fn_bytes, "task function")
-        args, kwargs = loads_args(arg_bytes)
         spec = TaskSpec(spec.task_id, name, queue or spec.queue, spec.digest, spec.client, spec.retain,
                         spec.retries, spec.timeout, spec.submitted_at, spec.attempt,
                         opts=dict(spec.opts or {}, then=then), args=arg_bytes)
