@@ -43,11 +43,12 @@ class WorkerInfo:
 
 
 class TaskRecord:
-    __slots__ = ("spec", "state", "worker", "client", "progress")
+    __slots__ = ("spec", "state", "worker", "client", "progress", "progress_first")
 
     def __init__(self, spec: TaskSpec, client: bytes) -> None:
         self.spec = spec
         self.state = TaskState.UNKNOWN
         self.worker: Optional[bytes] = None
         self.client = client
-        self.progress: Optional[list] = None  # [done, total, message, time]
+        self.progress: Optional[list] = None  # [done, total, message, time, eta]
+        self.progress_first: Optional[tuple[float, float]] = None  # the ETA's baseline

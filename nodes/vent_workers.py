@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from zq import protocol as P
+from zq.context import progress_eta
 from zq.envelope import STATE_OF, ErrorInfo, TaskState
 from zq.errors import ProtocolError
 
@@ -119,8 +120,9 @@ class WorkerMessages(_Base):
             if not (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)):
                 raise ProtocolError("PROGRESS rows are [id, done, total, message, time]")
             rec = self.tasks.get(row[0])
-            if rec is not None:
-                rec.progress = row[1:]
+            if rec is not None:  # kept with its ETA for get_progress from any client
+                rec.progress_first, eta = progress_eta(rec.progress_first, row[1], row[2], row[4])
+                rec.progress = [*row[1:], eta]
                 if rec.spec.client:  # scheduled and follow-up tasks may have no one waiting
                     by_client.setdefault(rec.spec.client.encode(), []).append(row)
         for client, prows in by_client.items():

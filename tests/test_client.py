@@ -416,12 +416,23 @@ def test_cancel_running_task_in_process_executor_by_future(start, make_client, t
     _cancel_running_process_task(start, make_client, tmp_path, lambda c, f: f.cancel())
 
 
-def test_cancel_running_task_in_thread_executor_says_false(client, tmp_path):
+def test_cancel_running_task_in_thread_executor_cancels_the_future_only(client, tmp_path):
+    """As concurrent.futures: ``fut.cancel()`` cancels the future at once.  A task running in
+    a thread cannot be stopped (``client.cancel(id)`` says so): it runs to its end, and its
+    result neither brings the future back nor stays unacknowledged at the sink."""
     started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
     fut = client.submit(gated, gate, "done", started)
     wait_for(lambda: os.path.exists(started), 10, "the task to start")
     wait_for(lambda: client.get_status(fut.task_id) is zq.TaskState.RUNNING, 10, "status RUNNING")
-    assert fut.cancel() is False  # a thread cannot be stopped: it will run to its end
-    assert not fut.cancelled()
+    assert fut.cancel() is True
+    assert fut.cancelled() and fut.done()
+    assert client.cancel(fut.task_id) is False  # the ventilator: it will run to its end
     touch(gate)
-    assert fut.result(timeout=10) == "done"
+    wait_for(lambda: client.get_status(fut.task_id) is zq.TaskState.SUCCESS, 10, "the task to finish")
+    # the result reached this client (it acknowledged it) and was not delivered to the future
+    wait_for(lambda: client.stats()["sink"]["awaiting_ack"] == 0, 10, "the sink to get the result's ACK",
+             show=lambda: client.stats()["sink"])
+    assert fut.cancelled()
+    with pytest.raises(cf.CancelledError):
+        fut.result(timeout=0)
+    assert client.submit(square, 3).result(timeout=10) == 9  # the client goes on as before

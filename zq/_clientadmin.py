@@ -78,13 +78,17 @@ class AdminMixin:
         return self._request("ventilator", "registry", {})
 
     def get_progress(self, task_id: str) -> Optional[Progress]:
-        """The latest progress a running task reported (None if none, or not running)."""
+        """The latest progress a running task reported (None if none, or not running), with
+        its ETA; from any client (the ventilator keeps it)."""
         fut = self._futures.get(task_id) if hasattr(self, "_futures") else None  # type: ignore[attr-defined]
         if fut is not None and fut.progress is not None:
             return fut.progress
         row = self._request("ventilator", "progress", {"ids": [task_id]})[0]
         if row is None:
             return None
-        done, total, message, ts = row
-        return Progress(done, total, message, ts, None)
+        # [done, total, message, time, eta]: the ventilator estimates the ETA as the task's
+        # client does, from the reports it saw (an older ventilator sends no ETA)
+        done, total, message, ts = row[:4]
+        eta = row[4] if len(row) > 4 and isinstance(row[4], (int, float)) else None
+        return Progress(done, total, message, ts, eta)
 

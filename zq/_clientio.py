@@ -21,13 +21,13 @@ import collections
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import zmq
 
 from . import protocol as P
 from ._sockets import LinkMonitor, dealer, recv_now, send_now
-from .context import Progress, estimate_eta
+from .context import Progress, progress_eta
 from .envelope import STATE_OF, TaskState
 from .errors import NodeUnreachable, SerializationError, ZqError
 from .futures import settle_row
@@ -48,6 +48,7 @@ class ClientIO:
     _futures: dict[str, "TaskFuture"]
     _unfinished: dict[str, TaskSpec]
     _requests: dict[int, concurrent.futures.Future]
+    _req_ids: Iterator[int]
 
     def _io_main(self) -> None:
         ctx = zmq.Context()
@@ -59,15 +60,21 @@ class ClientIO:
             ctx.destroy(0)
             return
         self._ready.set()
+        linger = 0
         try:
             self._io_loop()
+            # what shutdown queued last (cancels of pending tasks) still goes out
+            self._send_outbox()
+            self._flush_backlog()
+            if self._cancelling:
+                linger = 500  # ms: let the cancels reach a ventilator that is there
         except Exception:
             log.exception("zq client IO thread failed")
             self._fail_all(ZqError("the client's IO thread failed; see the log"))
         finally:
             for mon in self._monitors.values():
                 mon.close()
-            self.vsock.close(0)
+            self.vsock.close(linger)
             self.ssock.close(0)
             ctx.destroy(0)
 
@@ -88,6 +95,10 @@ class ClientIO:
         self._sent_fns: set[bytes] = set()
         self._backlog: dict[str, collections.deque[list]] = {
             "ventilator": collections.deque(), "sink": collections.deque()}
+        #: ids of futures cancelled here whose cancel the ventilator has not answered yet
+        #: (sent again to a ventilator that restarted), and the requests carrying them
+        self._cancelling: dict[str, None] = {}
+        self._cancel_reqs: dict[int, list[str]] = {}
 
     def _connect(self, node: str) -> zmq.Socket:
         s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode(), keys=self._keys, server=node)
@@ -136,14 +147,24 @@ class ClientIO:
 
     def _send_outbox(self) -> None:
         tasks: list[TaskSpec] = []
+        cancels: list[str] = []
         while self._outbox:
             item = self._outbox.popleft()
             if isinstance(item, TaskSpec):
+                if cancels:
+                    self._send_cancels(cancels)
+                    cancels = []
                 tasks.append(item)
                 continue
             if tasks:  # keep the caller's order: a cancel right after a submit follows it
                 self._send_tasks(tasks)
                 tasks = []
+            if item[0] == "cancel":  # consecutive cancels (a group, shutdown) as one request
+                cancels.append(item[1])
+                continue
+            if cancels:
+                self._send_cancels(cancels)
+                cancels = []
             if item[0] == "request":
                 _, node, header = item
                 sock = self.vsock if node == "ventilator" else self.ssock
@@ -154,6 +175,18 @@ class ClientIO:
                 self._send_tasks([item[2]], req=item[1])
         if tasks:
             self._send_tasks(tasks)
+        if cancels:
+            self._send_cancels(cancels)
+
+    def _send_cancels(self, ids: list[str]) -> None:
+        """Ask the ventilator to cancel ``ids`` (futures already cancelled here); its answer
+        is only bookkeeping (``_cancel_reqs``): nobody waits for it."""
+        for i in range(0, len(ids), 10000):
+            part = ids[i:i + 10000]
+            req = next(self._req_ids)
+            self._cancel_reqs[req] = part
+            self._cancelling.update(dict.fromkeys(part))
+            self._send(self.vsock, "ventilator", P.pack(P.REQUEST, {"req": req, "op": "cancel", "ids": part}))
 
     def _send_tasks(self, tasks: list[TaskSpec], force_fns: bool = False, req: Optional[int] = None) -> None:
         """SUBMIT ``tasks`` in as few messages as the size limit allows."""
@@ -213,6 +246,10 @@ class ClientIO:
                 return
             info["last_recv"] = time.monotonic()
             info["backoff"] = self.config.heartbeat_interval
+            if info.get("warned"):
+                info["warned"] = False
+                log.info("%s at %s answers again", node, info["endpoint"])
+            info["heard"] = True
             try:
                 self._on_message(node, P.unpack(frames))
             except Exception as exc:
@@ -228,6 +265,18 @@ class ClientIO:
             self._send(self.ssock, "sink", P.pack(P.ACK, {"ids": [r.task_id for r in rows]}))
         elif cmd == P.REPLY:
             req = msg.header.get("req")
+            cancelled = self._cancel_reqs.pop(req, None) if type(req) is int else None
+            if cancelled is not None:
+                answers = msg.header.get("data") if msg.header.get("ok") else None
+                if not isinstance(answers, list) or len(answers) != len(cancelled):
+                    log.warning("the ventilator did not cancel %d task(s): %s", len(cancelled),
+                                msg.header.get("error"))
+                    answers = [""] * len(cancelled)
+                for tid, answer in zip(cancelled, answers):
+                    self._cancelling.pop(tid, None)
+                    if answer == "canceled":
+                        self._remember(tid, TaskState.CANCELED)
+                return
             with self._lock:
                 fut = self._requests.pop(req, None)
             if fut is None:
@@ -295,14 +344,20 @@ class ClientIO:
                 pass
         self._node_restarted("ventilator")
 
-    def _node_restarted(self, node: str) -> None:
+    def _node_restarted(self, node: str, quiet: bool = False) -> None:
+        """Send ``node`` again what it may have lost: it restarted or our connection (and
+        what was queued on it) was replaced.  ``quiet``: a reconnection to a node that is not
+        answering, where the resend is routine (logged once by ``_tick``)."""
         if node == "ventilator":
             self._sent_fns.clear()
             with self._lock:
                 specs = list(self._unfinished.values())
             if specs:
-                log.warning("submitting %d unfinished task(s) again", len(specs))
+                (log.debug if quiet else log.warning)("submitting %d unfinished task(s) again", len(specs))
             self._send_tasks(specs)
+            self._cancel_reqs.clear()  # their answers will not come: ask again
+            if self._cancelling:
+                self._send_cancels(list(self._cancelling))
         else:
             self._send(self.ssock, "sink", P.pack(P.HELLO, {"client": self.id}))
             self._rewatch()
@@ -334,17 +389,19 @@ class ClientIO:
 
     def _set_progress(self, fut: "TaskFuture", row: Sequence[Any]) -> None:
         """``row``: [task id, done, total, message, time] as a task reported it."""
-        _, done, total, message, ts = row
-        if fut._progress_first is None:
-            fut._progress_first = (ts, done)
-        t0, d0 = fut._progress_first
-        eta = estimate_eta(done - d0, total - d0, t0, ts) if ts > t0 else None
+        _, done, total, message, ts = row[:5]
+        fut._progress_first, eta = progress_eta(fut._progress_first, done, total, ts)
         fut.progress = Progress(done, total, message, ts, eta)
 
     def _forget(self, task_id: str, state: TaskState) -> None:
         with self._lock:
             self._futures.pop(task_id, None)
             self._unfinished.pop(task_id, None)
+        self._remember(task_id, state)
+
+    def _remember(self, task_id: str, state: TaskState) -> None:
+        """The final state of a task of ours, for ``get_status`` without a round trip."""
+        with self._lock:
             self._finished[task_id] = state
             if len(self._finished) > FINISHED_MEMORY:
                 self._finished.popitem(last=False)
@@ -370,14 +427,21 @@ class ClientIO:
                 continue
             if now >= info.get("reconnect_at", 0.0):
                 # Paranoid Pirate: a fresh socket, then wait longer (capped) before the next
-                log.info("%s at %s silent for %.1fs: reconnecting", node, info["endpoint"], silent)
+                if info.get("warned"):
+                    log.debug("%s at %s silent for %.1fs: reconnecting", node, info["endpoint"], silent)
+                else:  # once per silence, whatever the number of reconnections
+                    info["warned"] = True
+                    what = ("has not answered since the client started (wrong endpoint, or not running?)"
+                            if not info.get("heard") else f"silent for {silent:.1f}s")
+                    log.warning("%s at %s %s: reconnecting; pending tasks fail with NodeUnreachable "
+                                "after %gs", node, info["endpoint"], what, self.unreachable_timeout)
                 info["reconnect_at"] = now + info["backoff"]
                 info["backoff"] = min(info["backoff"] * 2, 30.0)
                 old = getattr(self, sock_attr)
                 self.poller.unregister(old)
                 old.close(0)  # drops what was still queued on it: hence the resend below
                 setattr(self, sock_attr, self._connect(node))
-                self._node_restarted(node)
+                self._node_restarted(node, quiet=True)
             if silent > self.unreachable_timeout and (self._futures or self._requests):
                 self._fail_all(NodeUnreachable(
                     f"the {node} at {info['endpoint']} has been unreachable for {silent:.0f}s "

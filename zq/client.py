@@ -358,9 +358,8 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
                     else:
                         yield from value
             finally:
-                pending = [f for f in futs if not f.done()]
-                if pending:
-                    self._cancel_futures(pending)
+                for f in futs:  # as Executor.map: the calls not awaited are cancelled
+                    f.cancel()
 
         return results()
 
@@ -393,7 +392,10 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
         return ResultRow(row, payload).to_result()
 
     def cancel(self, task_id: str) -> bool:
-        """Cancel a task by id; True if it will not run (or was stopped while running)."""
+        """Cancel a task by id; True if it will not run (or was stopped while running).
+
+        Unlike ``TaskFuture.cancel()`` this asks the ventilator and waits for its answer
+        (and, for a task it is stopping in a process executor, for the outcome)."""
         with self._lock:
             fut = self._futures.get(task_id)
         if fut is not None:
@@ -405,7 +407,22 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
         return {"ventilator": self._request("ventilator", "stats", {}),
                 "sink": self._request("sink", "stats", {})}
 
+    def _cancel_later(self, futs: Sequence[TaskFuture]) -> None:
+        """Futures cancelled here (``TaskFuture.cancel``): forget them (a result that still
+        arrives is acknowledged, not delivered) and have the IO thread ask the ventilator to
+        drop or stop their tasks.  Never waits; callable from the IO thread."""
+        with self._lock:
+            for f in futs:
+                tid = f.task_id
+                if self._futures.get(tid) is f:
+                    del self._futures[tid]
+                    self._unfinished.pop(tid, None)  # not to be submitted again
+                self._outbox.append(("cancel", tid))
+        if not self._stop_io:  # after shutdown the waker's descriptors are closed
+            self._waker.wake()
+
     def _cancel_futures(self, futs: Sequence[TaskFuture]) -> list[bool]:
+        """``cancel(task_id)``: one round trip; True for each task that will not run."""
         if not futs:
             return []
         try:
@@ -451,37 +468,47 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
 
     # -- shutdown ---------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop submitting; optionally cancel pending tasks; wait; close; stop an embedded cluster."""
+        """Stop submitting; optionally cancel this client's pending tasks; wait for the
+        others (a node unreachable for ``unreachable_timeout`` fails them, as always); close;
+        stop an embedded cluster.  ``future_for`` watches of other clients' tasks are not
+        waited for: they fail with ``ClientClosed``."""
         with self._lock:
             already = self._closed
             self._closed = True
         if already and self._stop_io:
             return
+        with self._lock:  # the tasks this client submitted (not future_for watches)
+            own = [f for tid, f in self._futures.items() if tid in self._unfinished]
         if cancel_futures:
-            with self._lock:
-                pending = [f for f in self._futures.values() if not f.done()]
-            if pending and self._thread.is_alive():
-                self._cancel_futures(pending)
+            for f in own:
+                f.cancel()  # sent by the IO thread before it stops
         if wait:
-            with self._lock:
-                pending = list(self._futures.values())
-            concurrent.futures.wait(pending)
+            self._wait_for(own)
         self._stop_io = True
         self._waker.wake()
         self._thread.join(10.0)
         with self._lock:
-            left = list(self._futures.values())
+            left = list(self._futures.items())
             self._futures.clear()
-        for f in left:
+            mine = set(self._unfinished)
+        for tid, f in left:
             if not f.done():
+                why = "" if tid in mine else " (shutdown waits only for this client's own tasks)"
                 try:
-                    f.set_exception(ClientClosed(f"client shut down before task {f.task_id} finished"))
+                    f.set_exception(ClientClosed(f"client shut down before task {tid} finished{why}"))
                 except concurrent.futures.InvalidStateError:
                     pass
         self._waker.close()
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
+
+    def _wait_for(self, futs: list[TaskFuture]) -> None:
+        """Wait for ``futs``: they finish, or the IO thread fails them (a node unreachable
+        for ``unreachable_timeout``), or the IO thread is gone (nothing can finish them)."""
+        pending = set(futs)
+        while pending and self._thread.is_alive():
+            pending = concurrent.futures.wait(pending, timeout=1.0).not_done
 
     def close(self) -> None:
         self.shutdown(wait=False)

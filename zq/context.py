@@ -48,6 +48,20 @@ def estimate_eta(done: float, total: float, started: float, now: float) -> Optio
     return max(0.0, (total - done) / rate) if rate > 0 else None
 
 
+def progress_eta(first: Optional[tuple[float, float]], done: Any, total: Any,
+                 ts: Any) -> tuple[Optional[tuple[float, float]], Optional[float]]:
+    """The ETA of a progress report from the rate since the first one, and the baseline to
+    keep (``first``: that report's time and ``done``).  The task's client and the ventilator
+    (``get_progress`` from any client) both estimate this way.  A report going backwards (a
+    re-run) starts a new baseline; reports that are not numbers give no ETA."""
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (done, total, ts)):
+        return first, None
+    if first is None or done < first[1] or ts < first[0]:
+        first = (float(ts), float(done))
+    t0, d0 = first
+    return first, (estimate_eta(done - d0, total - d0, t0, ts) if ts > t0 else None)
+
+
 class TaskContext:
     """What a running task knows about itself and can do."""
 

@@ -53,12 +53,21 @@ class TaskFuture(concurrent.futures.Future):
         self._envelope = value
 
     def cancel(self) -> bool:
-        """Cancel the task on the cluster; True if it will not run (or was stopped)."""
-        if self.done():
-            return self.cancelled()
-        if self._client is None:
-            return super().cancel()
-        return self._client._cancel_futures([self])[0]
+        """Cancel this future at once, as ``concurrent.futures`` does, and ask the cluster
+        (without waiting) to drop the task, or stop it if it runs in a process executor.
+
+        True if the future was not done (it is now cancelled, whatever the task does: a
+        task already running in a thread runs to its end, but its result is not delivered
+        here); False if it had finished.  Never blocks: safe in a done-callback and on an
+        asyncio event loop.  ``Client.cancel(task_id)`` asks and says whether the task will
+        not run."""
+        if self.cancelled():
+            return True
+        if not self._cancel_local():
+            return False
+        if self._client is not None:
+            self._client._cancel_later([self])
+        return True
 
     def _cancel_local(self) -> bool:
         """Cancel here (no network) and notify waiters; safe to race with another thread."""
@@ -189,28 +198,34 @@ class GroupFuture(concurrent.futures.Future):
         with self._lock:
             if self.done():
                 return
-            if m.cancelled():
-                self.set_exception(concurrent.futures.CancelledError(f"group member {getattr(m, 'task_id', '')} "
-                                                                     "was cancelled"))
-                return
-            exc = m.exception()
-            if exc is not None:
-                self.set_exception(exc)
-                return
-            self._left -= 1
-            if self._left == 0:
-                self.set_result([f.result() for f in self.members])
+            try:
+                if m.cancelled():
+                    self.set_exception(concurrent.futures.CancelledError(
+                        f"group member {getattr(m, 'task_id', '')} was cancelled"))
+                    return
+                exc = m.exception()
+                if exc is not None:
+                    self.set_exception(exc)
+                    return
+                self._left -= 1
+                if self._left == 0:
+                    self.set_result([f.result() for f in self.members])
+            except concurrent.futures.InvalidStateError:  # the group was cancelled meanwhile
+                pass
 
     def cancel(self) -> bool:
+        """Cancel the group and its unfinished members (without waiting for the cluster);
+        False if the group had finished (a failed member finishes it: the members still
+        running are cancelled all the same)."""
+        ok = super().cancel()  # before the members: their callbacks must not finish the group
+        if ok:
+            try:
+                self.set_running_or_notify_cancel()
+            except RuntimeError:
+                pass
         for m in self.members:
             m.cancel()
-        if not super().cancel():
-            return False
-        try:
-            self.set_running_or_notify_cancel()
-        except RuntimeError:
-            pass
-        return True
+        return ok
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
