@@ -95,6 +95,9 @@ def test_journal_and_requeue_keep_out_of_band_arguments(make_cluster, make_clien
     failed = client.submit_task(refuse, (BIG,), {"k": bytearray(BIG)}, queue="later")
     with pytest.raises(zq.TaskFailed) as first:
         failed.result(timeout=60)
+    # the result can reach us before the ventilator hears the task is done: requeue takes
+    # a finished task, so wait for the ventilator's own record
+    wait_for(lambda: client.show_task(failed.task_id)["state"] == "FAILED", what="the ventilator saw it fail")
     again = client.future_for(client.requeue(failed.task_id))
     with pytest.raises(zq.TaskFailed) as second:
         again.result(timeout=60)
