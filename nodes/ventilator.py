@@ -260,7 +260,9 @@ class Ventilator(WorkerMessages, Node):
                 missing.append(spec.task_id)
                 ids.append(spec.task_id)
                 continue
-            ids.append(self._accept(spec, ident))
+            # a follow-up (SPAWN) belongs to its parent's client, "" (none) for a scheduled
+            # parent: never to the worker that sent it, whose routing id is no client's
+            ids.append(self._accept(spec, ident if sock is None else spec.client.encode()))
         if missing:
             self._send(sock if sock is not None else self.clients, ident, P.pack(P.REJECT, {
                 "ids": missing, "code": "unknown-function",
@@ -281,6 +283,8 @@ class Ventilator(WorkerMessages, Node):
                 self.counters["deduplicated"] += 1
                 return existing
             self.keyed[key] = spec.task_id
+        # a client's task without its own client field goes to the client that sent it;
+        # "" is "no client" (a schedule's slot and its follow-ups): recorded at the sink only
         spec.client = spec.client or ident.decode("utf-8", "replace")
         rec = self.tasks[spec.task_id] = TaskRecord(spec, ident)
         if journal and self.journal is not None:
