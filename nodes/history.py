@@ -9,6 +9,7 @@ the entry is hidden from lists but kept.
 from __future__ import annotations
 
 import collections
+import itertools
 import sqlite3
 import time
 from typing import Any, Optional
@@ -29,6 +30,9 @@ CREATE TABLE IF NOT EXISTS history (
     forgotten INTEGER DEFAULT 0, row BLOB, args BLOB
 );
 CREATE INDEX IF NOT EXISTS history_finished ON history (finished_at);
+CREATE INDEX IF NOT EXISTS history_state ON history (state, finished_at);
+CREATE INDEX IF NOT EXISTS history_queue ON history (queue, finished_at);
+CREATE INDEX IF NOT EXISTS history_name ON history (name, finished_at);
 """
 
 
@@ -47,20 +51,14 @@ def as_dict(e: Any) -> dict:
     return d
 
 
-def matches(e: dict, state: Optional[str], queue: Optional[str], name: Optional[str],
-            since: Optional[float], forgotten: bool) -> bool:
-    return ((state is None or e["state"] == state) and (queue is None or e["queue"] == queue)
-            and (name is None or e["name"] == name)
-            and (since is None or (e["finished_at"] or e["submitted_at"]) >= since)
-            and (forgotten or not e["forgotten"]))
-
-
 class History:
     def __init__(self, db: Optional[sqlite3.Connection] = None, retention: float = 7 * 86400.0) -> None:
         self.db = db
         self.retention = retention
         self.memory: collections.OrderedDict[str, list] = collections.OrderedDict()
         self.specs: collections.OrderedDict[str, TaskSpec] = collections.OrderedDict()
+        # in memory: how many entries per (state, queue, name, forgotten), so counts read no entry
+        self.groups: collections.Counter[tuple] = collections.Counter()
         if db is not None:
             db.executescript(SCHEMA)
 
@@ -74,12 +72,17 @@ class History:
                  msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
                  args_blob(spec.args) if keep_args else None))
             return
+        replaced = self.memory.get(spec.task_id)
+        if replaced is not None:
+            self._uncount(replaced)
         self.memory[spec.task_id] = e
         self.memory.move_to_end(spec.task_id)
+        self.groups[_group(e)] += 1
         if keep_args:
             self.specs[spec.task_id] = spec
         while len(self.memory) > MEMORY_LIMIT:
-            old, _ = self.memory.popitem(last=False)
+            old, gone = self.memory.popitem(last=False)
+            self._uncount(gone)
             self.specs.pop(old, None)
         while len(self.specs) > MEMORY_LIMIT // 10:
             self.specs.popitem(last=False)
@@ -111,17 +114,22 @@ class History:
             e = self.memory.get(task_id)
             if e is None:
                 return False
+            self._uncount(e)
             e[-1] = True
+            self.groups[_group(e)] += 1
             return True
         cur = self.db.execute("UPDATE history SET forgotten = 1 WHERE task_id = ?", (task_id,))
         return cur.rowcount > 0
 
-    def query(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
-              since: Optional[float] = None, forgotten: bool = False) -> list[dict]:
-        """Matching entries, newest first."""
-        if self.db is None:
-            return [d for d in map(as_dict, reversed(self.memory.values()))
-                    if matches(d, state, queue, name, since, forgotten)]
+    def _uncount(self, e: list) -> None:
+        g = _group(e)
+        self.groups[g] -= 1
+        if self.groups[g] <= 0:
+            del self.groups[g]
+
+    @staticmethod
+    def _where(state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[float],
+               forgotten: bool) -> tuple[str, list]:
         where, params = [], []
         for col, val in (("state", state), ("queue", queue), ("name", name)):
             if val is not None:
@@ -132,10 +140,40 @@ class History:
             params.append(since)
         if not forgotten:
             where.append("forgotten = 0")
-        sql = f"SELECT {','.join(COLUMNS)} FROM history"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return [as_dict(row) for row in self.db.execute(sql + " ORDER BY finished_at DESC", params)]
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
+    def count(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
+              since: Optional[float] = None, forgotten: bool = False) -> int:
+        """How many entries match (in memory, without ``since``, from per-group counts)."""
+        if self.db is None:
+            if since is None:
+                return sum(n for (st, q, nm, fg), n in self.groups.items()
+                           if (state is None or st == state) and (queue is None or q == queue)
+                           and (name is None or nm == name) and (forgotten or not fg))
+            return sum(1 for _ in self._scan(state, queue, name, since, forgotten))
+        where, params = self._where(state, queue, name, since, forgotten)
+        return self.db.execute("SELECT COUNT(*) FROM history" + where, params).fetchone()[0]
+
+    def _scan(self, state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[float],
+              forgotten: bool) -> Any:
+        """Matching in-memory entries (lists), newest first, read lazily."""
+        for e in reversed(self.memory.values()):
+            if ((state is None or e[3] == state) and (queue is None or e[2] == queue)
+                    and (name is None or e[1] == name) and (forgotten or not e[11])
+                    and (since is None or (e[5] or e[4]) >= since)):
+                yield e
+
+    def query(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
+              since: Optional[float] = None, forgotten: bool = False, offset: int = 0,
+              limit: Optional[int] = None) -> list[dict]:
+        """Matching entries, newest first, ``offset`` and ``limit`` applied."""
+        if self.db is None:
+            stop = None if limit is None else offset + limit
+            return [as_dict(e) for e in itertools.islice(self._scan(state, queue, name, since, forgotten),
+                                                         offset, stop)]
+        where, params = self._where(state, queue, name, since, forgotten)
+        sql = f"SELECT {','.join(COLUMNS)} FROM history{where} ORDER BY finished_at DESC LIMIT ? OFFSET ?"
+        return [as_dict(row) for row in self.db.execute(sql, [*params, -1 if limit is None else limit, offset])]
 
     def prune(self, now: Optional[float] = None) -> int:
         """Drop entries older than the retention (journal only; memory is bounded by count)."""
@@ -145,6 +183,5 @@ class History:
         return self.db.execute("DELETE FROM history WHERE finished_at < ?", (cutoff,)).rowcount
 
 
-def page(items: list[Any], limit: Optional[int], offset: int) -> list[Any]:
-    items = items[offset:] if offset else items
-    return items[:limit] if limit is not None else items
+def _group(e: list) -> tuple:
+    return (e[3], e[2], e[1], bool(e[11]))

@@ -33,7 +33,7 @@ import zmq
 from zq import protocol as P
 from zq._sockets import check_bind_allowed, recv_now, router, send_now
 from zq.config import Config
-from zq.envelope import ErrorInfo, TaskInfo, TaskState, can_transition
+from zq.envelope import ErrorInfo, TaskInfo, TaskState
 from zq.errors import ProtocolError
 from zq.policy import Policy, run_hooks
 from zq.protocol import TaskSpec
@@ -46,6 +46,7 @@ from .history import History
 from .journal import Journal
 from .records import TaskRecord, WorkerInfo
 from .scheduler import Scheduler
+from .tasktable import TaskTable
 from .vent_workers import WorkerMessages
 
 log = logging.getLogger("zq.ventilator")
@@ -53,6 +54,34 @@ log = logging.getLogger("zq.ventilator")
 FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
 FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
+
+
+class LoopLag:
+    """How long the loop's turns take (poll wait excluded): the longest turn of the
+    current and of the previous ``window`` seconds.  A turn is how late the loop can
+    be to anything (a heartbeat, a dispatch): ``zq status`` and dashboards watch it."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self.current = 0.0  # longest turn in this window
+        self.previous = 0.0  # longest turn in the window before
+        self.worst = 0.0  # longest turn since start
+        self.turns = 0
+        self._window_end = 0.0
+
+    def turn(self, start: float, end: float) -> None:
+        took = end - start
+        if end >= self._window_end:
+            self.previous, self.current = (self.current if end - self._window_end < self.window else 0.0), 0.0
+            self._window_end = end + self.window
+        if took > self.current:
+            self.current = took
+            if took > self.worst:
+                self.worst = took
+        self.turns += 1
+
+    def recent(self) -> float:
+        return max(self.current, self.previous)
 
 
 class Ventilator(WorkerMessages, Node):
@@ -66,8 +95,8 @@ class Ventilator(WorkerMessages, Node):
         self.policies = list(policies)
         self.history_retention = history_retention
         self._journaled_fns: set[bytes] = set()
-        self.tasks: dict[str, TaskRecord] = {}
         self.dispatch = Dispatch()
+        self.tasks = TaskTable(self._held, self._on_state, self._odd_transition)
         self.fns: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.workers: dict[bytes, WorkerInfo] = {}
         self.finished: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
@@ -79,6 +108,7 @@ class Ventilator(WorkerMessages, Node):
         self.scheduler = Scheduler()
         self._next_prune = 0.0
         self.tasks_seq = 0  # TASKS messages sent in this run (each carries its number)
+        self.lag = LoopLag()
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -133,6 +163,7 @@ class Ventilator(WorkerMessages, Node):
         next_tick = 0.0
         while not self.stopping:
             events = dict(self.poller.poll(interval_ms))
+            turn_start = time.monotonic()
             if self.wsock in events:
                 self._drain(self.wsock, self._on_worker)
             if self.clients in events:
@@ -147,6 +178,7 @@ class Ventilator(WorkerMessages, Node):
             self._make_durable()  # before any worker sees a task
             self._dispatch()
             self.sink.flush()
+            self.lag.turn(turn_start, time.monotonic())
         self._shutdown()
 
     def _drain(self, sock: zmq.Socket, handler: Any, budget: float = 0.02) -> None:
@@ -188,12 +220,19 @@ class Ventilator(WorkerMessages, Node):
 
     # -- task states ------------------------------------------------------------------
     def _set_state(self, rec: TaskRecord, new: TaskState) -> None:
-        """The one place a task changes state: checked against TRANSITIONS, reported."""
-        old = rec.state
-        if not can_transition(old, new):
-            self.counters["odd_transitions"] += 1
-            log.warning("task %s: unexpected transition %s -> %s", rec.spec.task_id, old, new)
-        rec.state = new
+        """Every state change: the task table checks it against TRANSITIONS (on the states
+        users see: PAUSED is a queued task of a paused queue or disabled name) and reports
+        it to ``on_state`` policies (``_on_state``)."""
+        self.tasks.set_state(rec, new)
+
+    def _held(self, queue: str, name: str) -> bool:
+        return queue in self.dispatch.paused or name in self.dispatch.disabled
+
+    def _odd_transition(self, rec: TaskRecord, old: TaskState, new: TaskState) -> None:
+        self.counters["odd_transitions"] += 1
+        log.warning("task %s: unexpected transition %s -> %s", rec.spec.task_id, old, new)
+
+    def _on_state(self, rec: TaskRecord, old: TaskState, new: TaskState) -> None:
         if self.policies:
             s = rec.spec
             info = TaskInfo(s.task_id, s.name, s.queue, s.attempt, retries=s.retries, timeout=s.timeout,
@@ -201,9 +240,7 @@ class Ventilator(WorkerMessages, Node):
             run_hooks(self.policies, "on_state", info, s.task_id, old, new)
 
     def shown_state(self, rec: TaskRecord) -> TaskState:
-        if rec.state is TaskState.QUEUED and rec.worker is None and self.dispatch.held_back(rec.spec):
-            return TaskState.PAUSED
-        return rec.state
+        return self.tasks.shown(rec)
 
     def shown_state_of(self, task_id: str) -> TaskState:
         rec = self.tasks.get(task_id)
@@ -286,7 +323,8 @@ class Ventilator(WorkerMessages, Node):
         # a client's task without its own client field goes to the client that sent it;
         # "" is "no client" (a schedule's slot and its follow-ups): recorded at the sink only
         spec.client = spec.client or ident.decode("utf-8", "replace")
-        rec = self.tasks[spec.task_id] = TaskRecord(spec, ident)
+        rec = TaskRecord(spec, ident)
+        self.tasks.add(rec)
         if journal and self.journal is not None:
             self.journal.put(spec)
             if spec.digest != P.BY_NAME and spec.digest not in self._journaled_fns:
@@ -294,10 +332,7 @@ class Ventilator(WorkerMessages, Node):
                 self._journaled_fns.add(spec.digest)
         now = time.monotonic()
         self.dispatch.learn(spec, now)
-        self._set_state(rec, TaskState.QUEUED)
-        if self.policies and self.dispatch.held_back(spec):  # shown PAUSED, stored QUEUED
-            self._set_state(rec, TaskState.PAUSED)
-            rec.state = TaskState.QUEUED
+        self._set_state(rec, TaskState.QUEUED)  # shown PAUSED if its queue is paused
         eta = (spec.opts or {}).get("eta")
         if isinstance(eta, (int, float)) and eta > time.time():
             self.dispatch.push_later(spec.task_id, now + (eta - time.time()))
@@ -315,7 +350,6 @@ class Ventilator(WorkerMessages, Node):
             return "canceled" if self.shown_state_of(task_id) is TaskState.CANCELED else ""
         if rec.worker is None:  # queued, paused or waiting out a retry delay
             self.dispatch.remove(rec.spec)
-            rec.state = self.shown_state(rec)  # PAUSED -> CANCELED is what happened
             self._finish(rec, TaskState.CANCELED, None)
             self.counters["canceled"] += 1
             return "canceled"
@@ -339,7 +373,7 @@ class Ventilator(WorkerMessages, Node):
         if rec.worker is not None:
             self.dispatch.finished(spec)
         self._set_state(rec, state)
-        self.tasks.pop(spec.task_id, None)
+        self.tasks.remove(rec)
         key = (spec.opts or {}).get("key")
         if key is not None and self.keyed.get(key) == spec.task_id:
             del self.keyed[key]
