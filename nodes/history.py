@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import msgpack
 
-from zq.protocol import TaskSpec
+from zq.protocol import BY_NAME, TaskSpec
 from zq.serialize import args_blob, args_from_blob
 
 MEMORY_LIMIT = 100_000
@@ -27,7 +27,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
     task_id TEXT PRIMARY KEY, name TEXT, queue TEXT, state TEXT, submitted_at REAL,
     finished_at REAL, attempts INTEGER, worker TEXT, error TEXT, parent TEXT, root TEXT,
-    forgotten INTEGER DEFAULT 0, row BLOB, args BLOB
+    forgotten INTEGER DEFAULT 0, row BLOB, args BLOB, digest BLOB
 );
 CREATE INDEX IF NOT EXISTS history_finished ON history (finished_at);
 CREATE INDEX IF NOT EXISTS history_state ON history (state, finished_at);
@@ -61,16 +61,33 @@ class History:
         self.groups: collections.Counter[tuple] = collections.Counter()
         if db is not None:
             db.executescript(SCHEMA)
+            self._add_digest_column(db)
+
+    @staticmethod
+    def _add_digest_column(db: sqlite3.Connection) -> None:
+        """Journals written before the history kept its function digests get the column,
+        filled from the rows kept for requeue (the journal keeps those functions)."""
+        if "digest" not in [r[1] for r in db.execute("PRAGMA table_info(history)")]:
+            db.execute("ALTER TABLE history ADD COLUMN digest BLOB")
+            for tid, row in db.execute("SELECT task_id, row FROM history WHERE row IS NOT NULL").fetchall():
+                try:
+                    digest = msgpack.unpackb(row, raw=False)[3]
+                except Exception:  # a damaged row keeps no function
+                    continue
+                db.execute("UPDATE history SET digest = ? WHERE task_id = ?", (digest, tid))
+        db.execute("CREATE INDEX IF NOT EXISTS history_digest ON history (digest) WHERE digest IS NOT NULL")
 
     def add(self, spec: TaskSpec, state: str, worker: str, error: Optional[str]) -> None:
         e = entry(spec, state, worker, error)
         keep_args = state in ("FAILED", "CANCELED")
         if self.db is not None:
             self.db.execute(
-                "INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?)",
+                f"INSERT OR REPLACE INTO history ({','.join(COLUMNS)}, row, args, digest) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?)",
                 (*e[:-1],
                  msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
-                 args_blob(spec.args) if keep_args else None))
+                 args_blob(spec.args) if keep_args else None,
+                 spec.digest if keep_args and spec.digest != BY_NAME else None))
             return
         replaced = self.memory.get(spec.task_id)
         if replaced is not None:
@@ -175,12 +192,27 @@ class History:
         sql = f"SELECT {','.join(COLUMNS)} FROM history{where} ORDER BY finished_at DESC LIMIT ? OFFSET ?"
         return [as_dict(row) for row in self.db.execute(sql, [*params, -1 if limit is None else limit, offset])]
 
-    def prune(self, now: Optional[float] = None) -> int:
-        """Drop entries older than the retention (journal only; memory is bounded by count)."""
+    def functions(self, digests: Optional[set[bytes]] = None) -> set[bytes]:
+        """The function digests entries kept for requeue use (of ``digests``, if given):
+        the journal keeps those functions (journal only)."""
         if self.db is None:
-            return 0
+            return set()
+        if digests is None:
+            return {bytes(d) for (d,) in self.db.execute(
+                "SELECT DISTINCT digest FROM history WHERE digest IS NOT NULL")}
+        return {d for d in digests
+                if self.db.execute("SELECT 1 FROM history WHERE digest = ? LIMIT 1", (d,)).fetchone()}
+
+    def prune(self, now: Optional[float] = None) -> set[bytes]:
+        """Drop entries older than the retention (journal only; memory is bounded by count);
+        the function digests the dropped entries used."""
+        if self.db is None:
+            return set()
         cutoff = (now or time.time()) - self.retention
-        return self.db.execute("DELETE FROM history WHERE finished_at < ?", (cutoff,)).rowcount
+        freed = {bytes(d) for (d,) in self.db.execute(
+            "SELECT DISTINCT digest FROM history WHERE finished_at < ? AND digest IS NOT NULL", (cutoff,))}
+        self.db.execute("DELETE FROM history WHERE finished_at < ?", (cutoff,))
+        return freed
 
 
 def _group(e: list) -> tuple:

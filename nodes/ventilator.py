@@ -54,6 +54,7 @@ log = logging.getLogger("zq.ventilator")
 FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
 FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
+FN_PRUNE_INTERVAL = 2.0  # seconds between deletions of the journal's unused functions
 
 
 class LoopLag:
@@ -107,6 +108,7 @@ class Ventilator(WorkerMessages, Node):
         self.history = History()
         self.scheduler = Scheduler()
         self._next_prune = 0.0
+        self._next_fn_prune = 0.0
         self.tasks_seq = 0  # TASKS messages sent in this run (each carries its number)
         self.lag = LoopLag()
 
@@ -140,12 +142,31 @@ class Ventilator(WorkerMessages, Node):
         self.dispatch.disabled |= self.journal.holds("name")
         specs, fns = self.journal.load()
         self.fns.update(fns)
-        self._journaled_fns.update(fns)
         for spec in specs:
             spec.retain = True  # its client may be gone: keep the result at the sink
             self._accept(spec, spec.client.encode(), journal=False)
-        if specs:
-            log.info("journal %s: resumed %d task(s)", path, len(specs))
+        # keep the functions of these tasks and of failed ones (requeue); forget the others
+        gone = self.journal.prune_functions(set(self.tasks.digests) | self.history.functions())
+        self._journaled_fns.update(d for d in fns if d not in gone)
+        self.tasks.unused_digests.clear()
+        if specs or gone:
+            log.info("journal %s: resumed %d task(s), dropped %d unused function(s)", path, len(specs), len(gone))
+
+    def _prune_functions(self) -> None:
+        """Delete from the journal the functions no task uses any more (nor a failed or
+        cancelled one in its history, for requeue): without this the table only grows."""
+        unused = self.tasks.unused_digests
+        if not unused:
+            return
+        self.tasks.unused_digests = set()
+        if self.journal is None:
+            return
+        candidates = {d for d in unused if d in self._journaled_fns and d not in self.tasks.digests}
+        candidates -= self.history.functions(candidates)
+        if candidates:
+            self.journal.drop_functions(candidates)
+            self._journaled_fns -= candidates
+            self.counters["functions_pruned"] += len(candidates)
 
     def close(self) -> None:
         for s in ("clients", "wsock"):
@@ -424,7 +445,11 @@ class Ventilator(WorkerMessages, Node):
             self._fire(name, queue, slot)
         if now >= self._next_prune:
             self._next_prune = now + 60.0
-            self.history.prune()  # --history-retention (journal only)
+            # --history-retention (journal only); the functions dropped entries kept may go
+            self.tasks.unused_digests |= self.history.prune()
+        if now >= self._next_fn_prune:
+            self._next_fn_prune = now + FN_PRUNE_INTERVAL
+            self._prune_functions()
         self.rate_samples.append((now, self.counters["done"]))
         self.sink.tick(now)
 

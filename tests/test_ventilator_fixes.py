@@ -46,6 +46,39 @@ def test_a_followup_of_a_scheduled_task_has_no_client_and_its_result_is_kept(mak
     assert sink["undelivered"] == 0, sink
 
 
+# ================================================ the journal's function table is pruned
+
+def _journal_functions(path: str) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # read-only, beside the ventilator
+    try:
+        return db.execute("SELECT COUNT(*) FROM functions").fetchone()[0]
+    finally:
+        db.close()
+
+
+def _adder(n: int):
+    return lambda x: x + n  # a closure: each n pickles to another function (another digest)
+
+
+def test_the_journal_forgets_functions_no_task_uses(make_cluster, make_client, tmp_path):
+    journal = str(tmp_path / "vent.db")
+    cluster = make_cluster(workers=1, executor="thread", concurrency=4, ventilator_args=["--journal", journal])
+    client = make_client(cluster)
+    blocked = client.submit_task(_adder(-1), (1,), queue="unserved")  # still queued: its function stays
+    futs = [client.submit(_adder(n), 1) for n in range(40)]
+    assert [f.result(20) for f in futs] == [n + 1 for n in range(40)]
+    assert _journal_functions(journal) >= 1
+    # finished tasks' functions go (within FN_PRUNE_INTERVAL, 2 s); the queued task's stays
+    wait_for(lambda: _journal_functions(journal) == 1, 15, what="the journal's unused functions deleted")
+    assert client.stats()["ventilator"]["counters"]["functions_pruned"] >= 40
+    # a restarted ventilator still runs the queued task: its function was kept
+    cluster.restart("ventilator")
+    cluster.add_worker(["--queue", "unserved"], wait=True)
+    assert blocked.result(20) == 0
+
+
 # ================================================ admin calls on a large backlog: O(page)
 
 BACKLOG = 200_000
