@@ -193,4 +193,6 @@ def stats(v: "Ventilator") -> dict:
         "loop": {"lag": v.lag.recent(), "lag_max": v.lag.worst, "turns": v.lag.turns},
         # task records admin queries have read (a list reads its page, a count none)
         "admin_records_read": v.tasks.touched,
+        # the ventilator's own link to the sink (its endpoint as the ventilator was told)
+        "sink_link": v.sink_watch.stats(time.monotonic(), len(v.sink.unacked)),
     }

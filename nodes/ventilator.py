@@ -47,6 +47,7 @@ from .journal import Journal
 from .records import TaskRecord, WorkerInfo
 from .scheduler import Scheduler
 from .tasktable import TaskTable
+from .vent_health import LoopLag, SinkWatch
 from .vent_workers import WorkerMessages
 
 log = logging.getLogger("zq.ventilator")
@@ -55,34 +56,6 @@ FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
 FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
 FN_PRUNE_INTERVAL = 2.0  # seconds between deletions of the journal's unused functions
-
-
-class LoopLag:
-    """How long the loop's turns take (poll wait excluded): the longest turn of the
-    current and of the previous ``window`` seconds.  A turn is how late the loop can
-    be to anything (a heartbeat, a dispatch): ``zq status`` and dashboards watch it."""
-
-    def __init__(self, window: float = 1.0) -> None:
-        self.window = window
-        self.current = 0.0  # longest turn in this window
-        self.previous = 0.0  # longest turn in the window before
-        self.worst = 0.0  # longest turn since start
-        self.turns = 0
-        self._window_end = 0.0
-
-    def turn(self, start: float, end: float) -> None:
-        took = end - start
-        if end >= self._window_end:
-            self.previous, self.current = (self.current if end - self._window_end < self.window else 0.0), 0.0
-            self._window_end = end + self.window
-        if took > self.current:
-            self.current = took
-            if took > self.worst:
-                self.worst = took
-        self.turns += 1
-
-    def recent(self) -> float:
-        return max(self.current, self.previous)
 
 
 class Ventilator(WorkerMessages, Node):
@@ -130,6 +103,8 @@ class Ventilator(WorkerMessages, Node):
         self.poller.register(self.wsock, zmq.POLLIN)
         self.poller.register(self._waker.fileno(), zmq.POLLIN)
         self.sink = SinkLink(self, cfg.sink_endpoint, f"ventilator-{self.instance}".encode(), self.poller)
+        self.sink_watch = SinkWatch(cfg.sink_endpoint, cfg.heartbeat_timeout, cfg.heartbeat_interval,
+                                    time.monotonic())
         if self.journal_path:
             self._resume(self.journal_path)
 
@@ -189,7 +164,10 @@ class Ventilator(WorkerMessages, Node):
                 self._drain(self.wsock, self._on_worker)
             if self.clients in events:
                 self._drain(self.clients, self._on_client)
+            heard = self.sink.last_recv
             self.sink.handle(events)
+            if self.sink.last_recv != heard:  # the sink said something: it is reachable
+                self.sink_watch.heard(self.sink.last_recv)
             if self._waker.fileno() in events:
                 self._waker.drain()
             now = time.monotonic()
@@ -452,6 +430,12 @@ class Ventilator(WorkerMessages, Node):
             self._prune_functions()
         self.rate_samples.append((now, self.counters["done"]))
         self.sink.tick(now)
+        if self.sink_watch.check(now, len(self.sink.unacked)):
+            # the results we decided cannot reach the sink: tell the clients waiting for them
+            notices = self.sink_watch.notices(self.sink.unacked.values(), now, self.endpoints["clients"])
+            for client, messages in notices.items():
+                for frames in messages:
+                    self._send(self.clients, client, frames)
 
     def _fire(self, name: str, queue: str, slot: float) -> None:
         """A schedule's slot: a by-name task with a deterministic id (never twice)."""

@@ -11,6 +11,7 @@ import pytest
 
 import zq
 from tests import vent_fix_tasks as V
+from tests.conftest import run_zq
 from tests.lifecycle_tasks import lc_env, wait_for
 
 
@@ -44,6 +45,45 @@ def test_a_followup_of_a_scheduled_task_has_no_client_and_its_result_is_kept(mak
     assert client.show_task(tid)["state"] == "SUCCESS"
     sink = client.stats()["sink"]
     assert sink["undelivered"] == 0, sink
+
+
+# ====================================================== a ventilator that cannot reach its sink
+
+def _dead_endpoint() -> str:
+    """A loopback endpoint where nothing listens."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_ventilator_that_cannot_reach_its_sink_says_so(make_cluster, make_client, tmp_path):
+    dead = _dead_endpoint()
+    # three workers (and the client) use the real sink; the ventilator was given another
+    cluster = make_cluster(workers=3, executor="thread", concurrency=1, ventilator_args=["--sink", dead],
+                           env=lc_env(tmp_path))
+    client = make_client(cluster, unreachable_timeout=3.0)
+    fut = client.submit(V.kill_my_worker)  # kills each worker it runs on: the 3rd loss is WorkerLost
+    wait_for(lambda: all(not w.alive() for w in cluster.workers), 20, what="the three workers dead")
+    # the ventilator finished it FAILED (WorkerLost): a result only it can send, to a dead sink
+    wait_for(lambda: (_safe(lambda: client.show_task(fut.task_id)) or {}).get("state") == "FAILED", 10,
+             what="WorkerLost decided")
+    # the sink has been silent for longer than the client's unreachable_timeout by now: within
+    # an interval or two the client hears it and fails the future, naming the ventilator's sink
+    exc = fut.exception(timeout=3.0 + 2.0)
+    assert isinstance(exc, zq.NodeUnreachable), repr(exc)
+    assert dead in str(exc) and "ventilator" in str(exc)
+    # the client's own nodes are fine: only the futures that depend on that link fail
+    other = client.submit_task(abs, (-2,), queue="unserved")
+    assert client.get_status(other.task_id) in (zq.TaskState.QUEUED, zq.TaskState.PAUSED) and not other.done()
+    link = client.stats()["ventilator"]["sink_link"]
+    assert link["endpoint"] == dead and not link["up"] and link["waiting"] >= 1, link
+    out = run_zq("status", "--ventilator", cluster.endpoints["clients"], "--sink", cluster.endpoints["sink"])
+    assert out.returncode == 0, out.stderr
+    assert f"sink link ventilator -> {dead}  DOWN" in out.stdout, out.stdout
+    assert any(" ERROR " in line and dead in line for line in cluster.ventilator.lines), \
+        "no error-level log line naming the sink"
 
 
 # ================================================ the journal's function table is pruned
