@@ -71,7 +71,7 @@ class History:
             db.execute("ALTER TABLE history ADD COLUMN digest BLOB")
             for tid, row in db.execute("SELECT task_id, row FROM history WHERE row IS NOT NULL").fetchall():
                 try:
-                    digest = msgpack.unpackb(row, raw=False)[3]
+                    digest = TaskSpec.from_row(msgpack.unpackb(row, raw=False), b"").digest
                 except Exception:  # a damaged row keeps no function
                     continue
                 db.execute("UPDATE history SET digest = ? WHERE task_id = ?", (digest, tid))
