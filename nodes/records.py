@@ -47,7 +47,7 @@ class TaskRecord:
     :class:`nodes.tasktable.TaskTable` changes it (``set_state``), and setting its
     ``worker`` moves it in the table's index."""
 
-    __slots__ = ("spec", "_state", "_worker", "client", "progress", "seq", "key", "group", "table", "digest")
+    __slots__ = ("spec", "_state", "_worker", "client", "progress", "key", "group", "table", "digest")
 
     def __init__(self, spec: TaskSpec, client: bytes) -> None:
         self.spec = spec
@@ -55,9 +55,8 @@ class TaskRecord:
         self._worker: Optional[bytes] = None
         self.client = client
         self.progress: Optional[list] = None  # [done, total, message, time]
-        self.seq = 0  # acceptance order (set by TaskTable.add)
-        self.key: tuple = ()  # (submitted_at, -seq): the table's sort key
-        self.group: Optional[tuple[str, str, str]] = None  # where the table indexes it
+        self.key: tuple = ()  # (submitted_at, -acceptance number): the table's sort key
+        self.group: Any = None  # the table's group (a SortedRecs) holding it
         self.table: Any = None  # the TaskTable holding it
         self.digest: Optional[bytes] = None  # the function digest the table counts for it
 

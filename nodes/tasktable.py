@@ -24,21 +24,21 @@ import bisect
 import collections
 import heapq
 import itertools
-from typing import Callable, Iterator, Optional
+import operator
+from typing import Any, Callable, Iterator, Optional
 
-from zq.envelope import TaskState, can_transition
+from zq.envelope import TRANSITIONS, TaskState
 from zq.protocol import BY_NAME
 
 from .records import TaskRecord
 
 BLOCK = 512  # records per block of a SortedRecs (split at twice that)
 
-_Q, _P, _U = TaskState.QUEUED, TaskState.PAUSED, TaskState.UNKNOWN
+_Q, _P, _R, _RT = TaskState.QUEUED, TaskState.PAUSED, TaskState.RUNNING, TaskState.RETRYING
 Key = tuple  # (submitted_at, -seq): newest last; unique per record
 
 
-def _key(rec: TaskRecord) -> Key:
-    return rec.key
+_key = operator.attrgetter("key")
 
 
 class SortedRecs:
@@ -46,9 +46,10 @@ class SortedRecs:
     insert or removal O(block); position queries are O(log n) (cumulative sizes cached
     until the next change)."""
 
-    __slots__ = ("blocks", "maxes", "n", "_cum")
+    __slots__ = ("blocks", "maxes", "n", "_cum", "gkey")
 
-    def __init__(self) -> None:
+    def __init__(self, gkey: tuple = ()) -> None:
+        self.gkey = gkey  # the (kind, queue, name) of the group it holds
         self.blocks: list[list[TaskRecord]] = []
         self.maxes: list[Key] = []
         self.n = 0
@@ -59,36 +60,42 @@ class SortedRecs:
 
     def add(self, rec: TaskRecord) -> None:
         key = rec.key
+        blocks, maxes = self.blocks, self.maxes
         self.n += 1
         self._cum = None
-        if not self.blocks:
-            self.blocks.append([rec])
-            self.maxes.append(key)
+        if not blocks:
+            blocks.append([rec])
+            maxes.append(key)
             return
-        if key > self.maxes[-1]:
-            i = len(self.blocks) - 1
-            self.blocks[i].append(rec)
-            self.maxes[i] = key
+        if key > maxes[-1]:  # the newest: the usual case
+            i = len(blocks) - 1
+            blk = blocks[i]
+            blk.append(rec)
+            maxes[i] = key
         else:
-            i = bisect.bisect_left(self.maxes, key)
-            blk = self.blocks[i]
+            i = bisect.bisect_left(maxes, key)
+            blk = blocks[i]
             blk.insert(bisect.bisect_left(blk, key, key=_key), rec)
-        if len(self.blocks[i]) > 2 * BLOCK:
-            blk = self.blocks[i]
-            self.blocks[i:i + 1] = [blk[:BLOCK], blk[BLOCK:]]
-            self.maxes[i:i + 1] = [blk[BLOCK - 1].key, blk[-1].key]
+        if len(blk) > 2 * BLOCK:
+            blocks[i:i + 1] = [blk[:BLOCK], blk[BLOCK:]]
+            maxes[i:i + 1] = [blk[BLOCK - 1].key, blk[-1].key]
 
     def remove(self, rec: TaskRecord) -> None:
-        key = rec.key
-        i = bisect.bisect_left(self.maxes, key)
-        blk = self.blocks[i]
-        j = bisect.bisect_left(blk, key, key=_key)
-        assert blk[j] is rec, "a record's key changed while it was indexed"
+        blocks = self.blocks
+        blk = blocks[0]
+        if blk[0] is rec:  # the oldest: the usual case (queues are FIFO)
+            i, j = 0, 0
+        else:
+            key = rec.key
+            i = bisect.bisect_left(self.maxes, key)
+            blk = blocks[i]
+            j = bisect.bisect_left(blk, key, key=_key)
+            assert blk[j] is rec, "a record's key changed while it was indexed"
         del blk[j]
         self.n -= 1
         self._cum = None
         if not blk:
-            del self.blocks[i]
+            del blocks[i]
             del self.maxes[i]
         elif j == len(blk):
             self.maxes[i] = blk[-1].key
@@ -158,20 +165,20 @@ def skip_counts(groups: list[SortedRecs], k: int, probe: Callable[[], None]) -> 
 class TaskTable:
     """Active tasks by id, grouped by (kind, queue, name); see the module docstring.
 
-    ``held(queue, name)``: whether a waiting task of that queue and name is shown PAUSED;
-    ``report(rec, old, new)``: called for every change of a shown state (policies);
-    ``odd(rec, old, new)``: for a change that ``TRANSITIONS`` does not list.
+    ``holds``: what holds tasks back (``paused`` queues, ``disabled`` names: the
+    ventilator's Dispatch), so a waiting task is shown PAUSED; ``report(rec, old, new)``:
+    called for every change of a shown state (policies), if given; ``odd(rec, old, new)``:
+    for a change that ``TRANSITIONS`` does not list.
     """
 
-    def __init__(self, held: Callable[[str, str], bool],
-                 report: Callable[[TaskRecord, TaskState, TaskState], None],
+    def __init__(self, holds: Any, report: Optional[Callable[[TaskRecord, TaskState, TaskState], None]],
                  odd: Callable[[TaskRecord, TaskState, TaskState], None]) -> None:
-        self.held = held
-        self._report = report
+        self.holds = holds
+        self.reporter = report
         self._odd = odd
         self.by_id: dict[str, TaskRecord] = {}
         self.groups: dict[tuple[str, str, str], SortedRecs] = {}
-        self.digests: collections.Counter[bytes] = collections.Counter()
+        self.digests: dict[bytes, int] = {}  # function digest -> tasks using it
         self.unused_digests: set[bytes] = set()  # no task uses them any more (journal pruning)
         self.touched = 0  # records an admin query visited (a counter for stats)
         self._seq = itertools.count(1)
@@ -190,68 +197,88 @@ class TaskTable:
         return len(self.by_id)
 
     def values(self) -> Iterator[TaskRecord]:
+        """Every active task (a copy: O(tasks), not for anything a loop turn does often)."""
         return iter(list(self.by_id.values()))
 
     # -- membership -----------------------------------------------------------------------
     def add(self, rec: TaskRecord) -> None:
         """A new task (state UNKNOWN until ``set_state``)."""
-        rec.seq = next(self._seq)
-        rec.key = (rec.spec.submitted_at, -rec.seq)
-        self.by_id[rec.spec.task_id] = rec
+        spec = rec.spec
+        rec.key = (spec.submitted_at, -next(self._seq))
+        self.by_id[spec.task_id] = rec
         rec.table = self
-        self._use_digest(rec, self._digest(rec))
+        d = spec.digest
+        if d != BY_NAME:
+            self._use_digest(rec, d)
 
     def remove(self, rec: TaskRecord) -> None:
         """A finished task (after its final ``set_state``)."""
-        self._unindex(rec)
+        if rec.group is not None:
+            self._unindex(rec)
         rec.table = None
         self.by_id.pop(rec.spec.task_id, None)
-        self._use_digest(rec, None)
-
-    @staticmethod
-    def _digest(rec: TaskRecord) -> Optional[bytes]:
-        d = rec.spec.digest
-        return None if d == BY_NAME else d
+        if rec.digest is not None:
+            self._use_digest(rec, None)
 
     def _use_digest(self, rec: TaskRecord, digest: Optional[bytes]) -> None:
         old = rec.digest
         if old == digest:
             return
+        counts = self.digests
         if old is not None:
-            self.digests[old] -= 1
-            if self.digests[old] <= 0:
-                del self.digests[old]
+            n = counts[old] - 1
+            if n:
+                counts[old] = n
+            else:
+                del counts[old]
                 self.unused_digests.add(old)
         rec.digest = digest
         if digest is not None:
-            self.digests[digest] += 1
+            counts[digest] = counts.get(digest, 0) + 1
             self.unused_digests.discard(digest)
 
-    def report(self, rec: TaskRecord, old: TaskState, new: TaskState) -> None:
-        if not can_transition(old, new):  # counted and logged, not refused
-            self._odd(rec, old, new)
-        self._report(rec, old, new)
-
     # -- state ----------------------------------------------------------------------------
+    def held(self, queue: str, name: str) -> bool:
+        h = self.holds
+        return queue in h.paused or name in h.disabled
+
     def shown(self, rec: TaskRecord) -> TaskState:
-        state = rec.state
-        if state is _Q and rec.worker is None and self.held(rec.spec.queue, rec.spec.name):
-            return _P
+        state = rec._state
+        if state is _Q and rec._worker is None:
+            spec, h = rec.spec, self.holds
+            if spec.queue in h.paused or spec.name in h.disabled:
+                return _P
         return state
 
+    def report(self, rec: TaskRecord, old: TaskState, new: TaskState) -> None:
+        if new not in TRANSITIONS[old]:  # counted and logged, not refused
+            self._odd(rec, old, new)
+        if self.reporter is not None:
+            self.reporter(rec, old, new)
+
     def set_state(self, rec: TaskRecord, new: TaskState) -> None:
-        """The one place a task changes state."""
-        old = self.shown(rec)
+        """The one place a task changes state (on every task's path: kept flat)."""
+        old = rec._state
+        waiting = rec._worker is None
+        held = False
+        if waiting and (old is _Q or new is _Q):
+            spec, h = rec.spec, self.holds
+            held = spec.queue in h.paused or spec.name in h.disabled
+            if held and old is _Q:
+                old = _P
         rec._state = new
         if rec.table is self:
             self._reindex(rec)
-        now = self.shown(rec)
-        if now is _P and old is not _P and not can_transition(old, _P):
+        now = _P if held and new is _Q else new
+        if now is _P and old is not _P and _P not in TRANSITIONS[old]:
             # queued again into a paused queue (a lost worker, a retry come due)
             self.report(rec, old, _Q)
             self.report(rec, _Q, _P)
-        else:
-            self.report(rec, old, now)
+            return
+        if now not in TRANSITIONS[old]:  # counted and logged, not refused
+            self._odd(rec, old, now)
+        if self.reporter is not None:
+            self.reporter(rec, old, now)
 
     def moved(self, rec: TaskRecord) -> None:
         """Its worker changed (the record's setter calls this)."""
@@ -260,7 +287,8 @@ class TaskTable:
     def respec(self, rec: TaskRecord) -> None:
         """Its spec's name, queue or function changed (a continuation)."""
         self._reindex(rec)
-        self._use_digest(rec, self._digest(rec))
+        d = rec.spec.digest
+        self._use_digest(rec, None if d == BY_NAME else d)
 
     def hold_changed(self, queue: Optional[str] = None, name: Optional[str] = None,
                      before: Optional[Callable[[str, str], bool]] = None) -> None:
@@ -277,37 +305,49 @@ class TaskTable:
                     self.report(rec, old, new)
 
     # -- the index ------------------------------------------------------------------------
-    @staticmethod
-    def _group_of(rec: TaskRecord) -> Optional[tuple[str, str, str]]:
-        state = rec.state
-        if state is _Q:
-            kind = "W" if rec.worker is None else "S"
-        elif state is TaskState.RUNNING or state is TaskState.RETRYING:
-            kind = state.value
-        else:
-            return None
-        return (kind, rec.spec.queue, rec.spec.name)
-
     def _unindex(self, rec: TaskRecord) -> None:
-        g = rec.group
-        if g is not None:
-            recs = self.groups[g]
+        recs = rec.group
+        blk = recs.blocks[0]
+        if blk[0] is rec and len(blk) > 1:  # the oldest of its group: the usual case
+            del blk[0]
+            recs.n -= 1
+            recs._cum = None
+        else:
             recs.remove(rec)
-            if not recs:
-                del self.groups[g]
-            rec.group = None
+            if not recs.n:
+                del self.groups[recs.gkey]
+        rec.group = None
 
     def _reindex(self, rec: TaskRecord) -> None:
-        g = self._group_of(rec)
-        if g == rec.group:
+        state = rec._state
+        if state is _Q:
+            kind = "W" if rec._worker is None else "S"
+        elif state is _R or state is _RT:
+            kind = state._value_
+        else:  # UNKNOWN or final: not indexed
+            if rec.group is not None:
+                self._unindex(rec)
             return
-        self._unindex(rec)
-        if g is not None:
-            recs = self.groups.get(g)
-            if recs is None:
-                recs = self.groups[g] = SortedRecs()
+        spec = rec.spec
+        g = (kind, spec.queue, spec.name)
+        recs = rec.group
+        if recs is not None:
+            if recs.gkey == g:
+                return
+            self._unindex(rec)
+        recs = self.groups.get(g)
+        if recs is None:
+            recs = self.groups[g] = SortedRecs(g)
+        key = rec.key
+        blocks = recs.blocks
+        if blocks and key > recs.maxes[-1] and len(blocks[-1]) < 2 * BLOCK:  # the newest
+            blocks[-1].append(rec)
+            recs.maxes[-1] = key
+            recs.n += 1
+            recs._cum = None
+        else:
             recs.add(rec)
-            rec.group = g
+        rec.group = recs
 
     def _group_state(self, g: tuple[str, str, str]) -> TaskState:
         kind, q, n = g

@@ -70,7 +70,7 @@ class Ventilator(WorkerMessages, Node):
         self.history_retention = history_retention
         self._journaled_fns: set[bytes] = set()
         self.dispatch = Dispatch()
-        self.tasks = TaskTable(self._held, self._on_state, self._odd_transition)
+        self.tasks = TaskTable(self.dispatch, self._on_state if self.policies else None, self._odd_transition)
         self.fns: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.workers: dict[bytes, WorkerInfo] = {}
         self.finished: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
@@ -224,19 +224,15 @@ class Ventilator(WorkerMessages, Node):
         it to ``on_state`` policies (``_on_state``)."""
         self.tasks.set_state(rec, new)
 
-    def _held(self, queue: str, name: str) -> bool:
-        return queue in self.dispatch.paused or name in self.dispatch.disabled
-
     def _odd_transition(self, rec: TaskRecord, old: TaskState, new: TaskState) -> None:
         self.counters["odd_transitions"] += 1
         log.warning("task %s: unexpected transition %s -> %s", rec.spec.task_id, old, new)
 
     def _on_state(self, rec: TaskRecord, old: TaskState, new: TaskState) -> None:
-        if self.policies:
-            s = rec.spec
-            info = TaskInfo(s.task_id, s.name, s.queue, s.attempt, retries=s.retries, timeout=s.timeout,
-                            retain_result=s.retain)
-            run_hooks(self.policies, "on_state", info, s.task_id, old, new)
+        s = rec.spec
+        info = TaskInfo(s.task_id, s.name, s.queue, s.attempt, retries=s.retries, timeout=s.timeout,
+                        retain_result=s.retain)
+        run_hooks(self.policies, "on_state", info, s.task_id, old, new)
 
     def shown_state(self, rec: TaskRecord) -> TaskState:
         return self.tasks.shown(rec)

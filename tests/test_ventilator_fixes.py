@@ -7,7 +7,7 @@ deadlines, never on sleeps.
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
 import zq
 from tests import vent_fix_tasks as V
@@ -207,11 +207,11 @@ def test_the_task_table_counts_and_pages_like_a_full_scan(monkeypatch):
     from zq.protocol import BY_NAME, TaskSpec
 
     monkeypatch.setattr(TT, "BLOCK", 4)
-    paused: set[str] = set()
+    holds = SimpleNamespace(paused=set(), disabled=set())
+    paused = holds.paused
     reports: list = []
     odd: list = []
-    table = TT.TaskTable(lambda q, n: q in paused, lambda r, a, b: reports.append((a, b)),
-                         lambda r, a, b: odd.append((a, b)))
+    table = TT.TaskTable(holds, lambda r, a, b: reports.append((a, b)), lambda r, a, b: odd.append((a, b)))
     live: list[TaskRecord] = []
     rnd = random.Random(7)
     for i in range(2500):
