@@ -200,8 +200,13 @@ class History:
         if digests is None:
             return {bytes(d) for (d,) in self.db.execute(
                 "SELECT DISTINCT digest FROM history WHERE digest IS NOT NULL")}
-        return {d for d in digests
-                if self.db.execute("SELECT 1 FROM history WHERE digest = ? LIMIT 1", (d,)).fetchone()}
+        found: set[bytes] = set()
+        ds = list(digests)
+        for i in range(0, len(ds), 500):  # under SQLite's limit on parameters
+            part = ds[i:i + 500]
+            found.update(bytes(d) for (d,) in self.db.execute(
+                f"SELECT DISTINCT digest FROM history WHERE digest IN ({','.join('?' * len(part))})", part))
+        return found
 
     def prune(self, now: Optional[float] = None) -> set[bytes]:
         """Drop entries older than the retention (journal only; memory is bounded by count);
