@@ -12,8 +12,10 @@ take (READY) and gets more credit back with every DONE; the ventilator never
 sends more than the credit, so no worker hoards a backlog and the ROUTER never
 reaches its high-water mark.  *Which* task goes next (priorities, paused queues,
 disabled names, concurrency and rate limits, delays) is decided in
-``nodes/dispatch.py``.  Every state change goes through ``_set_state``, checked
-against ``zq.envelope.TRANSITIONS`` and reported to ``on_state`` policies.
+``nodes/dispatch.py``.  Every state change goes through ``_set_state`` (the task
+table, ``nodes/tasktable.py``, indexed for admin calls), checked against
+``zq.envelope.TRANSITIONS`` and reported to ``on_state`` policies.  How late the
+loop runs and whether the sink is reachable: ``nodes/vent_health.py``.
 
 What workers say, and what losing one means, is in ``nodes/vent_workers.py``: a
 worker silent for ``heartbeat_timeout`` is lost, every task it held is queued
