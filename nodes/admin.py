@@ -10,7 +10,6 @@ argument raises ValueError/KeyError/TypeError, which becomes an error reply.
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -19,8 +18,6 @@ from zq.envelope import TaskState
 from zq.protocol import TaskSpec
 
 from .common import HOST
-
-from .history import page
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ventilator import Ventilator
@@ -42,23 +39,44 @@ def _active_entry(v: "Ventilator", rec: Any) -> dict:
             "forgotten": False, "progress": rec.progress}
 
 
-def _select(v: "Ventilator", h: dict) -> list[dict]:
+_ACTIVE_STATES = frozenset({"QUEUED", "RUNNING", "PAUSED", "RETRYING"})
+
+
+def _filters(h: dict) -> tuple[Optional[str], Optional[str], Optional[str], Optional[float], bool]:
     state, queue, name = _opt_str(h, "state"), _opt_str(h, "queue"), _opt_str(h, "name")
     since = h.get("since")
     if since is not None and not isinstance(since, (int, float)):
         raise TypeError("since must be a Unix time")
     if state is not None:
         TaskState(state)  # ValueError for a state that does not exist
-    active = []
-    for rec in v.tasks.values():
-        e = _active_entry(v, rec)
-        if ((state is None or e["state"] == state) and (queue is None or e["queue"] == queue)
-                and (name is None or e["name"] == name) and (since is None or e["submitted_at"] >= since)):
-            active.append(e)
-    active.sort(key=lambda e: -e["submitted_at"])
-    done = [] if state in ("QUEUED", "RUNNING", "PAUSED", "RETRYING") else v.history.query(
-        state, queue, name, since, bool(h.get("forgotten")))
-    return active + done
+    return state, queue, name, since, bool(h.get("forgotten"))
+
+
+def count(v: "Ventilator", h: dict) -> int:
+    """Active tasks (from the task table's index, none visited) and finished ones."""
+    state, queue, name, since, forgotten = _filters(h)
+    n = v.tasks.count(state, queue, name, since)
+    if state not in _ACTIVE_STATES:
+        n += v.history.count(state, queue, name, since, forgotten)
+    return n
+
+
+def list_page(v: "Ventilator", h: dict) -> list[dict]:
+    """Active tasks newest submitted first, then finished ones newest finished first;
+    ``offset``/``limit`` slice that order, and only the returned tasks are read."""
+    state, queue, name, since, forgotten = _filters(h)
+    limit = h.get("limit")
+    offset = h.get("offset") or 0
+    if (limit is not None and not isinstance(limit, int)) or not isinstance(offset, int):
+        raise TypeError("limit and offset must be ints")
+    if offset < 0 or (limit is not None and limit < 0):
+        raise ValueError("limit and offset must not be negative")
+    items = [_active_entry(v, rec) for rec in v.tasks.page(state, queue, name, since, offset, limit)]
+    if state in _ACTIVE_STATES or (limit is not None and len(items) >= limit):
+        return items
+    skip = max(0, offset - v.tasks.count(state, queue, name, since))
+    rest = None if limit is None else limit - len(items)
+    return items + v.history.query(state, queue, name, since, forgotten, skip, rest)
 
 
 def handle(v: "Ventilator", ident: bytes, op: str, h: dict) -> Any:
@@ -74,15 +92,10 @@ def handle(v: "Ventilator", ident: bytes, op: str, h: dict) -> Any:
         return [v.cancel(tid) for tid in P.str_list(h, "ids", P.REQUEST)]
     if op == "stats":
         return stats(v)
-    if op in ("list", "count"):
-        items = _select(v, h)
-        if op == "count":
-            return len(items)
-        limit = h.get("limit")
-        offset = h.get("offset") or 0
-        if (limit is not None and not isinstance(limit, int)) or not isinstance(offset, int):
-            raise TypeError("limit and offset must be ints")
-        return page(items, limit, offset)
+    if op == "count":
+        return count(v, h)
+    if op == "list":
+        return list_page(v, h)
     if op == "show":
         tid = P.field(h, "id", str, P.REQUEST)
         rec = v.tasks.get(tid)
@@ -126,28 +139,29 @@ def requeue(v: "Ventilator", task_id: str) -> str:
 
 def set_paused(v: "Ventilator", queue: str, paused: bool) -> int:
     """Pause or resume a queue; the number of its waiting tasks (shown PAUSED or QUEUED)."""
+    before = _holds(v)
     (v.dispatch.paused.add if paused else v.dispatch.paused.discard)(queue)
     if v.journal is not None:
         v.journal.set_hold("queue", queue, paused)
-    _announce_hold(v, lambda s: s.queue == queue, paused)
+    if v.policies:  # on_state: the waiting tasks of the queue are shown PAUSED (or QUEUED again)
+        v.tasks.hold_changed(queue=queue, before=before)
     return v.dispatch.waiting(queue)
 
+
 def set_disabled(v: "Ventilator", name: str, disabled: bool) -> bool:
+    before = _holds(v)
     (v.dispatch.disabled.add if disabled else v.dispatch.disabled.discard)(name)
     if v.journal is not None:
         v.journal.set_hold("name", name, disabled)
-    _announce_hold(v, lambda s: s.name == name, disabled)
+    if v.policies:
+        v.tasks.hold_changed(name=name, before=before)
     return disabled
 
-def _announce_hold(v: "Ventilator", which: Any, held: bool) -> None:
-    if not v.policies:
-        return
-    for rec in v.tasks.values():
-        if rec.state is TaskState.QUEUED and rec.worker is None and which(rec.spec):
-            old, new = (TaskState.QUEUED, TaskState.PAUSED) if held else (TaskState.PAUSED, TaskState.QUEUED)
-            rec.state = old
-            v._set_state(rec, new)
-            rec.state = TaskState.QUEUED  # PAUSED is shown, not stored
+
+def _holds(v: "Ventilator") -> Any:
+    """The hold test as it is now (for announcing what a change of holds changed)."""
+    paused, disabled = frozenset(v.dispatch.paused), frozenset(v.dispatch.disabled)
+    return lambda q, n: q in paused or n in disabled
 
 
 def stats(v: "Ventilator") -> dict:
@@ -156,10 +170,7 @@ def stats(v: "Ventilator") -> dict:
         (t0, d0), (t1, d1) = v.rate_samples[0], v.rate_samples[-1]
         if t1 > t0:
             rate = (d1 - d0) / (t1 - t0)
-    queued: collections.Counter[str] = collections.Counter()
-    running: collections.Counter[str] = collections.Counter()
-    for rec in v.tasks.values():
-        (running if rec.state is TaskState.RUNNING else queued)[rec.spec.queue] += 1
+    queued, running = v.tasks.by_queue()
     served = {q for w in v.workers.values() for q in w.queues}
     d = v.dispatch
     return {
@@ -178,4 +189,10 @@ def stats(v: "Ventilator") -> dict:
         "disabled": sorted(d.disabled),
         "counters": dict(v.counters),
         "tasks_per_second": rate,
+        # the longest turn of the loop over the last 1-2 s, and since start (seconds)
+        "loop": {"lag": v.lag.recent(), "lag_max": v.lag.worst, "turns": v.lag.turns},
+        # task records admin queries have read (a list reads its page, a count none)
+        "admin_records_read": v.tasks.touched,
+        # the ventilator's own link to the sink (its endpoint as the ventilator was told)
+        "sink_link": v.sink_watch.stats(time.monotonic(), len(v.sink.unacked)),
     }

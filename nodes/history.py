@@ -9,13 +9,14 @@ the entry is hidden from lists but kept.
 from __future__ import annotations
 
 import collections
+import itertools
 import sqlite3
 import time
 from typing import Any, Optional
 
 import msgpack
 
-from zq.protocol import TaskSpec
+from zq.protocol import BY_NAME, TaskSpec
 from zq.serialize import args_blob, args_from_blob
 
 MEMORY_LIMIT = 100_000
@@ -26,9 +27,12 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
     task_id TEXT PRIMARY KEY, name TEXT, queue TEXT, state TEXT, submitted_at REAL,
     finished_at REAL, attempts INTEGER, worker TEXT, error TEXT, parent TEXT, root TEXT,
-    forgotten INTEGER DEFAULT 0, row BLOB, args BLOB
+    forgotten INTEGER DEFAULT 0, row BLOB, args BLOB, digest BLOB
 );
 CREATE INDEX IF NOT EXISTS history_finished ON history (finished_at);
+CREATE INDEX IF NOT EXISTS history_state ON history (state, finished_at);
+CREATE INDEX IF NOT EXISTS history_queue ON history (queue, finished_at);
+CREATE INDEX IF NOT EXISTS history_name ON history (name, finished_at);
 """
 
 
@@ -47,39 +51,55 @@ def as_dict(e: Any) -> dict:
     return d
 
 
-def matches(e: dict, state: Optional[str], queue: Optional[str], name: Optional[str],
-            since: Optional[float], forgotten: bool) -> bool:
-    return ((state is None or e["state"] == state) and (queue is None or e["queue"] == queue)
-            and (name is None or e["name"] == name)
-            and (since is None or (e["finished_at"] or e["submitted_at"]) >= since)
-            and (forgotten or not e["forgotten"]))
-
-
 class History:
     def __init__(self, db: Optional[sqlite3.Connection] = None, retention: float = 7 * 86400.0) -> None:
         self.db = db
         self.retention = retention
         self.memory: collections.OrderedDict[str, list] = collections.OrderedDict()
         self.specs: collections.OrderedDict[str, TaskSpec] = collections.OrderedDict()
+        # in memory: how many entries per (state, queue, name, forgotten), so counts read no entry
+        self.groups: collections.Counter[tuple] = collections.Counter()
         if db is not None:
             db.executescript(SCHEMA)
+            self._add_digest_column(db)
+
+    @staticmethod
+    def _add_digest_column(db: sqlite3.Connection) -> None:
+        """Journals written before the history kept its function digests get the column,
+        filled from the rows kept for requeue (the journal keeps those functions)."""
+        if "digest" not in [r[1] for r in db.execute("PRAGMA table_info(history)")]:
+            db.execute("ALTER TABLE history ADD COLUMN digest BLOB")
+            for tid, row in db.execute("SELECT task_id, row FROM history WHERE row IS NOT NULL").fetchall():
+                try:
+                    digest = TaskSpec.from_row(msgpack.unpackb(row, raw=False), b"").digest
+                except Exception:  # a damaged row keeps no function
+                    continue
+                db.execute("UPDATE history SET digest = ? WHERE task_id = ?", (digest, tid))
+        db.execute("CREATE INDEX IF NOT EXISTS history_digest ON history (digest) WHERE digest IS NOT NULL")
 
     def add(self, spec: TaskSpec, state: str, worker: str, error: Optional[str]) -> None:
         e = entry(spec, state, worker, error)
         keep_args = state in ("FAILED", "CANCELED")
         if self.db is not None:
             self.db.execute(
-                "INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?)",
+                f"INSERT OR REPLACE INTO history ({','.join(COLUMNS)}, row, args, digest) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?)",
                 (*e[:-1],
                  msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
-                 args_blob(spec.args) if keep_args else None))
+                 args_blob(spec.args) if keep_args else None,
+                 spec.digest if keep_args and spec.digest != BY_NAME else None))
             return
+        replaced = self.memory.get(spec.task_id)
+        if replaced is not None:
+            self._uncount(replaced)
         self.memory[spec.task_id] = e
         self.memory.move_to_end(spec.task_id)
+        self.groups[_group(e)] += 1
         if keep_args:
             self.specs[spec.task_id] = spec
         while len(self.memory) > MEMORY_LIMIT:
-            old, _ = self.memory.popitem(last=False)
+            old, gone = self.memory.popitem(last=False)
+            self._uncount(gone)
             self.specs.pop(old, None)
         while len(self.specs) > MEMORY_LIMIT // 10:
             self.specs.popitem(last=False)
@@ -111,17 +131,22 @@ class History:
             e = self.memory.get(task_id)
             if e is None:
                 return False
+            self._uncount(e)
             e[-1] = True
+            self.groups[_group(e)] += 1
             return True
         cur = self.db.execute("UPDATE history SET forgotten = 1 WHERE task_id = ?", (task_id,))
         return cur.rowcount > 0
 
-    def query(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
-              since: Optional[float] = None, forgotten: bool = False) -> list[dict]:
-        """Matching entries, newest first."""
-        if self.db is None:
-            return [d for d in map(as_dict, reversed(self.memory.values()))
-                    if matches(d, state, queue, name, since, forgotten)]
+    def _uncount(self, e: list) -> None:
+        g = _group(e)
+        self.groups[g] -= 1
+        if self.groups[g] <= 0:
+            del self.groups[g]
+
+    @staticmethod
+    def _where(state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[float],
+               forgotten: bool) -> tuple[str, list]:
         where, params = [], []
         for col, val in (("state", state), ("queue", queue), ("name", name)):
             if val is not None:
@@ -132,19 +157,68 @@ class History:
             params.append(since)
         if not forgotten:
             where.append("forgotten = 0")
-        sql = f"SELECT {','.join(COLUMNS)} FROM history"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return [as_dict(row) for row in self.db.execute(sql + " ORDER BY finished_at DESC", params)]
+        return (" WHERE " + " AND ".join(where)) if where else "", params
 
-    def prune(self, now: Optional[float] = None) -> int:
-        """Drop entries older than the retention (journal only; memory is bounded by count)."""
+    def count(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
+              since: Optional[float] = None, forgotten: bool = False) -> int:
+        """How many entries match (in memory, without ``since``, from per-group counts)."""
         if self.db is None:
-            return 0
+            if since is None:
+                return sum(n for (st, q, nm, fg), n in self.groups.items()
+                           if (state is None or st == state) and (queue is None or q == queue)
+                           and (name is None or nm == name) and (forgotten or not fg))
+            return sum(1 for _ in self._scan(state, queue, name, since, forgotten))
+        where, params = self._where(state, queue, name, since, forgotten)
+        return self.db.execute("SELECT COUNT(*) FROM history" + where, params).fetchone()[0]
+
+    def _scan(self, state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[float],
+              forgotten: bool) -> Any:
+        """Matching in-memory entries (lists), newest first, read lazily."""
+        for e in reversed(self.memory.values()):
+            if ((state is None or e[3] == state) and (queue is None or e[2] == queue)
+                    and (name is None or e[1] == name) and (forgotten or not e[11])
+                    and (since is None or (e[5] or e[4]) >= since)):
+                yield e
+
+    def query(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
+              since: Optional[float] = None, forgotten: bool = False, offset: int = 0,
+              limit: Optional[int] = None) -> list[dict]:
+        """Matching entries, newest first, ``offset`` and ``limit`` applied."""
+        if self.db is None:
+            stop = None if limit is None else offset + limit
+            return [as_dict(e) for e in itertools.islice(self._scan(state, queue, name, since, forgotten),
+                                                         offset, stop)]
+        where, params = self._where(state, queue, name, since, forgotten)
+        sql = f"SELECT {','.join(COLUMNS)} FROM history{where} ORDER BY finished_at DESC LIMIT ? OFFSET ?"
+        return [as_dict(row) for row in self.db.execute(sql, [*params, -1 if limit is None else limit, offset])]
+
+    def functions(self, digests: Optional[set[bytes]] = None) -> set[bytes]:
+        """The function digests entries kept for requeue use (of ``digests``, if given):
+        the journal keeps those functions (journal only)."""
+        if self.db is None:
+            return set()
+        if digests is None:
+            return {bytes(d) for (d,) in self.db.execute(
+                "SELECT DISTINCT digest FROM history WHERE digest IS NOT NULL")}
+        found: set[bytes] = set()
+        ds = list(digests)
+        for i in range(0, len(ds), 500):  # under SQLite's limit on parameters
+            part = ds[i:i + 500]
+            found.update(bytes(d) for (d,) in self.db.execute(
+                f"SELECT DISTINCT digest FROM history WHERE digest IN ({','.join('?' * len(part))})", part))
+        return found
+
+    def prune(self, now: Optional[float] = None) -> set[bytes]:
+        """Drop entries older than the retention (journal only; memory is bounded by count);
+        the function digests the dropped entries used."""
+        if self.db is None:
+            return set()
         cutoff = (now or time.time()) - self.retention
-        return self.db.execute("DELETE FROM history WHERE finished_at < ?", (cutoff,)).rowcount
+        freed = {bytes(d) for (d,) in self.db.execute(
+            "SELECT DISTINCT digest FROM history WHERE finished_at < ? AND digest IS NOT NULL", (cutoff,))}
+        self.db.execute("DELETE FROM history WHERE finished_at < ?", (cutoff,))
+        return freed
 
 
-def page(items: list[Any], limit: Optional[int], offset: int) -> list[Any]:
-    items = items[offset:] if offset else items
-    return items[:limit] if limit is not None else items
+def _group(e: list) -> tuple:
+    return (e[3], e[2], e[1], bool(e[11]))

@@ -115,11 +115,26 @@ class Journal:
     def holds(self, kind: str) -> set[str]:
         return {n for (n,) in self.db.execute("SELECT name FROM holds WHERE kind = ?", (kind,))}
 
-    def prune_functions(self, keep: Iterable[bytes]) -> None:
+    def prune_functions(self, keep: Iterable[bytes]) -> set[bytes]:
+        """Delete every function not in ``keep``; the digests deleted."""
         keep = set(keep)
-        gone = [(d,) for (d,) in self.db.execute("SELECT digest FROM functions") if bytes(d) not in keep]
+        gone = {bytes(d) for (d,) in self.db.execute("SELECT digest FROM functions")} - keep
+        return self.drop_functions(gone)
+
+    def drop_functions(self, digests: Iterable[bytes]) -> set[bytes]:
+        """Delete these functions (no task in the journal may use them: the caller knows)."""
+        gone = set(digests)
         if gone:
-            self.db.executemany("DELETE FROM functions WHERE digest = ?", gone)
+            self.commit()  # nothing of ours pending: what we delete is not about to be written
+            cur = self.db.cursor()
+            cur.execute("BEGIN")
+            try:
+                cur.executemany("DELETE FROM functions WHERE digest = ?", [(d,) for d in gone])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return gone
 
     def close(self) -> None:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from zq.envelope import TaskState
 from zq.errors import ProtocolError
@@ -43,12 +43,35 @@ class WorkerInfo:
 
 
 class TaskRecord:
-    __slots__ = ("spec", "state", "worker", "client", "progress", "progress_first")
+    """One active task.  Its ``state`` is read-only here: only the ventilator's
+    :class:`nodes.tasktable.TaskTable` changes it (``set_state``), and setting its
+    ``worker`` moves it in the table's index."""
+
+    __slots__ = ("spec", "_state", "_worker", "client", "progress", "key", "group", "table", "digest", "progress_first")
 
     def __init__(self, spec: TaskSpec, client: bytes) -> None:
         self.spec = spec
-        self.state = TaskState.UNKNOWN
-        self.worker: Optional[bytes] = None
+        self._state = TaskState.UNKNOWN
+        self._worker: Optional[bytes] = None
         self.client = client
         self.progress: Optional[list] = None  # [done, total, message, time, eta]
         self.progress_first: Optional[tuple[float, float]] = None  # the ETA's baseline
+        self.key: tuple = ()  # (submitted_at, -acceptance number): the table's sort key
+        self.group: Any = None  # the table's group (a SortedRecs) holding it
+        self.table: Any = None  # the TaskTable holding it
+        self.digest: Optional[bytes] = None  # the function digest the table counts for it
+
+    @property
+    def state(self) -> TaskState:
+        return self._state
+
+    @property
+    def worker(self) -> Optional[bytes]:
+        return self._worker
+
+    @worker.setter
+    def worker(self, ident: Optional[bytes]) -> None:
+        if ident != self._worker:
+            self._worker = ident
+            if self.table is not None:
+                self.table.moved(self)

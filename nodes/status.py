@@ -51,6 +51,7 @@ def render(data: dict) -> str:
         f"security   {'CURVE (authenticated, encrypted)' if v.get('secured') and s.get('secured') else 'NONE (no keys: loopback or --insecure)'}",
         f"sink       {s['endpoints'].get('endpoint')} on {s['host']}  "
         f"{s['results_per_second']:.1f} results/s  retained {s['retained']}  undelivered {s['undelivered']}",
+        _sink_link(v.get("sink_link")),
         "",
         f"tasks: submitted {c.get('submitted', 0)}  done {c.get('done', 0)}  canceled {c.get('canceled', 0)}  "
         f"retried {c.get('retried', 0)}  lost attempts {c.get('lost_attempts', 0)}",
@@ -69,3 +70,14 @@ def render(data: dict) -> str:
     if not v.get("workers"):
         lines.append("(no workers)")
     return "\n".join(lines)
+
+
+def _sink_link(link: Any) -> str:
+    """The ventilator's own link to the sink (it sends WorkerLost and cancellations there)."""
+    if not isinstance(link, dict):
+        return "sink link (not reported by this ventilator)"
+    if link.get("up"):
+        return f"sink link ventilator -> {link.get('endpoint')}  up"
+    heard = "" if link.get("heard") else ", never heard from it"
+    return (f"sink link ventilator -> {link.get('endpoint')}  DOWN (silent {link.get('silent', 0):.0f}s{heard}; "
+            f"{link.get('waiting', 0)} result(s) waiting; their clients get NodeUnreachable)")

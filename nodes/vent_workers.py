@@ -153,6 +153,7 @@ class WorkerMessages(_Base):
             spec.queue = queue
         spec.args = msg.payload[1]
         spec.opts = dict(spec.opts or {}, then=then, hops=(spec.opts or {}).get("hops", 0) + 1)
+        self.tasks.respec(rec)  # indexed by queue and name; counted by function
         if self.journal is not None and digest not in self._journaled_fns and digest in self.fns:
             self.journal.put_function(digest, self.fns[digest])
             self._journaled_fns.add(digest)

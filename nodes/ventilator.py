@@ -12,8 +12,10 @@ take (READY) and gets more credit back with every DONE; the ventilator never
 sends more than the credit, so no worker hoards a backlog and the ROUTER never
 reaches its high-water mark.  *Which* task goes next (priorities, paused queues,
 disabled names, concurrency and rate limits, delays) is decided in
-``nodes/dispatch.py``.  Every state change goes through ``_set_state``, checked
-against ``zq.envelope.TRANSITIONS`` and reported to ``on_state`` policies.
+``nodes/dispatch.py``.  Every state change goes through ``_set_state`` (the task
+table, ``nodes/tasktable.py``, indexed for admin calls), checked against
+``zq.envelope.TRANSITIONS`` and reported to ``on_state`` policies.  How late the
+loop runs and whether the sink is reachable: ``nodes/vent_health.py``.
 
 What workers say, and what losing one means, is in ``nodes/vent_workers.py``: a
 worker silent for ``heartbeat_timeout`` is lost, every task it held is queued
@@ -33,7 +35,7 @@ import zmq
 from zq import protocol as P
 from zq._sockets import check_bind_allowed, recv_now, router, send_now
 from zq.config import Config
-from zq.envelope import ErrorInfo, TaskInfo, TaskState, can_transition
+from zq.envelope import ErrorInfo, TaskInfo, TaskState
 from zq.errors import ProtocolError
 from zq.policy import Policy, run_hooks
 from zq.protocol import TaskSpec
@@ -46,6 +48,8 @@ from .history import History
 from .journal import Journal
 from .records import TaskRecord, WorkerInfo
 from .scheduler import Scheduler
+from .tasktable import TaskTable
+from .vent_health import LoopLag, SinkWatch
 from .vent_workers import WorkerMessages
 
 log = logging.getLogger("zq.ventilator")
@@ -53,6 +57,7 @@ log = logging.getLogger("zq.ventilator")
 FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
 FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
+FN_PRUNE_INTERVAL = 2.0  # seconds between deletions of the journal's unused functions
 
 
 class Ventilator(WorkerMessages, Node):
@@ -66,8 +71,8 @@ class Ventilator(WorkerMessages, Node):
         self.policies = list(policies)
         self.history_retention = history_retention
         self._journaled_fns: set[bytes] = set()
-        self.tasks: dict[str, TaskRecord] = {}
         self.dispatch = Dispatch()
+        self.tasks = TaskTable(self.dispatch, self._on_state if self.policies else None, self._odd_transition)
         self.fns: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.workers: dict[bytes, WorkerInfo] = {}
         self.finished: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
@@ -78,7 +83,9 @@ class Ventilator(WorkerMessages, Node):
         self.history = History()
         self.scheduler = Scheduler()
         self._next_prune = 0.0
+        self._next_fn_prune = 0.0
         self.tasks_seq = 0  # TASKS messages sent in this run (each carries its number)
+        self.lag = LoopLag()
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -98,6 +105,8 @@ class Ventilator(WorkerMessages, Node):
         self.poller.register(self.wsock, zmq.POLLIN)
         self.poller.register(self._waker.fileno(), zmq.POLLIN)
         self.sink = SinkLink(self, cfg.sink_endpoint, f"ventilator-{self.instance}".encode(), self.poller)
+        self.sink_watch = SinkWatch(cfg.sink_endpoint, cfg.heartbeat_timeout, cfg.heartbeat_interval,
+                                    time.monotonic())
         if self.journal_path:
             self._resume(self.journal_path)
 
@@ -110,12 +119,31 @@ class Ventilator(WorkerMessages, Node):
         self.dispatch.disabled |= self.journal.holds("name")
         specs, fns = self.journal.load()
         self.fns.update(fns)
-        self._journaled_fns.update(fns)
         for spec in specs:
             spec.retain = True  # its client may be gone: keep the result at the sink
             self._accept(spec, spec.client.encode(), journal=False)
-        if specs:
-            log.info("journal %s: resumed %d task(s)", path, len(specs))
+        # keep the functions of these tasks and of failed ones (requeue); forget the others
+        gone = self.journal.prune_functions(set(self.tasks.digests) | self.history.functions())
+        self._journaled_fns.update(d for d in fns if d not in gone)
+        self.tasks.unused_digests.clear()
+        if specs or gone:
+            log.info("journal %s: resumed %d task(s), dropped %d unused function(s)", path, len(specs), len(gone))
+
+    def _prune_functions(self) -> None:
+        """Delete from the journal the functions no task uses any more (nor a failed or
+        cancelled one in its history, for requeue): without this the table only grows."""
+        unused = self.tasks.unused_digests
+        if not unused:
+            return
+        self.tasks.unused_digests = set()
+        if self.journal is None:
+            return
+        candidates = {d for d in unused if d in self._journaled_fns and d not in self.tasks.digests}
+        candidates -= self.history.functions(candidates)
+        if candidates:
+            self.journal.drop_functions(candidates)
+            self._journaled_fns -= candidates
+            self.counters["functions_pruned"] += len(candidates)
 
     def close(self) -> None:
         for s in ("clients", "wsock"):
@@ -133,11 +161,15 @@ class Ventilator(WorkerMessages, Node):
         next_tick = 0.0
         while not self.stopping:
             events = dict(self.poller.poll(interval_ms))
+            turn_start = time.monotonic()
             if self.wsock in events:
                 self._drain(self.wsock, self._on_worker)
             if self.clients in events:
                 self._drain(self.clients, self._on_client)
+            heard = self.sink.last_recv
             self.sink.handle(events)
+            if self.sink.last_recv != heard:  # the sink said something: it is reachable
+                self.sink_watch.heard(self.sink.last_recv)
             if self._waker.fileno() in events:
                 self._waker.drain()
             now = time.monotonic()
@@ -147,6 +179,7 @@ class Ventilator(WorkerMessages, Node):
             self._make_durable()  # before any worker sees a task
             self._dispatch()
             self.sink.flush()
+            self.lag.turn(turn_start, time.monotonic())
         self._shutdown()
 
     def _drain(self, sock: zmq.Socket, handler: Any, budget: float = 0.02) -> None:
@@ -154,7 +187,9 @@ class Ventilator(WorkerMessages, Node):
         round to heartbeats and dispatch however large a burst clients send."""
         deadline = time.monotonic() + budget
         for n in itertools.count():
-            if n & 15 == 15 and time.monotonic() > deadline:
+            # the clock after every message: one SUBMIT may carry 5,000 tasks (~50 ms), so
+            # checking every 16th let one drain hold the loop for most of a second
+            if n and time.monotonic() > deadline:
                 return
             frames = recv_now(sock, small=4)
             if frames is None:
@@ -188,22 +223,23 @@ class Ventilator(WorkerMessages, Node):
 
     # -- task states ------------------------------------------------------------------
     def _set_state(self, rec: TaskRecord, new: TaskState) -> None:
-        """The one place a task changes state: checked against TRANSITIONS, reported."""
-        old = rec.state
-        if not can_transition(old, new):
-            self.counters["odd_transitions"] += 1
-            log.warning("task %s: unexpected transition %s -> %s", rec.spec.task_id, old, new)
-        rec.state = new
-        if self.policies:
-            s = rec.spec
-            info = TaskInfo(s.task_id, s.name, s.queue, s.attempt, retries=s.retries, timeout=s.timeout,
-                            retain_result=s.retain)
-            run_hooks(self.policies, "on_state", info, s.task_id, old, new)
+        """Every state change: the task table checks it against TRANSITIONS (on the states
+        users see: PAUSED is a queued task of a paused queue or disabled name) and reports
+        it to ``on_state`` policies (``_on_state``)."""
+        self.tasks.set_state(rec, new)
+
+    def _odd_transition(self, rec: TaskRecord, old: TaskState, new: TaskState) -> None:
+        self.counters["odd_transitions"] += 1
+        log.warning("task %s: unexpected transition %s -> %s", rec.spec.task_id, old, new)
+
+    def _on_state(self, rec: TaskRecord, old: TaskState, new: TaskState) -> None:
+        s = rec.spec
+        info = TaskInfo(s.task_id, s.name, s.queue, s.attempt, retries=s.retries, timeout=s.timeout,
+                        retain_result=s.retain)
+        run_hooks(self.policies, "on_state", info, s.task_id, old, new)
 
     def shown_state(self, rec: TaskRecord) -> TaskState:
-        if rec.state is TaskState.QUEUED and rec.worker is None and self.dispatch.held_back(rec.spec):
-            return TaskState.PAUSED
-        return rec.state
+        return self.tasks.shown(rec)
 
     def shown_state_of(self, task_id: str) -> TaskState:
         rec = self.tasks.get(task_id)
@@ -260,7 +296,9 @@ class Ventilator(WorkerMessages, Node):
                 missing.append(spec.task_id)
                 ids.append(spec.task_id)
                 continue
-            ids.append(self._accept(spec, ident))
+            # a follow-up (SPAWN) belongs to its parent's client, "" (none) for a scheduled
+            # parent: never to the worker that sent it, whose routing id is no client's
+            ids.append(self._accept(spec, ident if sock is None else spec.client.encode()))
         if missing:
             self._send(sock if sock is not None else self.clients, ident, P.pack(P.REJECT, {
                 "ids": missing, "code": "unknown-function",
@@ -281,8 +319,11 @@ class Ventilator(WorkerMessages, Node):
                 self.counters["deduplicated"] += 1
                 return existing
             self.keyed[key] = spec.task_id
+        # a client's task without its own client field goes to the client that sent it;
+        # "" is "no client" (a schedule's slot and its follow-ups): recorded at the sink only
         spec.client = spec.client or ident.decode("utf-8", "replace")
-        rec = self.tasks[spec.task_id] = TaskRecord(spec, ident)
+        rec = TaskRecord(spec, ident)
+        self.tasks.add(rec)
         if journal and self.journal is not None:
             self.journal.put(spec)
             if spec.digest != P.BY_NAME and spec.digest not in self._journaled_fns:
@@ -290,10 +331,7 @@ class Ventilator(WorkerMessages, Node):
                 self._journaled_fns.add(spec.digest)
         now = time.monotonic()
         self.dispatch.learn(spec, now)
-        self._set_state(rec, TaskState.QUEUED)
-        if self.policies and self.dispatch.held_back(spec):  # shown PAUSED, stored QUEUED
-            self._set_state(rec, TaskState.PAUSED)
-            rec.state = TaskState.QUEUED
+        self._set_state(rec, TaskState.QUEUED)  # shown PAUSED if its queue is paused
         eta = (spec.opts or {}).get("eta")
         if isinstance(eta, (int, float)) and eta > time.time():
             self.dispatch.push_later(spec.task_id, now + (eta - time.time()))
@@ -311,7 +349,6 @@ class Ventilator(WorkerMessages, Node):
             return "canceled" if self.shown_state_of(task_id) is TaskState.CANCELED else ""
         if rec.worker is None:  # queued, paused or waiting out a retry delay
             self.dispatch.remove(rec.spec)
-            rec.state = self.shown_state(rec)  # PAUSED -> CANCELED is what happened
             self._finish(rec, TaskState.CANCELED, None)
             self.counters["canceled"] += 1
             return "canceled"
@@ -335,7 +372,7 @@ class Ventilator(WorkerMessages, Node):
         if rec.worker is not None:
             self.dispatch.finished(spec)
         self._set_state(rec, state)
-        self.tasks.pop(spec.task_id, None)
+        self.tasks.remove(rec)
         key = (spec.opts or {}).get("key")
         if key is not None and self.keyed.get(key) == spec.task_id:
             del self.keyed[key]
@@ -386,9 +423,19 @@ class Ventilator(WorkerMessages, Node):
             self._fire(name, queue, slot)
         if now >= self._next_prune:
             self._next_prune = now + 60.0
-            self.history.prune()  # --history-retention (journal only)
+            # --history-retention (journal only); the functions dropped entries kept may go
+            self.tasks.unused_digests |= self.history.prune()
+        if now >= self._next_fn_prune:
+            self._next_fn_prune = now + FN_PRUNE_INTERVAL
+            self._prune_functions()
         self.rate_samples.append((now, self.counters["done"]))
         self.sink.tick(now)
+        if self.sink_watch.check(now, len(self.sink.unacked)):
+            # the results we decided cannot reach the sink: tell the clients waiting for them
+            notices = self.sink_watch.notices(self.sink.unacked.values(), now, self.endpoints["clients"])
+            for client, messages in notices.items():
+                for frames in messages:
+                    self._send(self.clients, client, frames)
 
     def _fire(self, name: str, queue: str, slot: float) -> None:
         """A schedule's slot: a by-name task with a deterministic id (never twice)."""

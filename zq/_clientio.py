@@ -313,6 +313,8 @@ class ClientIO:
                 self._sent_fns.clear()
                 if specs:
                     self._send_tasks(specs, force_fns=True)
+        elif cmd == P.ERROR and msg.header.get("code") == P.UNREACHABLE:
+            self._unreachable_elsewhere(msg.header)
         elif cmd == P.ERROR and msg.header.get("code") == "gone":
             for tid in msg.header.get("ids") or ():  # future_for() a result nobody kept
                 with self._lock:
@@ -321,6 +323,27 @@ class ClientIO:
                     fut.set_exception(ZqError(str(msg.header.get("msg"))))
         elif cmd == P.ERROR:
             log.warning("%s refused a message: %s", node, msg.header.get("msg"))
+
+    def _unreachable_elsewhere(self, h: dict) -> None:
+        """The ventilator cannot get these tasks' results (WorkerLost, cancellations it
+        decided) to the sink it was given: fail them as if that sink were ours, once it has
+        been silent for our unreachable_timeout (the ventilator says so again meanwhile)."""
+        down_for = h.get("down_for")
+        if not isinstance(down_for, (int, float)) or down_for < self.unreachable_timeout:
+            return
+        exc = NodeUnreachable(f"{h.get('msg')} (client unreachable_timeout={self.unreachable_timeout:g}s)")
+        failed = []
+        with self._lock:
+            for tid in h.get("ids") or ():
+                fut = self._futures.pop(tid, None) if isinstance(tid, str) else None
+                if fut is not None:
+                    self._unfinished.pop(tid, None)
+                    failed.append(fut)
+        for fut in failed:
+            try:
+                fut.set_exception(exc)
+            except concurrent.futures.InvalidStateError:
+                pass
 
     def _limit_lowered(self) -> None:
         """A node takes smaller messages than we assumed: fail the tasks over the limit (the

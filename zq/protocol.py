@@ -53,7 +53,9 @@ RESULT      W/V -> S, S -> C  {"r": [result rows], "v"?: [bytes]}; one value fra
 ACK         S -> W/V, C -> S  {"ids": [...]} results safe / received: forget them
 HELLO       C -> S      {"client": id} route my results to this socket
 HEARTBEAT   any         {"id": node id, "instance": random id of this run, "max": max message}
-ERROR       any         {"code": str, "msg": str} your message was refused
+ERROR       any         {"code": str, "msg": str} your message was refused; V -> C with code
+                        "unreachable": {"ids", "node", "endpoint", "down_for", "msg"} the results
+                        of these tasks cannot reach that node from the ventilator
 PROGRESS    W -> V -> C {"p": [[task id, done, total, message, time], ...]}
 SPAWN       W -> V      like SUBMIT: follow-up tasks queued by a running task
 CONTINUE    W -> V      {"id", "name", "digest", "queue", "then"}; fn frame?, arg frame:
@@ -177,6 +179,16 @@ def str_list(header: dict, key: str, command: bytes = b"") -> list[str]:
 
 def error_message(code: str, msg: str) -> list:
     return pack(ERROR, {"code": code, "msg": msg})
+
+
+#: ERROR code (V -> C): the results of ``ids`` cannot reach ``node`` at ``endpoint`` from the
+#: sender, silent for ``down_for`` seconds (the client fails them past its unreachable_timeout)
+UNREACHABLE = "unreachable"
+
+
+def unreachable_message(ids: list[str], node: str, endpoint: str, down_for: float, msg: str) -> list:
+    return pack(ERROR, {"code": UNREACHABLE, "ids": ids, "node": node, "endpoint": endpoint,
+                        "down_for": down_for, "msg": msg})
 
 
 # --------------------------------------------------------------------------- tasks
