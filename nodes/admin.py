@@ -56,7 +56,7 @@ def _select(v: "Ventilator", h: dict) -> list[dict]:
                 and (name is None or e["name"] == name) and (since is None or e["submitted_at"] >= since)):
             active.append(e)
     active.sort(key=lambda e: -e["submitted_at"])
-    done = [] if state in ("QUEUED", "RUNNING", "PAUSED", "RETRYING") else v.history.query(
+    done = [] if state in ("QUEUED", "RESERVED", "RUNNING", "PAUSED", "RETRYING") else v.history.query(
         state, queue, name, since, bool(h.get("forgotten")))
     return active + done
 
@@ -130,6 +130,8 @@ def set_paused(v: "Ventilator", queue: str, paused: bool) -> int:
     if v.journal is not None:
         v.journal.set_hold("queue", queue, paused)
     _announce_hold(v, lambda s: s.queue == queue, paused)
+    if paused:  # what workers hold and have not started comes back, to wait here
+        v.reclaim(lambda s: s.queue == queue, {"queues": [queue]})
     return v.dispatch.waiting(queue)
 
 def set_disabled(v: "Ventilator", name: str, disabled: bool) -> bool:
@@ -137,6 +139,8 @@ def set_disabled(v: "Ventilator", name: str, disabled: bool) -> bool:
     if v.journal is not None:
         v.journal.set_hold("name", name, disabled)
     _announce_hold(v, lambda s: s.name == name, disabled)
+    if disabled:
+        v.reclaim(lambda s: s.name == name, {"names": [name]})
     return disabled
 
 def _announce_hold(v: "Ventilator", which: Any, held: bool) -> None:
