@@ -55,8 +55,9 @@ class WorkerMessages(_Base):
             self._on_done(w, ids, P.str_list(h, "states", cmd))
             if ids:
                 w.last_done = now
-            # credit granted, or (negative) taken back: never below what it holds for us
-            w.credit = max(0, min(100_000, w.credit + P.field(h, "credit", int, cmd)))
+            # credit granted, or (negative) taken back: below 0 when tasks we sent were on their
+            # way as the worker took it back (it counts the same; its next grants pay it back)
+            w.credit = max(-100_000, min(100_000, w.credit + P.field(h, "credit", int, cmd)))
         elif cmd == P.STARTED:
             w.last_done = now
             for tid in P.str_list(h, "ids", cmd):

@@ -90,7 +90,9 @@ class Worker(Node):
         self.started_ids: list[str] = []
         self.done_ids: list[str] = []
         self.done_states: list[str] = []
-        self.promised = 0  # credit the ventilator holds for us (granted - received)
+        # credit the ventilator holds for us (granted - taken back - received); below 0 when
+        # tasks were on their way as we took credit back: the ventilator counts the same
+        self.promised = 0
         self.accepting = True
         self._fds: set[int] = set()
         self.async_concurrency = async_concurrency
@@ -245,7 +247,7 @@ class Worker(Node):
         want = self.slots + prefetch - held - self.promised
         if want >= 0:
             return want
-        if -want <= prefetch // 2:  # small jitter of the estimate: not worth a message
+        if -want <= prefetch // 2 or self.promised <= 0:  # jitter of the estimate: not worth a message
             return 0
         return -min(-want, self.promised)
 
@@ -315,7 +317,9 @@ class Worker(Node):
         cmd = msg.command
         if cmd == P.TASKS:
             tasks, fns = P.unpack_tasks(msg)
-            self.promised = max(0, self.promised - len(tasks))
+            # may go below 0: credit taken back while these were on their way (the
+            # ventilator's count went below 0 the same way; the next grant pays it back)
+            self.promised -= len(tasks)
             for digest, frame in fns.items():
                 self.fn_store[digest] = frame
             while len(self.fn_store) > FN_STORE:
