@@ -216,17 +216,20 @@ class Worker(Node):
             self.sink.close()
 
     # -- credit -----------------------------------------------------------------------
+    def _busy_since(self) -> Optional[float]:
+        """Since when the oldest running task (in a slot) has gone without any completion."""
+        if not self.running:
+            return None
+        spec, _, started = next(iter(self.running.values()))  # in start order
+        return None if spec.opts and spec.opts.get("async") else max(started, self.last_done)
+
     def _run_estimate(self, now: float) -> Optional[float]:
-        """Seconds a task takes here: the average of recent ones, or longer when the oldest
-        running task has gone that long without any completion (long tasks are known to be
-        long while they run, not only once they finish)."""
-        est = self.avg_run
-        if est is None or not self.running:
-            return est
-        spec, _, started = next(iter(self.running.values()))  # the oldest still running
-        if spec.opts and spec.opts.get("async"):  # holds no slot
-            return est
-        return max(est, now - max(started, self.last_done))
+        """Seconds a task takes here: the average of recent ones, or longer while a running
+        task has gone longer without a completion (long tasks are known to be long at once)."""
+        since = self._busy_since()
+        if self.avg_run is None or since is None:
+            return self.avg_run
+        return max(self.avg_run, now - since)
 
     def _prefetch(self, now: float) -> int:
         if self.fixed_prefetch is not None:
@@ -252,17 +255,14 @@ class Worker(Node):
         return -min(-want, self.promised)
 
     def _revoke_due(self, now: float) -> Optional[float]:
-        """When the prefetch, shrinking while a long task runs, next drops below what was
-        promised (so the loop wakes to take the credit back); None if it will not."""
-        if self.promised <= 0 or self.fixed_prefetch is not None or not self.running:
+        """When the prefetch, shrinking while a long task runs, next halves (the loop wakes
+        then to take credit back); None if it will not."""
+        if self.promised <= 0 or self.fixed_prefetch is not None:
             return None
-        prefetch = self._prefetch(now)
-        if prefetch <= 0:
+        since, prefetch = self._busy_since(), self._prefetch(now)
+        if since is None or prefetch <= 0:
             return None
-        spec, _, started = next(iter(self.running.values()))
-        if spec.opts and spec.opts.get("async"):
-            return None
-        return max(started, self.last_done) + PREFETCH_SECONDS * self.slots / max(prefetch // 2, 1)
+        return since + PREFETCH_SECONDS * self.slots / max(prefetch // 2, 1)
 
     # -- the loop ---------------------------------------------------------------------
     def loop(self) -> None:

@@ -24,7 +24,7 @@ from tests import lifecycle_tasks as T
 from tests.lifecycle_tasks import lc_env, read_lines, stays, touch, wait_for
 from zq._wake import Waker
 from zq.protocol import TaskSpec
-from zq.serialize import args_from_blob, loads_value, pack_args, pickle_function
+from zq.serialize import args_from_blob, function_name, loads_value, pack_args, pickle_function
 
 S = zq.TaskState
 
@@ -139,6 +139,20 @@ def test_pause_gives_back_a_held_task(held):
     client.resume(q)
     assert second.result(timeout=10) == "second"
     assert read_lines(runs) == ["second"]
+
+
+def test_disabling_its_name_gives_back_a_held_task(held):
+    client, q, gate, runs, first, second = held
+    name = function_name(T.mark)
+    client.disable_task(name)
+    try:
+        wait_for(lambda: client.get_status(second.task_id) is S.PAUSED, what="second back, paused")
+        touch(gate)
+        first.result(timeout=10)
+        stays(lambda: not read_lines(runs), 0.3, what="second does not run while disabled")
+    finally:
+        client.enable_task(name)
+    assert second.result(timeout=10) == "second"
 
 
 def test_cancel_of_a_held_task(held):
