@@ -436,7 +436,8 @@ def test_on_state_for_a_retried_task(mclient, adir):
     f = mclient.submit_task(T.fail_until, (path, 2), retries=1, retry_backoff=0.01)
     assert f.result(10)["attempt"] == 2
     assert wait_transitions(adir, f.task_id, "SUCCESS") == [
-        ("UNKNOWN", "QUEUED"), ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "RETRYING"), ("RETRYING", "QUEUED"),
+        ("UNKNOWN", "QUEUED"), ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "RETRYING"),
+        ("RETRYING", "QUEUED"),
         ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "SUCCESS")]
 
 
