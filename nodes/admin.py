@@ -39,7 +39,7 @@ def _active_entry(v: "Ventilator", rec: Any) -> dict:
             "forgotten": False, "progress": rec.progress}
 
 
-_ACTIVE_STATES = frozenset({"QUEUED", "RUNNING", "PAUSED", "RETRYING"})
+_ACTIVE_STATES = frozenset({"QUEUED", "RESERVED", "RUNNING", "PAUSED", "RETRYING"})
 
 
 def _filters(h: dict) -> tuple[Optional[str], Optional[str], Optional[str], Optional[float], bool]:
@@ -145,6 +145,8 @@ def set_paused(v: "Ventilator", queue: str, paused: bool) -> int:
         v.journal.set_hold("queue", queue, paused)
     if v.policies:  # on_state: the waiting tasks of the queue are shown PAUSED (or QUEUED again)
         v.tasks.hold_changed(queue=queue, before=before)
+    if paused:  # what workers hold and have not started comes back, to wait here
+        v.reclaim(lambda s: s.queue == queue, {"queues": [queue]})
     return v.dispatch.waiting(queue)
 
 
@@ -155,6 +157,8 @@ def set_disabled(v: "Ventilator", name: str, disabled: bool) -> bool:
         v.journal.set_hold("name", name, disabled)
     if v.policies:
         v.tasks.hold_changed(name=name, before=before)
+    if disabled:
+        v.reclaim(lambda s: s.name == name, {"names": [name]})
     return disabled
 
 

@@ -180,7 +180,7 @@ def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[b
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Executor slots (default: number of CPUs).")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
-              help="Tasks held beyond the free slots (default: adaptive, ~20 ms of work).")
+              help="Tasks held beyond the free slots (default: adaptive, ~5 ms of work per slot).")
 @click.option("--queue", "queues", multiple=True, help="Queue to serve (repeatable, default 'default').")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running tasks may take to finish on SIGTERM.")

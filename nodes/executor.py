@@ -16,7 +16,14 @@ Tasks report progress and queue follow-ups through *events* (see
 zq.context): the thread executor appends them to the same deque as
 completions, a child process sends them down its pipe.  ``async def`` tasks
 run on one event loop thread (``AsyncRunner``), many at once.  The code that
-runs a task is ``zq.runner.execute`` / ``execute_async``.
+runs a task is ``zq.runner.execute`` / ``execute_async``; each completion an
+executor hands back carries, as its last field (``ATTEMPT``), the attempt it ran.
+
+Unpickled task functions are cached per executor (and per child process) in an
+LRU of ``FN_CACHE`` functions.  One evicted is unpickled again from the bytes
+the worker hands over with every batch (thread, async); a child process is sent
+a function's bytes whenever the parent's mirror of its cache (``_Child.digests``,
+the same LRU fed the same digests in the same order) says the child lacks it.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Callable, Optional, Sequence
 
 from zq._wake import Waker
@@ -42,6 +49,93 @@ log = logging.getLogger("zq.worker")
 
 #: what a slot is given: [(task row, argument bytes, function bytes or None), ...]
 Batch = list
+#: functions kept unpickled per executor (and per child process), least recently used out
+FN_CACHE = 1000
+#: index of the attempt in a completion handed back by an executor (the runner's
+#: completion has 9 fields; the executor appends the attempt of the row it ran)
+ATTEMPT = 9
+_ROW_ATTEMPT = 9  # index of the attempt in a task row (TaskSpec.row)
+
+
+class FnCache:
+    """Unpickled functions by digest, at most ``size``, least recently used evicted.
+
+    ``get``/``__setitem__`` are what ``zq.runner.load_function`` uses; ``touch`` (process
+    children) records the use of a digest before its task runs, keeping the function
+    bytes when it is not loaded yet, so that the parent's mirror stays exact whether or
+    not the task gets as far as loading its function.  Thread-safe (executor threads
+    share one)."""
+
+    def __init__(self, size: int = FN_CACHE) -> None:
+        self.size = max(1, size)
+        self._d: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, digest: bytes) -> Optional[Callable]:
+        with self._lock:
+            fn = self._d.get(digest)
+            if fn is None or type(fn) is _Unloaded:
+                return None
+            self._d.move_to_end(digest)
+            return fn
+
+    def __setitem__(self, digest: bytes, fn: Callable) -> None:
+        with self._lock:
+            self._d[digest] = fn
+            self._d.move_to_end(digest)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+    def touch(self, digest: bytes, data: Any) -> Any:
+        """A task of ``digest`` is about to run, with its function's bytes or None: note the
+        use (evicting the oldest); the bytes to load the function from if not loaded yet."""
+        with self._lock:
+            d = self._d
+            have = d.get(digest)
+            if have is None:
+                if data is not None:
+                    d[digest] = _Unloaded(data)
+                    while len(d) > self.size:
+                        d.popitem(last=False)
+                return data
+            d.move_to_end(digest)
+            if type(have) is _Unloaded:
+                return have.data if data is None else data
+            return data
+
+
+class _Unloaded:
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+class _Mirror:
+    """The parent's view of a child's FnCache: which digests it holds, same LRU order."""
+
+    __slots__ = ("size", "_d")
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._d: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def use(self, digest: bytes) -> bool:
+        """Note a task of ``digest`` sent to the child; False if the child lacks it."""
+        d = self._d
+        if digest in d:
+            d.move_to_end(digest)
+            return True
+        d[digest] = None
+        while len(d) > self.size:
+            d.popitem(last=False)
+        return False
 
 
 def import_tasks(modules: Sequence[str]) -> dict:
@@ -83,7 +177,7 @@ class _InProcess:
         self.max_result = max_result
         self.completions: deque[Any] = deque()
         self.events: deque[tuple] = deque()
-        self._fns: dict[bytes, Callable] = {}
+        self._fns = FnCache(FN_CACHE)
 
     def _emit(self, event: tuple) -> None:
         self.events.append(event)
@@ -135,7 +229,7 @@ class ThreadExecutor(_InProcess):
                 comp = execute(row, args, fn_loader(self._fns, row, fn_data), self.policies,
                                self.max_result, self._emit)
                 # the last completion of a batch also frees the slot (see collect)
-                out.append((comp, i == last))
+                out.append((comp + (row[_ROW_ATTEMPT],), i == last))
                 self.waker.wake_if_sleeping()
 
     def collect(self, readable: set) -> list[Completion]:
@@ -164,7 +258,8 @@ class ThreadExecutor(_InProcess):
             t.join(max(0.0, deadline - time.monotonic()))
 
 
-def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int, imports: Sequence[str] = ()) -> None:
+def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int, imports: Sequence[str] = (),
+                fn_cache: int = FN_CACHE) -> None:
     """A long-lived executor process: run the batches sent down ``conn``, one task at a time,
     sending each completion back as soon as it is ready."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when children stop
@@ -178,7 +273,8 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int, imports
         import_tasks(imports)
     except Exception:
         log.exception("task modules could not be imported in the executor process")
-    fns: dict[bytes, Callable] = {}
+    global _child_fns
+    fns = _child_fns = FnCache(fn_cache)
 
     def emit(event: tuple) -> None:
         conn.send_bytes(pickle.dumps(("event", event), protocol=5))
@@ -192,10 +288,17 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int, imports
         if batch is None:
             return
         for row, args, fn_data in batch:
+            if row[3] != BY_NAME:  # in step with the parent's mirror (_Mirror.use), task by task
+                fn_data = fns.touch(row[3], fn_data)
             comp = execute(row, args, fn_loader(fns, row, fn_data), policies, max_result, emit)
             if type(comp[3]) is ArgFrames:  # out-of-band frames cross the pipe as one blob
                 comp = (*comp[:3], args_blob(comp[3]), *comp[4:])
+            comp += (row[_ROW_ATTEMPT],)
             conn.send_bytes(pickle.dumps(("done", comp), protocol=5))
+
+
+#: a child process's function cache (for inspection by tasks and tests)
+_child_fns: Optional[FnCache] = None
 
 
 def oom_kills() -> Optional[int]:
@@ -228,11 +331,11 @@ def oom_kills() -> Optional[int]:
 class _Child:
     __slots__ = ("proc", "conn", "tasks", "digests", "oom_at_start")
 
-    def __init__(self, proc: Any, conn: Any) -> None:
+    def __init__(self, proc: Any, conn: Any, fn_cache: int) -> None:
         self.proc = proc
         self.conn = conn
         self.tasks: deque[str] = deque()  # ids sent and not completed, in order
-        self.digests: set[bytes] = set()
+        self.digests = _Mirror(fn_cache)  # the functions the child holds (its FnCache)
         self.oom_at_start = oom_kills()
 
 
@@ -246,8 +349,9 @@ class ProcessExecutor:
     kind = "process"
 
     def __init__(self, slots: int, policy_specs: Sequence[str], max_result: int,
-                 imports: Sequence[str] = ()) -> None:
+                 imports: Sequence[str] = (), fn_cache: int = FN_CACHE) -> None:
         self.slots = slots
+        self.fn_cache = fn_cache
         self.policy_specs = list(policy_specs)
         self.imports = list(imports)
         self.max_result = max_result
@@ -261,11 +365,11 @@ class ProcessExecutor:
     def _spawn(self) -> _Child:
         parent, child = self._mp.Pipe(duplex=True)
         proc = self._mp.Process(target=_child_main, args=(child, self.policy_specs, self.max_result,
-                                                          self.imports),
+                                                          self.imports, self.fn_cache),
                                 daemon=True, name="zq-exec")
         proc.start()
         child.close()
-        return _Child(proc, parent)
+        return _Child(proc, parent, self.fn_cache)
 
     def fds(self) -> list:
         return [c.conn.fileno() for c in self.children]
@@ -281,10 +385,9 @@ class ProcessExecutor:
         items = []
         for s in specs:
             fn = None
-            if s.digest not in child.digests:
+            if s.digest != BY_NAME and not child.digests.use(s.digest):
                 fn = fns.get(s.digest)
                 fn = bytes(fn) if fn is not None else None
-                child.digests.add(s.digest)
             items.append((s.row(), args_blob(s.args), fn))
             child.tasks.append(s.task_id)
         child.conn.send_bytes(pickle.dumps(items, protocol=5))
@@ -404,8 +507,8 @@ class AsyncRunner(_InProcess):
     def start(self, spec: TaskSpec, fn_data: Any) -> None:
         self.running += 1
         row, args = spec.row(), spec.args
-        coro = execute_async(row, args, fn_loader(self._fns, row, fn_data), self.policies,
-                             self.max_result, self._emit)
+        coro = _with_attempt(execute_async(row, args, fn_loader(self._fns, row, fn_data), self.policies,
+                                           self.max_result, self._emit), row[_ROW_ATTEMPT])
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         fut.add_done_callback(self._done)
 
@@ -427,3 +530,7 @@ class AsyncRunner(_InProcess):
     def close(self, wait: float) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(wait)
+
+
+async def _with_attempt(coro: Any, attempt: int) -> Completion:
+    return (await coro) + (attempt,)

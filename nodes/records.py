@@ -13,7 +13,8 @@ from zq.protocol import TaskSpec
 
 class WorkerInfo:
     __slots__ = ("ident", "id", "queues", "credit", "inflight", "fns", "host", "pid", "executor",
-                 "concurrency", "last_seen", "last_sent", "done", "registered_at")
+                 "concurrency", "last_seen", "last_sent", "done", "registered_at", "last_done",
+                 "reclaim_sent")
 
     def __init__(self, ident: bytes, header: dict, now: float) -> None:
         self.ident = ident
@@ -37,6 +38,8 @@ class WorkerInfo:
         self.last_sent = now
         self.done = 0
         self.registered_at = time.time()
+        self.last_done = now  # the last DONE or STARTED with ids: it makes progress
+        self.reclaim_sent = float("-inf")  # RECLAIM sent and not answered (RETURN) since
 
     def describe(self) -> str:
         return f"worker {self.id} on host {self.host} (pid {self.pid})"

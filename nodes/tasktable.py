@@ -35,6 +35,7 @@ from .records import TaskRecord
 BLOCK = 512  # records per block of a SortedRecs (split at twice that)
 
 _Q, _P, _R, _RT = TaskState.QUEUED, TaskState.PAUSED, TaskState.RUNNING, TaskState.RETRYING
+_RS = TaskState.RESERVED
 Key = tuple  # (submitted_at, -seq): newest last; unique per record
 
 
@@ -322,7 +323,7 @@ class TaskTable:
         state = rec._state
         if state is _Q:
             kind = "W" if rec._worker is None else "S"
-        elif state is _R or state is _RT:
+        elif state is _R or state is _RT or state is _RS:
             kind = state._value_
         else:  # UNKNOWN or final: not indexed
             if rec.group is not None:

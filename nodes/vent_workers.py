@@ -1,5 +1,5 @@
-"""What workers tell the ventilator: READY, DONE, STARTED, RETRY, BYE, PROGRESS, SPAWN,
-CONTINUE — and what a lost worker means for the tasks it held.
+"""What workers tell the ventilator: READY, DONE, STARTED, RETRY, BYE, RETURN, PROGRESS,
+SPAWN, CONTINUE — and what a lost worker means for the tasks it held.
 
 A mixin of :class:`nodes.ventilator.Ventilator` (the loop, dispatch and client side
 live there); every method runs on the ventilator's one thread.
@@ -52,13 +52,29 @@ class WorkerMessages(_Base):
         w.last_seen = now
         h = msg.header
         if cmd == P.DONE:
-            self._on_done(w, P.str_list(h, "ids", cmd), P.str_list(h, "states", cmd))
-            w.credit = max(0, min(100_000, w.credit + P.field(h, "credit", int, cmd)))
+            ids = P.str_list(h, "ids", cmd)
+            self._on_done(w, ids, P.str_list(h, "states", cmd))
+            if ids:
+                w.last_done = now
+            # credit granted, or (negative) taken back: below 0 when tasks we sent were on their
+            # way as the worker took it back (it counts the same; its next grants pay it back)
+            w.credit = max(-100_000, min(100_000, w.credit + P.field(h, "credit", int, cmd)))
         elif cmd == P.STARTED:
+            w.last_done = now
             for tid in P.str_list(h, "ids", cmd):
                 rec = self.tasks.get(tid)
-                if rec is not None and rec.worker == ident and rec.state is TaskState.QUEUED:
+                if rec is not None and rec.worker == ident and rec.state is TaskState.RESERVED:
                     self._set_state(rec, TaskState.RUNNING)
+        elif cmd == P.RETURN:  # unstarted tasks given back (RECLAIM): queued again, at the front
+            ids = P.str_list(h, "ids", cmd)
+            if ids:  # answered: another may follow (an empty answer: wait RECLAIM_WAIT first)
+                w.reclaim_sent = float("-inf")
+            for tid in ids:
+                w.inflight.pop(tid, None)
+                rec = self.tasks.get(tid)
+                if rec is not None and rec.worker == ident:
+                    self.counters["given_back"] += 1
+                    self._requeue(rec)
         elif cmd == P.RETRY:
             tid = P.field(h, "id", str, cmd)
             delay = float(P.field(h, "delay", (int, float), cmd))

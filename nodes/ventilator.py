@@ -8,9 +8,14 @@
     sink (ROUTER)    ◀──RESULT (cancelled, WorkerLost)─ [DEALER, SinkLink]
 
 Dispatch (``_dispatch``) is by credit: a worker announces how many tasks it can
-take (READY) and gets more credit back with every DONE; the ventilator never
-sends more than the credit, so no worker hoards a backlog and the ROUTER never
-reaches its high-water mark.  *Which* task goes next (priorities, paused queues,
+take (READY) and gets more credit back with every DONE (or takes some back); the
+ventilator never sends more than the credit, so the ROUTER never reaches its
+high-water mark.  Free slots are served first, then the prefetch is shared evenly
+among the workers of a queue, so no worker takes a backlog because it announced
+the most credit.  A task sent and not started is RESERVED; it comes back
+(RECLAIM, answered by RETURN) when its queue is paused or its name disabled, and
+when a worker of its queue sits idle while the holder makes no progress
+(``_rebalance``).  *Which* task goes next (priorities, paused queues,
 disabled names, concurrency and rate limits, delays) is decided in
 ``nodes/dispatch.py``.  Every state change goes through ``_set_state`` (the task
 table, ``nodes/tasktable.py``, indexed for admin calls), checked against
@@ -58,6 +63,9 @@ FINISHED_MEMORY = 100_000  # finished task states remembered for get_status
 FN_MEMORY = 10_000
 FN_STORE_PER_WORKER = 4096  # = nodes.worker.FN_STORE
 FN_PRUNE_INTERVAL = 2.0  # seconds between deletions of the journal's unused functions
+REBALANCE_EVERY = 0.02  # seconds between looks for idle workers (``_rebalance``)
+STALLED_AFTER = 0.05  # a worker that reported nothing for this long may give tasks back
+RECLAIM_WAIT = 1.0  # a RECLAIM unanswered for this long may be sent again
 
 
 class Ventilator(WorkerMessages, Node):
@@ -86,6 +94,7 @@ class Ventilator(WorkerMessages, Node):
         self._next_fn_prune = 0.0
         self.tasks_seq = 0  # TASKS messages sent in this run (each carries its number)
         self.lag = LoopLag()
+        self._next_rebalance = 0.0
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -178,6 +187,9 @@ class Ventilator(WorkerMessages, Node):
                 next_tick = now + self.config.heartbeat_interval / 2
             self._make_durable()  # before any worker sees a task
             self._dispatch()
+            if now >= self._next_rebalance:
+                self._next_rebalance = now + REBALANCE_EVERY
+                self._rebalance(now)
             self.sink.flush()
             self.lag.turn(turn_start, time.monotonic())
         self._shutdown()
@@ -358,7 +370,27 @@ class Ventilator(WorkerMessages, Node):
             # and reports CANCELED; a thread cannot be stopped, so those say no
             self._send(self.wsock, w.ident, P.pack(P.CANCEL, {"ids": [task_id]}))
             return "requested"
+        if w is not None and rec.state is TaskState.RESERVED:
+            # held by a thread worker, not started: it drops it and reports CANCELED (if it
+            # started meanwhile, it runs and its result settles the future)
+            self._send(self.wsock, w.ident, P.pack(P.CANCEL, {"ids": [task_id], "unstarted": True}))
+            return "requested"
         return ""
+
+    def reclaim(self, which: Any, header: dict) -> int:
+        """Ask the workers holding unstarted tasks for which ``which(spec)`` holds to give them
+        back (``header``: what RECLAIM says); the number of such tasks."""
+        n = 0
+        for w in self.workers.values():
+            held = 0
+            for tid in w.inflight:
+                rec = self.tasks.get(tid)
+                if rec is not None and rec.state is TaskState.RESERVED and which(rec.spec):
+                    held += 1
+            if held:
+                n += held
+                self._send(self.wsock, w.ident, P.pack(P.RECLAIM, header))
+        return n
 
     def _finish(self, rec: TaskRecord, state: TaskState, error: Optional[ErrorInfo]) -> None:
         """Finish a task that no worker will report on: the result goes to the sink."""
@@ -452,15 +484,52 @@ class Ventilator(WorkerMessages, Node):
 
     # -- dispatch ---------------------------------------------------------------------
     def _dispatch(self) -> None:
-        """Hand queued tasks to workers with credit, most credit first."""
+        """Hand queued tasks to workers with credit: free slots first, then the prefetch,
+        each worker an even share of what waits; what is left to those with credit left."""
         if not self.workers:
             return
         for qname in self.dispatch.names_with_work():
             ready = [w for w in self.workers.values() if w.credit > 0 and qname in w.queues]
-            ready.sort(key=lambda w: -w.credit)
+            if not ready:
+                continue
+            if len(ready) == 1:
+                self._send_tasks(ready[0], qname, ready[0].credit)
+                continue
+            free = {w.ident: max(0, w.concurrency - len(w.inflight)) for w in ready}
+            waiting = self.dispatch.waiting(qname)
+            share = -(-max(0, waiting - sum(free.values())) // len(ready))
+            ready.sort(key=lambda w: (-free[w.ident], -w.credit))
+            more = True
             for w in ready:
-                if not self._send_tasks(w, qname):
+                if not self._send_tasks(w, qname, min(w.credit, free[w.ident] + share)):
+                    more = False
                     break
+            if more:
+                for w in sorted(ready, key=lambda w: -w.credit):
+                    if w.credit > 0 and not self._send_tasks(w, qname, w.credit):
+                        break
+
+    def _rebalance(self, now: float) -> None:
+        """A worker with an idle slot while another, which reported nothing for a while,
+        holds more tasks than slots of a queue the idle one serves: ask that one to give
+        back (RECLAIM) up to half its surplus, as many as the idle slots."""
+        idle = [w for w in self.workers.values() if w.credit > 0 and len(w.inflight) < w.concurrency]
+        if not idle:
+            return
+        for h in self.workers.values():
+            surplus = len(h.inflight) - h.concurrency
+            if (surplus <= 0 or now - h.last_done < STALLED_AFTER
+                    or now - h.reclaim_sent < RECLAIM_WAIT):
+                continue
+            queues = {q for w in idle if w is not h for q in w.queues} & set(h.queues)
+            if not queues:
+                continue
+            slots = sum(w.concurrency - len(w.inflight) for w in idle
+                        if w is not h and not queues.isdisjoint(w.queues))
+            h.reclaim_sent = now
+            self.counters["reclaims"] += 1
+            self._send(self.wsock, h.ident, P.pack(P.RECLAIM, {
+                "queues": sorted(queues), "n": min(slots, (surplus + 1) // 2)}))
 
     def _lookup(self, tid: str) -> Optional[TaskSpec]:
         rec = self.tasks.get(tid)
@@ -468,10 +537,13 @@ class Ventilator(WorkerMessages, Node):
             return None  # cancelled or already dispatched: a stale entry
         return rec.spec
 
-    def _send_tasks(self, w: WorkerInfo, qname: str) -> bool:
-        """Send ``w`` what it may take from ``qname``; False when the queue has nothing more."""
+    def _send_tasks(self, w: WorkerInfo, qname: str, n: int) -> bool:
+        """Send ``w`` up to ``n`` tasks of ``qname`` (within its credit); False when the queue
+        has nothing more."""
+        if n <= 0:
+            return True
         limit = P.batch_limit(self.config.max_message_size)
-        batch = self.dispatch.take(qname, min(w.credit, 5000), self._lookup)
+        batch = self.dispatch.take(qname, min(n, w.credit, 5000), self._lookup)
         if not batch:
             return False
         fns: dict[bytes, Any] = {}
@@ -516,7 +588,9 @@ class Ventilator(WorkerMessages, Node):
         w.last_sent = time.monotonic()
         self.tasks_seq = seq
         for spec in keep:
-            self.tasks[spec.task_id].worker = w.ident
+            rec = self.tasks[spec.task_id]
+            rec.worker = w.ident
+            self._set_state(rec, TaskState.RESERVED)
             w.inflight[spec.task_id] = seq
         self.counters["dispatched"] += len(keep)
         return True

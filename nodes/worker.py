@@ -5,12 +5,16 @@
     sink       ◀──RESULT/HB── [DEALER, SinkLink] ──ACK/HB──▶ │ owns every socket,
     executor   ◀──batches on free slots── ──completions──▶   ┘ never runs user code
 
-Credit (``_grant``): the worker wants to hold ``slots + prefetch`` tasks.  With
-the default adaptive prefetch, ``prefetch`` is the number of tasks it expects
-to finish in ``PREFETCH_SECONDS`` (from the measured run time of recent tasks,
-at most ``MAX_PREFETCH``): short tasks keep a deep pipeline, long tasks are not
-hoarded while another worker idles.  It grants the ventilator exactly the
-difference between that target and what it holds or was already promised.
+Credit (``_wanted``): the worker wants to hold ``slots + prefetch`` tasks, i.e.
+its free slots plus a prefetch.  With the default adaptive prefetch, ``prefetch``
+is the number of tasks it expects to finish in ``PREFETCH_SECONDS`` per slot,
+from the measured run time (the average of recent tasks, or longer: the time the
+oldest running task has gone without a completion), at most ``MAX_PREFETCH``; a
+cold worker (nothing measured yet) prefetches nothing.  It grants the ventilator
+the difference between that target and what it holds or was already promised,
+and takes promised credit back (a negative grant) as soon as the target shrinks.
+Tasks it holds and has not started go back when the ventilator asks (RECLAIM,
+answered by RETURN: a paused queue, another worker idle) or are cancelled.
 
 Hand-off (``_start_tasks``): each free executor slot gets the next task, or a
 batch of the next tasks when they are short, so short tasks do not pay a thread
@@ -45,13 +49,13 @@ from zq.protocol import TaskSpec
 from zq.serialize import args_from_blob
 
 from .common import HOST, Node, SinkLink, result_row
-from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
+from .executor import ATTEMPT, AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
 
 log = logging.getLogger("zq.worker")
 
 FN_STORE = 4096
-PREFETCH_SECONDS = 0.02  # adaptive prefetch: hold about this much work beyond the slots
-MAX_PREFETCH = 2000
+PREFETCH_SECONDS = 0.005  # adaptive prefetch: about this much work per slot beyond the slots
+MAX_PREFETCH = 1000
 SPAWN_MEMORY = 10_000  # follow-up tasks kept until the ventilator confirms them ...
 SPAWN_BYTES = 256 * 1024 * 1024  # ... and their bytes
 BATCH_MAX = 64  # tasks handed to one slot at once (short tasks only)
@@ -76,13 +80,19 @@ class Worker(Node):
         self.fixed_prefetch: Optional[int] = None if config.worker_prefetch < 0 else config.worker_prefetch
         self.avg_run: Optional[float] = None  # EWMA of task run time, seconds
         self.local: collections.deque[TaskSpec] = collections.deque()
-        self.running: dict[str, tuple[TaskSpec, Optional[float]]] = {}  # id -> (spec, deadline)
-        self.abandoned: set[str] = set()  # timed out or cancelled while running; still busy
+        # id -> (spec, deadline, started); insertion order = start order
+        self.running: dict[str, tuple[TaskSpec, Optional[float], float]] = {}
+        # (id, attempt) timed out or cancelled while running (still busy): its completion is
+        # dropped, not that of a later attempt of the same task that runs here meanwhile
+        self.abandoned: set[tuple[str, int]] = set()
+        self.last_done = 0.0  # monotonic time of the latest completion
         self.fn_store: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.started_ids: list[str] = []
         self.done_ids: list[str] = []
         self.done_states: list[str] = []
-        self.promised = 0  # credit the ventilator holds for us (granted - received)
+        # credit the ventilator holds for us (granted - taken back - received); below 0 when
+        # tasks were on their way as we took credit back: the ventilator counts the same
+        self.promised = 0
         self.accepting = True
         self._fds: set[int] = set()
         self.async_concurrency = async_concurrency
@@ -151,7 +161,7 @@ class Worker(Node):
         ventilator that knew us answers SYNC (what do you hold?), see ``_on_ventilator``;
         unconfirmed follow-ups go again (a fresh connection may have lost them)."""
         self.promised = 0
-        credit = self._wanted()
+        credit = max(0, self._wanted(time.monotonic()))
         self.ready_pending = not self._to_vent(P.READY, {
             "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
             "pid": os.getpid(), "executor": self.executor.kind, "concurrency": self.slots,
@@ -167,7 +177,7 @@ class Worker(Node):
 
     def _held(self) -> list[str]:
         """Every task this worker has: queued here, running, abandoned, or in the outbox."""
-        return [*self.running, *(s.task_id for s in self.local), *self.abandoned,
+        return [*self.running, *(s.task_id for s in self.local), *(tid for tid, _ in self.abandoned),
                 *(tid for _, ids in self.outbox for tid in ids)]
 
     def _to_vent(self, cmd: bytes, header: dict) -> bool:
@@ -206,20 +216,53 @@ class Worker(Node):
             self.sink.close()
 
     # -- credit -----------------------------------------------------------------------
-    def _prefetch(self) -> int:
+    def _busy_since(self) -> Optional[float]:
+        """Since when the oldest running task (in a slot) has gone without any completion."""
+        if not self.running:
+            return None
+        spec, _, started = next(iter(self.running.values()))  # in start order
+        return None if spec.opts and spec.opts.get("async") else max(started, self.last_done)
+
+    def _run_estimate(self, now: float) -> Optional[float]:
+        """Seconds a task takes here: the average of recent ones, or longer while a running
+        task has gone longer without a completion (long tasks are known to be long at once)."""
+        since = self._busy_since()
+        if self.avg_run is None or since is None:
+            return self.avg_run
+        return max(self.avg_run, now - since)
+
+    def _prefetch(self, now: float) -> int:
         if self.fixed_prefetch is not None:
             return self.fixed_prefetch
-        if self.avg_run is None:
-            return self.slots
-        return min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(self.avg_run, 1e-6)))
+        est = self._run_estimate(now)
+        if est is None:  # cold: nothing measured, take no more than the free slots
+            return 0
+        return min(MAX_PREFETCH, int(PREFETCH_SECONDS * self.slots / max(est, 1e-6)))
 
-    def _wanted(self) -> int:
-        """How much more credit to grant: target minus what we hold and were promised."""
+    def _wanted(self, now: float) -> int:
+        """Credit to grant: target minus what we hold and were promised; negative (at most
+        what was promised) takes back credit when the target shrank well below it."""
         if not self.accepting:
             return 0
         # async tasks running on the event loop hold no slot (they are bounded by its limit)
         held = len(self.local) + len(self.running) - self.aio.running + len(self.abandoned)
-        return max(0, self.slots + self._prefetch() - held - self.promised)
+        prefetch = self._prefetch(now)
+        want = self.slots + prefetch - held - self.promised
+        if want >= 0:
+            return want
+        if -want <= prefetch // 2 or self.promised <= 0:  # jitter of the estimate: not worth a message
+            return 0
+        return -min(-want, self.promised)
+
+    def _revoke_due(self, now: float) -> Optional[float]:
+        """When the prefetch, shrinking while a long task runs, next halves (the loop wakes
+        then to take credit back); None if it will not."""
+        if self.promised <= 0 or self.fixed_prefetch is not None:
+            return None
+        since, prefetch = self._busy_since(), self._prefetch(now)
+        if since is None or prefetch <= 0:
+            return None
+        return since + PREFETCH_SECONDS * self.slots / max(prefetch // 2, 1)
 
     # -- the loop ---------------------------------------------------------------------
     def loop(self) -> None:
@@ -230,6 +273,10 @@ class Worker(Node):
             waker.sleeping = True
             busy = self.executor.pending() or self.aio.completions or self.aio.events
             timeout = 0 if busy else int(interval * 500) or 1
+            if timeout and self.promised:
+                due = self._revoke_due(time.monotonic())
+                if due is not None:  # wake to take credit back while a long task runs
+                    timeout = max(1, min(timeout, math.ceil((due - time.monotonic()) * 1000)))
             events = dict(self.poller.poll(timeout))
             waker.sleeping = False
             if self.vent in events:
@@ -270,7 +317,9 @@ class Worker(Node):
         cmd = msg.command
         if cmd == P.TASKS:
             tasks, fns = P.unpack_tasks(msg)
-            self.promised = max(0, self.promised - len(tasks))
+            # may go below 0: credit taken back while these were on their way (the
+            # ventilator's count went below 0 the same way; the next grant pays it back)
+            self.promised -= len(tasks)
             for digest, frame in fns.items():
                 self.fn_store[digest] = frame
             while len(self.fn_store) > FN_STORE:
@@ -280,8 +329,11 @@ class Worker(Node):
                 return
             self.local.extend(tasks)
         elif cmd == P.CANCEL:
+            unstarted = msg.header.get("unstarted") is True  # only if it has not started
             for tid in P.str_list(msg.header, "ids", cmd):
-                self._cancel(tid)
+                self._cancel(tid, unstarted)
+        elif cmd == P.RECLAIM:
+            self._give_back(msg.header)
         elif cmd == P.UNKNOWN:
             log.info("ventilator does not know this worker (it restarted?): registering again")
             self._send_ready()
@@ -303,19 +355,40 @@ class Worker(Node):
         elif cmd != P.HEARTBEAT:
             raise ProtocolError(f"the ventilator may not send {cmd.decode()}")
 
-    def _cancel(self, tid: str) -> None:
+    def _cancel(self, tid: str, unstarted: bool = False) -> None:
         for spec in self.local:
             if spec.task_id == tid:
                 self.local.remove(spec)
                 self._finish(spec, TaskState.CANCELED, None)
                 return
         entry = self.running.get(tid)
-        if entry is None:
+        if entry is None or unstarted:
             return
         if not self.executor.kill(tid, "cancelled"):
-            self.abandoned.add(tid)  # started in a batch: its result will be dropped
+            self.abandoned.add((tid, entry[0].attempt))  # started in a batch: result dropped
         self.running.pop(tid)
         self._finish(entry[0], TaskState.CANCELED, None)
+
+    def _give_back(self, h: dict) -> None:
+        """RECLAIM: hand back the tasks held here and not started that match (ids, queues,
+        names; at most ``n``, those that would start last); RETURN says which."""
+        def names(key: str) -> Optional[set]:
+            return set(P.str_list(h, key, P.RECLAIM)) if key in h else None
+        ids, queues, tnames = names("ids"), names("queues"), names("names")
+        n = h.get("n")
+        limit = n if type(n) is int and n >= 0 else len(self.local)
+        out: list[str] = []
+        keep: collections.deque[TaskSpec] = collections.deque()
+        for spec in reversed(self.local):
+            if len(out) < limit and ((ids is not None and spec.task_id in ids)
+                                     or (queues is not None and spec.queue in queues)
+                                     or (tnames is not None and spec.name in tnames)):
+                out.append(spec.task_id)
+            else:
+                keep.appendleft(spec)
+        self.local = keep
+        self.counters["given_back"] += len(out)
+        self._to_vent_surely(P.pack(P.RETURN, {"ids": out}), [])
 
     # -- running tasks ----------------------------------------------------------------
     def _start_tasks(self, now: float) -> None:
@@ -330,7 +403,7 @@ class Worker(Node):
                 if self.aio.free() <= 0:
                     break
                 self.local.popleft()
-                self.running[head.task_id] = (head, None)  # execute_async enforces its timeout
+                self.running[head.task_id] = (head, None, now)  # execute_async enforces its timeout
                 self.started_ids.append(head.task_id)
                 self.aio.start(head, self.fn_store.get(head.digest))
                 continue
@@ -345,7 +418,7 @@ class Worker(Node):
                 self.local.popleft()
                 batch.append(spec)
                 deadline = now + spec.timeout if spec.timeout else None
-                self.running[spec.task_id] = (spec, deadline)
+                self.running[spec.task_id] = (spec, deadline, now)
                 self.started_ids.append(spec.task_id)
                 if deadline is not None:
                     break
@@ -359,14 +432,20 @@ class Worker(Node):
             comps += self.aio.collect()
         for event in ex.take_events() + self.aio.take_events():
             self._on_event(event)
+        if comps:
+            self.last_done = time.monotonic()
+        abandoned = self.abandoned
         for comp in comps:
             tid = comp[0]
-            if tid in self.abandoned:  # timed out or cancelled earlier: only now is it gone
-                self.abandoned.discard(tid)
+            if abandoned and (tid, comp[ATTEMPT]) in abandoned:
+                # timed out or cancelled earlier: only now is it gone (a later attempt of the
+                # same task may be running here meanwhile: its completion is not this one)
+                abandoned.discard((tid, comp[ATTEMPT]))
                 continue
-            entry = self.running.pop(tid, None)
-            if entry is None:
+            entry = self.running.get(tid)
+            if entry is None or entry[0].attempt != comp[ATTEMPT]:
                 continue
+            del self.running[tid]
             spec = entry[0]
             run = comp[6]
             self.avg_run = run if self.avg_run is None else 0.9 * self.avg_run + 0.1 * run
@@ -380,7 +459,8 @@ class Worker(Node):
                              run_seconds=run, pid=comp[7], payload=payload)
             self._complete(spec, state, error, row)
         for tid, reason in ex.lost():
-            self.abandoned.discard(tid)
+            if abandoned:
+                self.abandoned = abandoned = {a for a in abandoned if a[0] != tid}
             entry = self.running.pop(tid, None)
             if entry is None:
                 continue
@@ -469,7 +549,7 @@ class Worker(Node):
         if self.started_ids:
             self._to_vent(P.STARTED, {"ids": self.started_ids})  # status only: may be lost
             self.started_ids = []
-        credit = self._wanted()
+        credit = self._wanted(time.monotonic())  # < 0: credit taken back
         if (self.done_ids or credit) and self._to_vent(
                 P.DONE, {"ids": self.done_ids, "states": self.done_states, "credit": credit}):
             self.promised += credit  # not sent: kept, and sent with the next ones (or READY)
@@ -477,13 +557,13 @@ class Worker(Node):
 
     def _tick(self, now: float) -> None:
         cfg = self.config
-        for tid, (spec, deadline) in list(self.running.items()):
+        for tid, (spec, deadline, _) in list(self.running.items()):
             if deadline is not None and now > deadline:
                 del self.running[tid]
                 err = ErrorInfo("TaskTimeout", f"task {tid} ({spec.name}) ran longer than its "
                                 f"timeout of {spec.timeout:g}s", "", "zq.errors")
                 if not self.executor.kill(tid, "timeout"):
-                    self.abandoned.add(tid)  # thread: its slot stays busy until it returns
+                    self.abandoned.add((tid, spec.attempt))  # thread: its slot stays busy until it returns
                 self._finish(spec, TaskState.FAILED, err, retryable=True)
         if self.executor.kind == "process" and self.executor.fds_changed:
             self._sync_fds()

@@ -420,7 +420,7 @@ def test_on_state_for_a_successful_task(mclient, adir):
     f = mclient.submit(T.add, 1, 2)
     assert f.result(10) == 3
     assert wait_transitions(adir, f.task_id, "SUCCESS") == [
-        ("UNKNOWN", "QUEUED"), ("QUEUED", "RUNNING"), ("RUNNING", "SUCCESS")]
+        ("UNKNOWN", "QUEUED"), ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "SUCCESS")]
 
 
 def test_on_state_for_a_failed_task(mclient, adir):
@@ -428,7 +428,7 @@ def test_on_state_for_a_failed_task(mclient, adir):
     with pytest.raises(ValueError):
         f.result(10)
     assert wait_transitions(adir, f.task_id, "FAILED") == [
-        ("UNKNOWN", "QUEUED"), ("QUEUED", "RUNNING"), ("RUNNING", "FAILED")]
+        ("UNKNOWN", "QUEUED"), ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "FAILED")]
 
 
 def test_on_state_for_a_retried_task(mclient, adir):
@@ -436,8 +436,9 @@ def test_on_state_for_a_retried_task(mclient, adir):
     f = mclient.submit_task(T.fail_until, (path, 2), retries=1, retry_backoff=0.01)
     assert f.result(10)["attempt"] == 2
     assert wait_transitions(adir, f.task_id, "SUCCESS") == [
-        ("UNKNOWN", "QUEUED"), ("QUEUED", "RUNNING"), ("RUNNING", "RETRYING"), ("RETRYING", "QUEUED"),
-        ("QUEUED", "RUNNING"), ("RUNNING", "SUCCESS")]
+        ("UNKNOWN", "QUEUED"), ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "RETRYING"),
+        ("RETRYING", "QUEUED"),
+        ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "SUCCESS")]
 
 
 def test_on_state_pause_resume_cancel(mclient, adir):
@@ -482,6 +483,6 @@ def test_on_state_for_a_task_whose_worker_is_lost(make_cluster, make_client, tmp
     (tmp_path / "gate-never").touch()
     assert f.result(15) == "x"
     ts = wait_transitions(tmp_path, f.task_id, "SUCCESS")
-    assert ts == [("UNKNOWN", "QUEUED"), ("QUEUED", "RUNNING"), ("RUNNING", "QUEUED"),
-                  ("QUEUED", "RUNNING"), ("RUNNING", "SUCCESS")]
+    assert ts == [("UNKNOWN", "QUEUED"), ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "QUEUED"),
+                  ("QUEUED", "RESERVED"), ("RESERVED", "RUNNING"), ("RUNNING", "SUCCESS")]
     stays(lambda: transitions(tmp_path, f.task_id) == ts, 0.2, what="no more events")

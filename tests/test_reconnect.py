@@ -199,7 +199,7 @@ def test_worker_ready_says_what_it_finished_and_held_says_what_it_holds(monkeypa
     w._retry(spec, delay=0.5)  # stays in the outbox: the link is full
     w._send_ready()
     assert w.ready_pending  # could not go: sent again by the next turn's _report
-    w.running["t-run"] = (spec, None)
+    w.running["t-run"] = (spec, None, 0.0)  # (spec, deadline, started)
     w.done_ids, w.done_states = ["t-done"], ["FAILED"]
     w.vent.full = False
     w._report()

@@ -41,7 +41,7 @@ class Config:
     # [worker]
     worker_executor: str = "process"
     worker_concurrency: int = 0  # 0: os.cpu_count()
-    worker_prefetch: int = -1  # -1: adaptive (about 20 ms of work beyond the slots)
+    worker_prefetch: int = -1  # -1: adaptive (about 5 ms of work per slot beyond the free slots)
     worker_queues: tuple[str, ...] = ("default",)
     worker_policies: tuple[str, ...] = ()
     # [cluster]

@@ -25,6 +25,8 @@ class TaskState(str, enum.Enum):
     UNKNOWN = "UNKNOWN"
     #: a failed attempt waiting out its retry backoff
     RETRYING = "RETRYING"
+    #: sent to a worker that holds it (prefetched) and has not started it yet
+    RESERVED = "RESERVED"
 
     def __str__(self) -> str:  # "SUCCESS", not "TaskState.SUCCESS"
         return self.value
@@ -42,11 +44,17 @@ STATE_OF: dict[str, TaskState] = {s.value: s for s in TaskState}
 #: it and fires ``Policy.on_state``).  QUEUED -> QUEUED and RUNNING -> QUEUED are
 #: re-queues (a lost worker, a graceful stop, a continuation); PAUSED is how a queued
 #: task of a paused queue or disabled task name is shown; FAILED -> QUEUED is an
-#: explicit ``requeue``.
+#: explicit ``requeue``.  RESERVED: a worker holds it, not started (prefetched); it goes
+#: RUNNING when the worker says it started, or back to QUEUED when given back (a paused
+#: queue, another worker idle, a lost worker); it can end without a STARTED seen.
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.UNKNOWN: frozenset({TaskState.QUEUED, TaskState.PAUSED}),
     TaskState.QUEUED: frozenset(
-        {TaskState.QUEUED, TaskState.RUNNING, TaskState.PAUSED, TaskState.CANCELED, TaskState.FAILED}),
+        {TaskState.QUEUED, TaskState.RESERVED, TaskState.RUNNING, TaskState.PAUSED, TaskState.CANCELED,
+         TaskState.FAILED}),
+    TaskState.RESERVED: frozenset(
+        {TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING, TaskState.SUCCESS, TaskState.FAILED,
+         TaskState.CANCELED}),
     TaskState.PAUSED: frozenset({TaskState.QUEUED, TaskState.CANCELED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset(
         {TaskState.QUEUED, TaskState.RETRYING, TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED}),

@@ -45,7 +45,11 @@ HELD        W -> V      {"upto", "held": [ids], "done": [ids], "states": [...]}:
 STARTED     W -> V      {"ids": [...]}
 DONE        W -> V      {"ids": [...], "states": [...], "credit": int}
 RETRY       W -> V      {"id": str, "delay": float, "credit": int, "lost"?: cause}
-CANCEL      V -> W      {"ids": [...]} stop these tasks if they run
+CANCEL      V -> W      {"ids": [...], "unstarted"?: bool} stop these tasks if they run (with
+                        "unstarted": drop them only if they have not started)
+RECLAIM     V -> W      {"ids"?: [...], "queues"?: [...], "names"?: [...], "n"?: int} give back
+                        the tasks you hold and have not started that match (at most n)
+RETURN      W -> V      {"ids": [...]} the answer: tasks given back, never started
 BYE         W -> V      {"ids": [...], "final"?: bool} tasks handed back (graceful stop)
 UNKNOWN     V -> W      {"instance"} you are not registered: send READY again
 RESULT      W/V -> S, S -> C  {"r": [result rows], "v"?: [bytes]}; one value frame per row (or
@@ -102,11 +106,13 @@ CONTINUE = b"CONTINUE"
 WATCH = b"WATCH"
 SYNC = b"SYNC"
 HELD = b"HELD"
+RECLAIM = b"RECLAIM"
+RETURN = b"RETURN"
 
 COMMANDS = frozenset(
     {SUBMIT, REJECT, CANCELED, REQUEST, REPLY, READY, TASKS, STARTED, DONE, RETRY,
      CANCEL, BYE, UNKNOWN, RESULT, ACK, HELLO, HEARTBEAT, ERROR, PROGRESS, SPAWN, CONTINUE, WATCH,
-     SYNC, HELD}
+     SYNC, HELD, RECLAIM, RETURN}
 )
 
 #: The function "digest" of a task submitted by name: workers look the name up in
