@@ -342,7 +342,11 @@ class Sink(Node):
         self.undelivered.pop(client, None)
 
     def _undeliverable(self, client: str, q: collections.deque) -> None:
-        """The client is not connected (or not reading): retained results are safe here."""
+        """The client is not connected (or not reading): a retained result in the journal is
+        safe here, so its senders may forget it.  Without a journal they keep their copies
+        until the client has it: a sink killed before the client comes back would lose it."""
+        if self.journal is None:
+            return
         for _, r in q:
             if r.task_id in self.retained:
                 self._release(r.task_id)

@@ -212,6 +212,22 @@ def test_a_retained_result_for_an_away_client_survives_sink_and_worker_sigkill(m
     assert sink_stats(monitor)["undelivered"] == 0 and sink_stats(monitor)["retained"] == 5
 
 
+def test_without_a_journal_the_worker_keeps_a_result_its_client_has_not_received(make_cluster, make_client,
+                                                                                 away):
+    """No journal: a retained result whose client is away is not acknowledged to its
+    worker, so a sink SIGKILL before the client comes back does not lose it."""
+    cluster = make_cluster(workers=1, executor="thread", concurrency=2)
+    client, relay = away(cluster)
+    monitor = make_client(cluster)
+    futs = [client.submit_task(square, (i,), retain_result=True) for i in range(5)]
+    wait_for(lambda: sink_stats(monitor)["undelivered"] == 5, 20, what="results waiting for the away client",
+             show=lambda: sink_stats(monitor))
+    assert sink_stats(monitor)["awaiting_ack"] == 5  # the worker still holds them
+    cluster.restart("sink")
+    relay.restore()
+    assert [f.result(timeout=30) for f in futs] == [i * i for i in range(5)]
+
+
 def journaled_expiry(path: str, tid: str):
     db = sqlite3.connect(path)
     try:
