@@ -182,10 +182,11 @@ class Sink(Node):
             ids = P.str_list(msg.header, "ids", cmd)
             for tid in ids:
                 self._release(tid, by_client=ident)
-            if self.journal is not None:
-                client = ident.decode("utf-8", "replace")
+            if self.journal is not None:  # (a stale mark on an unretained id costs a resend
+                client = ident.decode("utf-8", "replace")  # at most one duplicate delivery)
                 for tid in ids:
-                    self.journal.acked(tid, client)
+                    if tid in self.retained:
+                        self.journal.acked(tid, client)
         elif cmd == P.WATCH:  # send me these results too: now if retained, else when recorded
             client = ident.decode("utf-8", "replace")
             for tid in P.str_list(msg.header, "ids", cmd):

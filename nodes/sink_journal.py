@@ -4,7 +4,9 @@ One row per recorded task id, in recording order: the de-duplication set.  A
 row also says which client has not acknowledged the result yet (``client``,
 '' once it has, or when there is none) and, for a retained result, its row,
 its value and when it expires (wall-clock seconds: a monotonic clock does not
-survive the process).
+survive the process).  The sink clears ``client`` on the client's ACK only for
+retained results (one write less per result): for the others a stale mark
+costs at most one duplicate delivery, when a sender sends the result again.
 
 Writes are collected during one turn of the sink's loop and committed in one
 transaction before that turn fires ``on_done`` hooks, delivers, or ACKs any

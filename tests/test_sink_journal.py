@@ -252,6 +252,7 @@ def test_result_ttls_and_consumed_results_hold_across_a_restart(make_cluster, ma
     expires = journaled_expiry(journal, short.task_id)
     assert expires is not None and wall + 3.0 - 0.5 <= expires <= time.time() + 3.0 + 0.5
     cluster.restart("sink")
+    t_restarted = time.monotonic()
     reader = make_client(cluster)
     with pytest.raises(KeyError):
         reader.get_result(taken.task_id)  # consumed stays consumed
@@ -260,9 +261,9 @@ def test_result_ttls_and_consumed_results_hold_across_a_restart(make_cluster, ma
     wait_for(lambda: result_or_none(reader, short.task_id) is None or seen.append(time.monotonic()), 10,
              interval=0.05, what="the short-lived result to expire")
     gone = time.monotonic()
-    assert all(t < t_done + 3.0 + 0.5 for t in seen)  # not kept past its TTL ...
-    assert gone >= t_submit + 3.0 - 0.3  # ... nor dropped before it
-    assert gone <= t_done + 3.0 + 2.0
+    assert all(t < t_done + 3.0 + 1.0 for t in seen), (seen, t_done)  # not kept past its TTL ...
+    assert gone >= t_submit + 3.0 - 0.3, (gone, t_submit)  # ... nor dropped before it
+    assert gone <= max(t_done + 3.0, t_restarted) + 2.0, (gone, t_done, t_restarted)
     assert reader.get_result(long.task_id).value == 9
 
 
