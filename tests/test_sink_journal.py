@@ -333,3 +333,43 @@ def test_the_journal_is_a_sink_setting(tmp_path):
     assert load_config(str(toml), env={}).sink_journal == "/var/lib/zq/sink.db"
     assert load_config(None, env={"ZQ_SINK_JOURNAL": "s.db"}).sink_journal == "s.db"
     assert load_config(None, env={}).sink_journal == ""
+
+
+def test_journal_read_back_strips_expired_copies_and_skips_a_damaged_row(tmp_path, caplog):
+    """SinkJournal alone: what a restarted sink reads back."""
+    from nodes.sink_journal import SinkJournal
+    from zq.protocol import ResultRow
+
+    def row(tid: str) -> ResultRow:
+        return ResultRow([tid, "f", "SUCCESS", None, 1, "w", "h", 1, "default", 0.0, 0.0, 0.0, 0.0,
+                          "client-1", True, [], None], b"value-" + tid.encode())
+
+    path = str(tmp_path / "sink.db")
+    j = SinkJournal(path)
+    now = time.time()
+    j.record(row("kept"), "client-1", now + 60)
+    j.record(row("expired"), "", now - 1)
+    j.record(row("damaged"), "", now + 60)
+    j.record(row("plain"), "client-1", None)  # not retained: its id only
+    j.acked("kept", "someone-else")  # not its client: changes nothing
+    j.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE results SET row = ? WHERE task_id = 'damaged'", (b"\xc1 not msgpack",))
+    db.commit()
+    db.close()
+    j = SinkJournal(path)
+    with caplog.at_level("ERROR", logger="zq.sink.journal"):
+        got = {s.task_id: s for s in j.load(now)}
+    assert list(got) == ["kept", "expired", "damaged", "plain"]  # recording order
+    assert got["kept"].row is not None and got["kept"].row.payload == b"value-kept"
+    assert got["kept"].client == "client-1" and abs(got["kept"].expires - (now + 60)) < 1e-3
+    assert got["expired"].row is None and got["expired"].expires is None
+    assert got["damaged"].row is None and "damaged" in caplog.text
+    assert got["plain"].row is None and got["plain"].client == "client-1"
+    j.acked("kept", "client-1")
+    j.unretain("kept")
+    j.forget("plain")
+    j.commit()
+    got = {s.task_id: s for s in j.load(now)}
+    assert "plain" not in got and got["kept"].row is None and got["kept"].client == ""
+    j.close()
