@@ -150,21 +150,24 @@ def ventilator(config_path: Optional[str], clients: Optional[str], workers: Opti
 @click.option("--retain/--no-retain", default=None, help="Retain results by default.")
 @click.option("--result-ttl", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a retained (or undelivered) result is kept (default 3600).")
+@click.option("--journal", type=click.Path(dir_okay=False), default=None,
+              help="SQLite file keeping retained results and the de-duplication set across a restart.")
 @policy_opt
 @keys_opt
 @key_name_opt
 @insecure_opt
 @parent_opt
 def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[bool],
-         result_ttl: Optional[float], policies: Sequence[str], keys: Optional[str], key_name: Optional[str],
-         insecure: Optional[bool], exit_with_parent: Optional[int]) -> None:
+         result_ttl: Optional[float], journal: Optional[str], policies: Sequence[str], keys: Optional[str],
+         key_name: Optional[str], insecure: Optional[bool], exit_with_parent: Optional[int]) -> None:
     """Record results once, fire on_done policies, deliver and retain them."""
     from zq.policy import load_policies
 
     from .sink import Sink
 
     cfg = _config(config_path, sink_endpoint=endpoint, sink_retain=retain, sink_result_ttl=result_ttl,
-                  sink_policies=tuple(policies), insecure=insecure, keys=keys, key_name=key_name)
+                  sink_journal=journal, sink_policies=tuple(policies), insecure=insecure, keys=keys,
+                  key_name=key_name)
     try:
         loaded = load_policies(cfg.sink_policies)
     except ConfigError as exc:

@@ -12,6 +12,13 @@ value is never unpickled here unless an ``on_done`` policy reads ``.value``.
 Memory: a result is kept only while its client has not received it (bounded
 by ``result_ttl``) or when it is retained (until its TTL).  The set of task ids
 already recorded, used to drop duplicates, is bounded (``DEDUP_MEMORY``).
+
+With ``sink.journal`` (``zq sink --journal FILE``) the recorded ids, which
+client has not acknowledged each result yet, and retained results are also
+kept in SQLite (``SinkJournal``).  Each loop turn then ends in ``_settle``:
+commit, then fire that turn's ``on_done`` hooks, deliver, and ACK senders, so
+a sender forgets a result only once the sink's copy is durable and a hook never
+fires twice for one task id, even across a SIGKILL.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from zq.protocol import ResultRow
 from zq.security import peer_role
 
 from .common import HOST, Node, Peers
+from .sink_journal import SinkJournal
 
 log = logging.getLogger("zq.sink")
 
@@ -61,11 +69,17 @@ class Sink(Node):
         self._next_stale_scan = 0.0
         self.peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
+        self.journal: Optional[SinkJournal] = None
+        # with a journal: what this turn recorded waits for the commit (see _settle)
+        self._due_hooks: list[ResultRow] = []
+        self._due_delivery: dict[str, list[ResultRow]] = {}
 
     def setup(self) -> None:
         assert self.ctx is not None
         check_bind_allowed(self.config.sink_endpoint, secured=self.keys is not None,
                            insecure=self.config.insecure)
+        if self.config.sink_journal:
+            self._resume(self.config.sink_journal)
         self.start_auth({"sink": ("clients", "workers", "ventilator")})
         if self.config.sink_watch_ttl < 2 * P.WATCH_RENEW:
             log.warning("sink.watch_ttl %gs is below twice the clients' renewal interval (%gs): "
@@ -78,9 +92,35 @@ class Sink(Node):
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self._waker.fileno(), zmq.POLLIN)
 
+    def _resume(self, path: str) -> None:
+        """Open the journal and take back what it holds: the de-duplication set, retained
+        results (with the time left to live) and who has not acknowledged which result."""
+        self.journal = journal = SinkJournal(path)
+        now, wall = time.monotonic(), time.time()
+        n = 0
+        for s in journal.load(wall):
+            # a pending client on an id whose value we lack: a copy arriving is delivered again
+            self.recorded[s.task_id] = s.client or None
+            if s.row is not None and s.expires is not None:
+                until = now + (s.expires - wall)
+                self.retained[s.task_id] = (s.row, until)
+                heapq.heappush(self.expiry, (until, s.task_id))
+                if s.client:  # its client may not have it: sent when it comes back
+                    self.recorded[s.task_id] = None
+                    self.awaiting[s.task_id] = (s.client, set(), now)
+                    self.undelivered.setdefault(s.client, collections.deque()).append((now, s.row))
+            n += 1
+        while len(self.recorded) > DEDUP_MEMORY:
+            self._forget_oldest()
+        journal.commit()
+        log.info("journal %s: %d recorded result(s), %d retained, %d for clients to receive",
+                 path, n, len(self.retained), sum(len(q) for q in self.undelivered.values()))
+
     def close(self) -> None:
         if getattr(self, "sock", None) is not None:
             self.sock.close(0)
+        if self.journal is not None:
+            self.journal.close()
 
     def loop(self) -> None:
         interval = self.config.heartbeat_interval
@@ -117,7 +157,7 @@ class Sink(Node):
             except Exception as exc:
                 self.counters["internal_errors"] += 1
                 log.exception("error handling a message: %s", exc)
-        self._flush_acks()
+        self._settle()
 
     def _send(self, ident: bytes, frames: list) -> bool:
         try:
@@ -139,8 +179,14 @@ class Sink(Node):
                 raise ProtocolError(f"a {self._role or 'unknown'} key may not post results")
             self._record(ident, P.unpack_results(msg))
         elif cmd == P.ACK:  # a client received these results: release their senders
-            for tid in P.str_list(msg.header, "ids", cmd):
+            ids = P.str_list(msg.header, "ids", cmd)
+            for tid in ids:
                 self._release(tid, by_client=ident)
+            if self.journal is not None:  # (a stale mark on an unretained id costs a resend
+                client = ident.decode("utf-8", "replace")  # at most one duplicate delivery)
+                for tid in ids:
+                    if tid in self.retained:
+                        self.journal.acked(tid, client)
         elif cmd == P.WATCH:  # send me these results too: now if retained, else when recorded
             client = ident.decode("utf-8", "replace")
             for tid in P.str_list(msg.header, "ids", cmd):
@@ -182,6 +228,40 @@ class Sink(Node):
         for sender in entry[1]:
             self._acks.setdefault(sender, []).append(tid)
 
+    def _settle(self) -> None:
+        """End of a loop turn.  With a journal: commit what the turn recorded, then fire
+        its hooks, deliver it, and only then ACK senders (a sender's copy is given up
+        only for a durable one).  Without: send the turn's ACKs."""
+        if self.journal is not None:
+            self.journal.commit()
+            if self._due_hooks:
+                hooks, self._due_hooks = self._due_hooks, []
+                for r in hooks:
+                    run_hooks(self.policies, "on_done", r.to_result(), r.task_id)
+            if self._due_delivery:
+                due, self._due_delivery = self._due_delivery, {}
+                for client, batch in due.items():
+                    self._deliver(client, batch)
+        self._flush_acks()
+
+    def _give_up(self, tid: str, client: str) -> None:
+        """Its client will not take it: release its senders (and say so in the journal)."""
+        self._release(tid)
+        if self.journal is not None:
+            self.journal.acked(tid, client)
+
+    def _unretain(self, tid: str) -> None:
+        if self.retained.pop(tid, None) is not None and self.journal is not None:
+            if tid in self.recorded:
+                self.journal.unretain(tid)
+            else:
+                self.journal.forget(tid)
+
+    def _forget_oldest(self) -> None:
+        old, _ = self.recorded.popitem(last=False)
+        if self.journal is not None and old not in self.retained:
+            self.journal.forget(old)
+
     def _flush_acks(self) -> None:
         for sender, ids in self._acks.items():
             for i in range(0, len(ids), 20000):
@@ -190,7 +270,9 @@ class Sink(Node):
 
     # -- the one place results are recorded and policies fire ---------------------------
     def _record(self, sender: bytes, rows: list[ResultRow]) -> None:
-        by_client: dict[str, list[ResultRow]] = {}
+        journal = self.journal
+        # with a journal, hooks and deliveries wait for this turn's commit (_settle)
+        by_client: dict[str, list[ResultRow]] = {} if journal is None else self._due_delivery
         now = time.monotonic()
         ttl = self.config.sink_result_ttl
         for r in rows:
@@ -199,21 +281,32 @@ class Sink(Node):
                 self.counters["duplicates_dropped"] += 1
                 if tid in self.awaiting:
                     self.awaiting[tid][1].add(sender)  # still on its way: ACK both senders later
+                elif self.recorded[tid]:  # recorded before a restart, its client's receipt unknown
+                    client = self.recorded[tid]
+                    self.recorded[tid] = None
+                    self.awaiting[tid] = (client, {sender}, now)
+                    by_client.setdefault(client, []).append(r)  # again, without recording it again
                 else:
                     self._acks.setdefault(sender, []).append(tid)
                 continue
             self.recorded[tid] = None
             if len(self.recorded) > DEDUP_MEMORY:
-                self.recorded.popitem(last=False)
+                self._forget_oldest()
             self.counters["results"] += 1
             if self.policies:
-                run_hooks(self.policies, "on_done", r.to_result(), tid)
+                if journal is None:
+                    run_hooks(self.policies, "on_done", r.to_result(), tid)
+                else:
+                    self._due_hooks.append(r)
             retain = r.retain if r.retain is not None else self.config.sink_retain
             watchers = self.watchers.pop(tid, None)
+            keep = 0.0
             if retain or watchers:
                 keep = r.ttl or ttl
                 self.retained[tid] = (r, now + keep)
                 heapq.heappush(self.expiry, (now + keep, tid))
+            if journal is not None:
+                journal.record(r, r.client, time.time() + keep if keep else None)
             for w in watchers or ():
                 if w != r.client:
                     by_client.setdefault(w, []).append(r)
@@ -222,9 +315,9 @@ class Sink(Node):
                 by_client.setdefault(r.client, []).append(r)
             else:  # nobody submitted it (a schedule's slot): recorded (and retained) is all
                 self._release(tid)
-        for client, batch in by_client.items():
-            self._deliver(client, batch)
-        self._flush_acks()
+        if journal is None:
+            for client, batch in by_client.items():
+                self._deliver(client, batch)
 
     def _deliver(self, client: str, batch: list[ResultRow]) -> None:
         q = self.undelivered.get(client)
@@ -250,7 +343,11 @@ class Sink(Node):
         self.undelivered.pop(client, None)
 
     def _undeliverable(self, client: str, q: collections.deque) -> None:
-        """The client is not connected (or not reading): retained results are safe here."""
+        """The client is not connected (or not reading): a retained result in the journal is
+        safe here, so its senders may forget it.  Without a journal they keep their copies
+        until the client has it: a sink killed before the client comes back would lose it."""
+        if self.journal is None:
+            return
         for _, r in q:
             if r.task_id in self.retained:
                 self._release(r.task_id)
@@ -264,7 +361,9 @@ class Sink(Node):
             else:
                 row = hit[0]
                 if h.get("consume"):
-                    self.retained.pop(tid, None)
+                    self._unretain(tid)
+                    if self.journal is not None:
+                        self.journal.commit()  # taken once: never back after a restart
                 value = row.payload if type(row.payload) is not ArgFrames else args_blob(row.payload)
                 self._send(ident, P.pack(P.REPLY, {"req": req, "ok": True, "data": row.row}, [value]))
         elif op == "stats":
@@ -279,7 +378,7 @@ class Sink(Node):
             _, tid = heapq.heappop(self.expiry)
             hit = self.retained.get(tid)
             if hit is not None and hit[1] <= now:
-                del self.retained[tid]
+                self._unretain(tid)
                 self.counters["expired"] += 1
         ttl = self.config.sink_result_ttl
         for client in list(self.undelivered):
@@ -289,7 +388,7 @@ class Sink(Node):
             gone = client.encode() not in self.peers.last_seen and now - self.started_mono > self.peers.forget_after
             while q and (gone or now - q[0][0] > ttl):
                 _, r = q.popleft()
-                self._release(r.task_id)  # given up: its sender may forget it too
+                self._give_up(r.task_id, client)  # its sender may forget it too
                 self.counters["undelivered_expired"] += 1
             if q:
                 self._flush_client(client)
@@ -299,10 +398,10 @@ class Sink(Node):
         # after the result TTL so that neither we nor its sender hold it forever
         if now >= self._next_stale_scan:
             self._next_stale_scan = now + 5.0
-            for tid in [t for t, (_, _, since) in self.awaiting.items() if now - since > ttl]:
-                self._release(tid)
+            for tid, client in [(t, c) for t, (c, _, since) in self.awaiting.items() if now - since > ttl]:
+                self._give_up(tid, client)
             self._expire_watches(now)
-        self._flush_acks()
+        self._settle()
         self.rate_samples.append((now, self.counters["results"]))
 
     def _expire_watches(self, now: float) -> None:
@@ -327,6 +426,7 @@ class Sink(Node):
             "host": HOST,
             "endpoints": self.endpoints,
             "secured": self.keys is not None,
+            "journal": self.config.sink_journal or None,
             "retained": len(self.retained),
             "undelivered": sum(len(q) for q in self.undelivered.values()),
             "awaiting_ack": len(self.awaiting),

@@ -127,6 +127,30 @@ class Recorder(zq.Policy):
                                         "state": str(result.state), "attempts": result.attempts})
 
 
+class AppendDone(zq.Policy):
+    """Appends one line, the task id, to ``done.log`` per ``on_done`` call: counts firings
+    (``Recorder``'s one file per task cannot show a hook that fired twice)."""
+
+    def on_done(self, result: Any) -> None:
+        directory = os.environ.get(ENV_DIR)
+        if not directory:
+            raise RuntimeError(f"{ENV_DIR} is not set in pid {os.getpid()}")
+        fd = os.open(os.path.join(directory, "done.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{result.task_id}\n".encode())  # one write: a line is never torn
+        finally:
+            os.close(fd)
+
+
+def done_log(directory: Any) -> list[str]:
+    """The task ids ``AppendDone`` wrote, one per firing."""
+    try:
+        with open(os.path.join(str(directory), "done.log")) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
 class RaisingRunning(zq.Policy):
     """``on_running`` always raises (after recording that it was called)."""
 
@@ -192,6 +216,7 @@ class CustomError(Exception):
 
 __all__ = [
     "ENV_DIR", "REPO_ROOT", "policy_env", "record_path", "wait_record", "wait_for", "wait_file",
-    "touch", "pid_gone", "rss_kb", "Recorder", "RaisingRunning", "RaisingDone", "RejectSubmit",
+    "touch", "pid_gone", "rss_kb", "Recorder", "AppendDone", "done_log", "RaisingRunning", "RaisingDone",
+    "RejectSubmit",
     "explode_on_load", "UnloadableResult", "counted_failure", "CustomError",
 ]

@@ -38,6 +38,8 @@ class Config:
     #: client renews it (clients renew every protocol.WATCH_RENEW seconds)
     sink_watch_ttl: float = 600.0
     sink_policies: tuple[str, ...] = ()
+    #: SQLite file keeping recorded results across a sink restart (zq sink --journal); empty: none
+    sink_journal: str = ""
     # [worker]
     worker_executor: str = "process"
     worker_concurrency: int = 0  # 0: os.cpu_count()
@@ -70,6 +72,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("sink", "result_ttl"): "sink_result_ttl",
     ("sink", "watch_ttl"): "sink_watch_ttl",
     ("sink", "policies"): "sink_policies",
+    ("sink", "journal"): "sink_journal",
     ("worker", "executor"): "worker_executor",
     ("worker", "concurrency"): "worker_concurrency",
     ("worker", "prefetch"): "worker_prefetch",
