@@ -156,3 +156,23 @@ def test_keys_in_config_file_work_like_flags(make_cluster, keydir, tmp_path):
     finally:
         p.terminate()
         p.wait(20)
+
+
+def test_results_the_ventilator_decides_reach_clients(secured, keydir):
+    """A queued task cancelled is finished by the ventilator itself, which sends its result
+    through the sink: the sink must admit the ventilator's key (it is in no list)."""
+    import concurrent.futures
+
+    with client_for(secured, keys=keydir) as owner, client_for(secured, keys=keydir) as other:
+        fut = owner.submit_task(square, (5,), queue="nobody-serves-this", retain_result=True)
+        assert owner.get_status(fut.task_id) is zq.TaskState.QUEUED
+        assert fut.cancel()
+        # the CANCELED result went ventilator -> sink, which retained it for anyone
+        with pytest.raises(concurrent.futures.CancelledError):
+            other.future_for(fut.task_id).result(timeout=10)
+        with pytest.raises(concurrent.futures.CancelledError):
+            owner.future_for(fut.task_id).result(timeout=10)
+        assert owner.get_status(fut.task_id) is zq.TaskState.CANCELED
+        counters = owner.stats()["sink"]["counters"]
+        assert counters.get("results") == 1, counters
+    # leaving both clients' with-blocks returned: nothing waits for a result that never came

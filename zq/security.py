@@ -154,7 +154,7 @@ class Authenticator(ThreadAuthenticator):
                 self.roles.setdefault(k, role)
         for server in SERVERS:
             try:
-                k = zmq.utils.z85.encode(keys.server(server))
+                k = keys.server(server)  # z85 already, as in the clients/ and workers/ lists
             except ConfigError:
                 continue
             lists[server] = {k}
