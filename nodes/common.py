@@ -29,6 +29,13 @@ log = logging.getLogger("zq.node")
 
 HOST = socket.gethostname()
 
+#: per role: the servers whose public keys it needs, the key lists it admits (README "Security")
+KEYS_NEEDED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ventilator": (("sink",), ("clients", "workers")),
+    "sink": (("ventilator",), ("clients", "workers")),
+    "worker": (("ventilator", "sink"), ()),
+}
+
 
 class Node:
     """Base of ventilator, sink and worker: the thread calling ``run`` owns all sockets."""
@@ -44,8 +51,9 @@ class Node:
         self.ctx: Optional[zmq.Context] = None
         self.endpoints: dict[str, str] = {}
         self.started = time.time()
-        self.keys: Optional[Keys] = (
-            Keys.load(config.keys, config.key_name or self.role) if config.keys else None)
+        servers, lists = KEYS_NEEDED.get(self.role, ((), ()))
+        self.keys: Optional[Keys] = (  # every key file this node needs, checked now
+            Keys.load(config.keys, config.key_name or self.role, servers, lists) if config.keys else None)
         self.auth: Optional[Authenticator] = None
 
     def start_auth(self, domains: dict[str, tuple[str, ...]]) -> None:

@@ -32,7 +32,7 @@ def _ask(ctx: zmq.Context, endpoint: str, node: str, timeout: float, keys: Any =
 
 
 def fetch(cfg: Config, timeout: float = 5.0) -> dict:
-    keys = Keys.load(cfg.keys, cfg.key_name or "client") if cfg.keys else None
+    keys = Keys.load(cfg.keys, cfg.key_name or "client", ("ventilator", "sink")) if cfg.keys else None
     ctx = zmq.Context()
     try:
         return {"ventilator": _ask(ctx, cfg.ventilator_clients, "ventilator", timeout, keys),

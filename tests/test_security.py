@@ -176,3 +176,74 @@ def test_results_the_ventilator_decides_reach_clients(secured, keydir):
         counters = owner.stats()["sink"]["counters"]
         assert counters.get("results") == 1, counters
     # leaving both clients' with-blocks returned: nothing waits for a result that never came
+
+
+NODE_ARGS = {
+    "ventilator": ["ventilator", "--clients", "tcp://127.0.0.1:0", "--workers", "tcp://127.0.0.1:0",
+                   "--sink", "tcp://127.0.0.1:9"],
+    "sink": ["sink", "--endpoint", "tcp://127.0.0.1:0"],
+    "worker": ["worker", "--ventilator", "tcp://127.0.0.1:9", "--sink", "tcp://127.0.0.1:9",
+               "--executor", "thread"],
+}
+#: a server public key each role needs (removed, with the secret beside it, in "no server key")
+SERVER_KEY = {"ventilator": "sink", "sink": "ventilator", "worker": "ventilator"}
+
+
+def _break_keys(keydir, role, mistake):
+    """Make the key directory wrong for ``role``; the file (or folder) the error must name."""
+    if mistake == "no directory":
+        return os.path.join(keydir, "nowhere")
+    if mistake == "no own secret":
+        path = os.path.join(keydir, f"{role}.key_secret")
+        os.remove(path)
+        return path
+    if mistake == "no server key":
+        server = SERVER_KEY[role]
+        os.remove(os.path.join(keydir, f"{server}.key_secret"))
+        path = os.path.join(keydir, f"{server}.key")
+        os.remove(path)
+        return path
+    if mistake == "not a key file":
+        path = os.path.join(keydir, f"{role}.key_secret")
+        with open(path, "w") as f:
+            f.write("this is not a certificate\n")
+        return path
+    if mistake == "public key as own":
+        path = os.path.join(keydir, f"{role}.key_secret")
+        with open(os.path.join(keydir, f"{role}.key")) as src, open(path, "w") as dst:
+            dst.write(src.read())
+        return path
+    raise AssertionError(mistake)
+
+
+def _one_line_naming(out, path):
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 3, (out.returncode, out.stderr)
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert path in lines[0], out.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("mistake", ["no directory", "no own secret", "no server key", "not a key file",
+                                     "public key as own"])
+@pytest.mark.parametrize("role", ["ventilator", "sink", "worker"])
+def test_key_mistakes_stop_a_node_with_one_line(keydir, role, mistake):
+    """README: a configuration mistake stops the node with one line and exit code 3."""
+    broken = _break_keys(keydir, role, mistake)
+    directory = broken if mistake == "no directory" else keydir
+    out = run_zq(*NODE_ARGS[role], "--keys", directory, timeout=20)
+    line = _one_line_naming(out, broken)
+    if mistake != "no directory":
+        assert "Invalid certificate file" not in line, line
+    if mistake in ("no own secret", "no server key"):
+        assert "does not exist" in line, line
+
+
+def test_key_mistakes_in_admin_commands(keydir):
+    """``zq status`` and ``zq tasks`` (clients) say the same and exit 3 too."""
+    missing = os.path.join(keydir, "nowhere")
+    _one_line_naming(run_zq("status", "--keys", missing, "--timeout", "1"), missing)
+    _one_line_naming(run_zq("tasks", "ls", "--keys", missing), missing)
+    os.remove(os.path.join(keydir, "client.key_secret"))
+    _one_line_naming(run_zq("status", "--keys", keydir, "--timeout", "1"),
+                     os.path.join(keydir, "client.key_secret"))

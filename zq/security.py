@@ -82,18 +82,35 @@ class Keys:
     name: str
 
     @classmethod
-    def load(cls, directory: str, name: str) -> "Keys":
+    def load(cls, directory: str, name: str, servers: tuple[str, ...] = (),
+             lists: tuple[str, ...] = ()) -> "Keys":
+        """Check now, with the file named, every key this node will need: its own pair,
+        the public keys of ``servers`` it connects to, the ``lists`` (``clients``,
+        ``workers``) it admits.  A mistake raises ``ConfigError`` (one line)."""
         keys = cls(os.path.abspath(directory), name)
-        keys.own()  # fail early, with the file named
+        if not os.path.isdir(keys.directory):
+            raise ConfigError(f"key directory {keys.directory} does not exist "
+                              f"(zq keys generate {directory} makes one)")
+        keys.own()
+        for server in servers:
+            keys.server(server)
+        for kind in lists:
+            keys.allowed(kind)
         return keys
 
     def _read(self, path: str, secret: bool) -> tuple[bytes, Optional[bytes]]:
+        if not os.path.exists(path):
+            raise ConfigError(f"key file {path} does not exist (see zq keys generate)")
         try:
             pub, sec = zmq.auth.load_certificate(path)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read key file {path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            raise ConfigError(f"key file {path} is not a CURVE key file (zq keys generate writes them)") from None
+        if not pub or len(pub) != 40 or (sec is not None and len(sec) != 40):
+            raise ConfigError(f"key file {path} is not a CURVE key file (no 40-character z85 key)")
         if secret and not sec:
-            raise ConfigError(f"{path} holds no secret key")
+            raise ConfigError(f"key file {path} holds no secret key (it is a public key file)")
         return pub, sec
 
     def own(self) -> tuple[bytes, bytes]:
@@ -113,7 +130,11 @@ class Keys:
         d = os.path.join(self.directory, kind)
         if not os.path.isdir(d):
             raise ConfigError(f"key directory {self.directory} has no {kind}/ folder")
-        return set(zmq.auth.load_certificates(d).keys())
+        found: set[bytes] = set()
+        for entry in sorted(os.listdir(d)):
+            if entry.endswith(".key"):
+                found.add(self._read(os.path.join(d, entry), False)[0])
+        return found
 
     # -- sockets ----------------------------------------------------------------------
     def make_server(self, sock: zmq.Socket, domain: str) -> None:
