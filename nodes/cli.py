@@ -74,6 +74,8 @@ def run_node(node: Node, exit_with_parent: Optional[int]) -> None:
     _install_signals(node.stop)
     if exit_with_parent:
         _watch_parent(exit_with_parent, node.stop)
+    # a node whose networking is stuck stops with exit code 1, even if the stop itself sticks
+    node.watchdog.hard_exit = lambda: os._exit(EXIT_FAILURE)
 
     def ready(eps: dict[str, str]) -> None:
         items = " ".join(f"{k}={v}" for k, v in eps.items())

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import zmq
 
 from . import protocol as P
-from ._sockets import LinkMonitor, dealer, recv_now, send_now
+from ._sockets import LinkMonitor, close_link, dealer, recv_now, send_now
 from .context import Progress, estimate_eta
 from .envelope import STATE_OF, TaskState
 from .errors import NodeUnreachable, SerializationError, ZqError
@@ -65,10 +65,8 @@ class ClientIO:
             log.exception("zq client IO thread failed")
             self._fail_all(ZqError("the client's IO thread failed; see the log"))
         finally:
-            for mon in self._monitors.values():
-                mon.close()
-            self.vsock.close(0)
-            self.ssock.close(0)
+            close_link(self.vsock, self._monitors.get("ventilator"))
+            close_link(self.ssock, self._monitors.get("sink"))
             ctx.destroy(0)
 
     def _io_setup(self, ctx: zmq.Context) -> None:
@@ -92,10 +90,6 @@ class ClientIO:
     def _connect(self, node: str) -> zmq.Socket:
         s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode(), keys=self._keys, server=node)
         self.poller.register(s, zmq.POLLIN)
-        old = self._monitors.pop(node, None)
-        if old is not None:
-            self.poller.unregister(old.socket)
-            old.close()
         mon = self._monitors[node] = LinkMonitor(s)
         self.poller.register(mon.socket, zmq.POLLIN)
         try:
@@ -373,9 +367,9 @@ class ClientIO:
                 log.info("%s at %s silent for %.1fs: reconnecting", node, info["endpoint"], silent)
                 info["reconnect_at"] = now + info["backoff"]
                 info["backoff"] = min(info["backoff"] * 2, 30.0)
-                old = getattr(self, sock_attr)
-                self.poller.unregister(old)
-                old.close(0)  # drops what was still queued on it: hence the resend below
+                # monitor first, then the socket (see close_link); closing drops what was
+                # still queued on it: hence the resend below
+                close_link(getattr(self, sock_attr), self._monitors.pop(node), self.poller)
                 setattr(self, sock_attr, self._connect(node))
                 self._node_restarted(node)
             if silent > self.unreachable_timeout and (self._futures or self._requests):

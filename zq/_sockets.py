@@ -138,7 +138,12 @@ class LinkMonitor:
     libzmq drops whatever was queued on a connection that breaks (a peer restarted, a
     message over the peer's size limit, a network cut) and reconnects silently; an owner
     that must not lose messages resends its unacknowledged state when ``reconnected()``
-    says so.  Uses the socket monitor (an inproc PAIR read by the owning thread).
+    says so.
+
+    Uses the socket monitor: an inproc PAIR that libzmq's I/O thread writes to and the
+    owning thread reads.  The I/O thread's writes block, so the reading end must never be
+    closed while the monitor is on: close the link with ``close_link`` (monitor off, then
+    the reader, then the socket), never the socket first.
     """
 
     EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -147,6 +152,7 @@ class LinkMonitor:
         self.socket = sock.get_monitor_socket(self.EVENTS)
         self._watched = sock
         self._dropped = False
+        self.closed = False
 
     def reconnected(self) -> bool:
         """Read pending events; True if a connection was re-established after a drop."""
@@ -166,8 +172,27 @@ class LinkMonitor:
         return back
 
     def close(self) -> None:
-        try:
-            self._watched.disable_monitor()
-        except zmq.ZMQError:
-            pass
+        """Turn the monitor off, then close its reading end.  The watched socket must still
+        be open: libzmq would otherwise keep writing events (from its I/O thread, blocking)
+        to a reader that is gone, and the whole context would stop moving messages."""
+        if self.closed:
+            return
+        self._watched.disable_monitor()  # raises (ENOTSOCK) if the socket was closed first
         self.socket.close(0)
+        self.closed = True
+
+
+def close_link(sock: zmq.Socket, monitor: Optional[LinkMonitor], poller: Optional[zmq.Poller] = None,
+               linger: int = 0) -> None:
+    """Close a monitored connected socket in the only safe order: out of ``poller``, the
+    monitor off and its reader closed, then the socket (with ``linger`` ms)."""
+    if poller is not None:
+        for s in (sock, monitor.socket if monitor is not None else None):
+            if s is not None:
+                try:
+                    poller.unregister(s)
+                except KeyError:
+                    pass
+    if monitor is not None:
+        monitor.close()
+    sock.close(linger)
