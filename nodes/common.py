@@ -169,7 +169,12 @@ class Node:
         """Start the ZAP authenticator (servers with keys only) before binding."""
         if self.keys is not None:
             assert self.ctx is not None
-            self.auth = Authenticator(self.ctx, self.keys, domains)
+            self.counters["handshakes_refused"] = 0  # counted from the authenticator's thread
+
+            def refused() -> None:
+                self.counters["handshakes_refused"] += 1
+
+            self.auth = Authenticator(self.ctx, self.keys, domains, on_refused=refused)
             self.auth.start()
 
     # -- life cycle -------------------------------------------------------------------
@@ -178,6 +183,9 @@ class Node:
         self.ctx = zmq.Context()
         try:
             self.setup()
+            if self.auth is not None:  # name the endpoint in refusals ("endpoint": the sink's)
+                self.auth.endpoints = {d: self.endpoints.get(d, self.endpoints.get("endpoint", "?"))
+                                       for d in self.auth.domains}
             if ready is not None:
                 ready(dict(self.endpoints))
             self.heard_at = time.monotonic()

@@ -247,3 +247,67 @@ def test_key_mistakes_in_admin_commands(keydir):
     os.remove(os.path.join(keydir, "client.key_secret"))
     _one_line_naming(run_zq("status", "--keys", keydir, "--timeout", "1"),
                      os.path.join(keydir, "client.key_secret"))
+
+
+def _public_key(keydir, name):
+    return zmq.auth.load_certificate(os.path.join(keydir, f"{name}.key"))[0].decode()
+
+
+@pytest.mark.parametrize("who", ["unknown key", "no key"])
+def test_refused_handshake_is_said_not_silence(secured, keydir, who):
+    """A client the cluster refuses learns why at once (not "did not answer"): the
+    Python API, ``zq status`` and ``zq tasks``."""
+    import time
+
+    kw = {"keys": keydir, "key_name": "mallory"} if who == "unknown key" else {}
+    flags = ["--keys", keydir, "--key-name", "mallory"] if who == "unknown key" else []
+    bad = client_for(secured, **kw)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(zq.NodeUnreachable, match=r"refused the handshake \(keys\?\)"):
+            bad.stats()
+        assert time.monotonic() - t0 < 5.0  # not the request timeout
+    finally:
+        bad.shutdown(wait=False)
+    eps = ["--ventilator", secured.endpoints["clients"], "--sink", secured.endpoints["sink"]]
+    out = run_zq("status", *eps, *flags, "--timeout", "8")
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "refused the handshake (keys?)" in last and "did not answer" not in out.stderr, out.stderr
+    out = run_zq("tasks", "ls", *eps, *flags)
+    assert out.returncode != 0 and "refused the handshake (keys?)" in out.stderr, out.stderr
+
+
+def test_servers_log_refused_keys(secured, keydir):
+    """The ventilator and the sink log a refused key (which, from where, on which
+    endpoint), once per key and address in a while, and count every refusal."""
+    from .lifecycle_tasks import wait_for
+
+    mallory = _public_key(keydir, "mallory")
+    for _ in range(3):
+        out = run_zq("status", "--ventilator", secured.endpoints["clients"], "--sink", secured.endpoints["sink"],
+                     "--keys", keydir, "--key-name", "mallory", "--timeout", "8")
+        assert "refused the handshake" in out.stderr, out.stderr
+
+    bad = client_for(secured, keys=keydir, key_name="mallory")  # zq status asked only the ventilator
+    try:
+        with pytest.raises(zq.NodeUnreachable, match="refused the handshake"):
+            bad.stats()
+    finally:
+        bad.shutdown(wait=False)
+
+    def refusals(node):
+        return [line for line in node.lines if "refused CURVE key" in line and mallory in line]
+
+    for node, endpoint in ((secured.ventilator, secured.endpoints["clients"]),
+                           (secured.sink, secured.endpoints["sink"])):
+        lines = wait_for(lambda: refusals(node), what=f"{node.name} logs the refused key")
+        assert "WARNING" in lines[0] and "127.0.0.1" in lines[0] and endpoint in lines[0], lines
+    assert len(refusals(secured.ventilator)) == 1  # four refusals, one line (rate-limited)
+    with client_for(secured, keys=keydir) as good:
+        stats = good.stats()
+    assert stats["ventilator"]["counters"]["handshakes_refused"] >= 4, stats["ventilator"]["counters"]
+    assert stats["sink"]["counters"]["handshakes_refused"] >= 1, stats["sink"]["counters"]
+    out = run_zq("status", "--ventilator", secured.endpoints["clients"], "--sink", secured.endpoints["sink"],
+                 "--keys", keydir)
+    assert "refused handshakes: ventilator " in out.stdout, out.stdout

@@ -117,10 +117,12 @@ class ClientIO:
             if self.ssock in events:
                 self._drain(self.ssock, "sink")
             for node, mon in self._monitors.items():
-                if mon.socket in events and mon.reconnected():
-                    # the connection broke and came back: what was queued on it is gone
-                    log.info("connection to the %s re-established: sending again", node)
-                    self._node_restarted(node)
+                if mon.socket in events:
+                    if mon.reconnected():
+                        # the connection broke and came back: what was queued on it is gone
+                        log.info("connection to the %s re-established: sending again", node)
+                        self._node_restarted(node)
+                    self._note_refusal(node, mon.refused)
             self._flush_backlog()
             self._send_outbox()
             now = time.monotonic()
@@ -140,14 +142,38 @@ class ClientIO:
                 tasks = []
             if item[0] == "request":
                 _, node, header = item
+                self._request_to(header["req"], node)
                 sock = self.vsock if node == "ventilator" else self.ssock
                 self._send(sock, node, P.pack(P.REQUEST, header))
             elif item[0] == "watch":
                 self._send(self.ssock, "sink", P.pack(P.WATCH, {"ids": [item[1]]}))
             elif item[0] == "submit":
+                self._request_to(item[1], "ventilator")
                 self._send_tasks([item[2]], req=item[1])
         if tasks:
             self._send_tasks(tasks)
+
+    def _request_to(self, req: int, node: str) -> None:
+        """Remember which node a request went to (a refused handshake fails it at once)."""
+        with self._lock:
+            fut = self._requests.get(req)
+        if fut is not None:
+            fut.zq_node = node  # type: ignore[attr-defined]
+
+    def _note_refusal(self, node: str, why: Optional[str]) -> None:
+        """The node's CURVE handshake failed (``why``), or succeeded (None): the requests
+        waiting for it fail now, saying so, rather than time out as unanswered."""
+        info = self._nodes[node]
+        info["refused"] = why
+        if why is None:
+            return
+        with self._lock:
+            mine = [r for r, f in self._requests.items() if getattr(f, "zq_node", None) == node]
+            futs = [self._requests.pop(r) for r in mine]
+        for f in futs:
+            if not f.done():
+                f.set_exception(NodeUnreachable(f"the {node} at {info['endpoint']} refused the handshake "
+                                                f"(keys?): {why}"))
 
     def _send_tasks(self, tasks: list[TaskSpec], force_fns: bool = False, req: Optional[int] = None) -> None:
         """SUBMIT ``tasks`` in as few messages as the size limit allows."""
@@ -358,6 +384,8 @@ class ClientIO:
                 self._send(getattr(self, sock_attr), node,
                            P.pack(P.HEARTBEAT, {"id": self.id, "client": self.id}), droppable=True)
             silent = now - info["last_recv"]
+            if info.get("refused"):
+                self._note_refusal(node, info["refused"])  # requests made since
             if silent <= cfg.heartbeat_timeout:
                 info["backoff"] = cfg.heartbeat_interval
                 info["reconnect_at"] = 0.0
@@ -373,9 +401,10 @@ class ClientIO:
                 setattr(self, sock_attr, self._connect(node))
                 self._node_restarted(node)
             if silent > self.unreachable_timeout and (self._futures or self._requests):
+                why = f"; it refused the handshake (keys?): {info['refused']}" if info.get("refused") else ""
                 self._fail_all(NodeUnreachable(
                     f"the {node} at {info['endpoint']} has been unreachable for {silent:.0f}s "
-                    f"(client unreachable_timeout={self.unreachable_timeout:g}s)"))
+                    f"(client unreachable_timeout={self.unreachable_timeout:g}s){why}"))
 
     def _fail_all(self, exc: ZqError) -> None:
         for backlog in self._backlog.values():
