@@ -11,7 +11,6 @@ node tests pause real nodes (SIGSTOP) while a peer restarts, then check they ser
 from __future__ import annotations
 
 import collections
-import os
 import threading
 from typing import Any, Iterator
 
