@@ -293,6 +293,8 @@ def test_servers_log_refused_keys(secured, keydir):
     try:
         with pytest.raises(zq.NodeUnreachable, match="refused the handshake"):
             bad.stats()
+        with pytest.raises(zq.NodeUnreachable, match="the sink .* refused the handshake"):
+            bad.get_result("any")  # a request to the sink: once refused, the sink has logged it
     finally:
         bad.shutdown(wait=False)
 
