@@ -74,6 +74,8 @@ def run_node(node: Node, exit_with_parent: Optional[int]) -> None:
     _install_signals(node.stop)
     if exit_with_parent:
         _watch_parent(exit_with_parent, node.stop)
+    # a node whose networking is stuck stops with exit code 1, even if the stop itself sticks
+    node.watchdog.hard_exit = lambda: os._exit(EXIT_FAILURE)
 
     def ready(eps: dict[str, str]) -> None:
         items = " ".join(f"{k}={v}" for k, v in eps.items())
@@ -169,10 +171,10 @@ def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[b
                   sink_journal=journal, sink_policies=tuple(policies), insecure=insecure, keys=keys,
                   key_name=key_name)
     try:
-        loaded = load_policies(cfg.sink_policies)
+        node = Sink(cfg, load_policies(cfg.sink_policies))
     except ConfigError as exc:
         _fail(str(exc))
-    run_node(Sink(cfg, loaded), exit_with_parent)
+    run_node(node, exit_with_parent)
 
 
 @cli.command()
@@ -216,6 +218,8 @@ def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str],
                       async_concurrency=async_concurrency)
     except ImportError as exc:
         _fail(f"--import: {exc}")
+    except ConfigError as exc:  # keys
+        _fail(str(exc))
     run_node(node, exit_with_parent)
 
 
@@ -232,6 +236,16 @@ def up(config_path: Optional[str], n_workers: int, executor: str, concurrency: O
     from .local import LocalCluster
 
     cfg = _config(config_path, keys=keys)  # validate before starting anything
+    if cfg.keys:
+        from zq.security import Keys
+
+        from .common import KEYS_NEEDED
+
+        for role, (servers, lists) in KEYS_NEEDED.items():
+            try:
+                Keys.load(cfg.keys, role, servers, lists)
+            except ConfigError as exc:
+                _fail(str(exc))
     env = {"ZQ_SECURITY_KEYS": os.path.abspath(keys)} if keys else {}
     bind = {"clients": cfg.ventilator_clients, "workers": cfg.ventilator_workers, "sink": cfg.sink_endpoint}
     cluster = LocalCluster(workers=n_workers, executor=executor, concurrency=concurrency or 0,
@@ -275,6 +289,8 @@ def status(config_path: Optional[str], vent: Optional[str], sink: Optional[str],
     cfg = _config(config_path, ventilator_clients=vent, sink_endpoint=sink, keys=keys, key_name=key_name)
     try:
         data = fetch(cfg, timeout)
+    except ConfigError as exc:  # keys
+        _fail(str(exc))
     except ZqError as exc:
         _fail(str(exc), EXIT_FAILURE)
     click.echo(json.dumps(data, indent=2, default=str) if as_json else render(data))
@@ -342,7 +358,10 @@ def http(config_path: Optional[str], vent: Optional[str], sink: Optional[str], h
     _install_signals(stop.set)
     if exit_with_parent:
         _watch_parent(exit_with_parent, stop.set)
-    client = zq.Client(cfg, unreachable_timeout=30.0)
+    try:
+        client = zq.Client(cfg, unreachable_timeout=30.0)
+    except ConfigError as exc:  # keys
+        _fail(str(exc))
     try:
         run(client, host, port, bool(insecure), stop,
             lambda url: click.echo(f"zq http READY url={url} pid={os.getpid()}", err=True))

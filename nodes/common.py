@@ -18,16 +18,116 @@ from typing import Callable, Optional
 import zmq
 
 from zq import protocol as P
-from zq._sockets import LinkMonitor, dealer, recv_now, send_now
+from zq._sockets import LinkMonitor, close_link, dealer, recv_now, send_now
 from zq._wake import Waker
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskState
+from zq.errors import ZqError
 from zq.protocol import ResultRow, TaskSpec
 from zq.security import Authenticator, Keys
 
 log = logging.getLogger("zq.node")
 
 HOST = socket.gethostname()
+
+#: per role: the servers whose public keys it needs, the key lists it admits (README "Security")
+KEYS_NEEDED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ventilator": (("sink",), ("clients", "workers")),
+    "sink": (("ventilator",), ("clients", "workers")),
+    "worker": (("ventilator", "sink"), ()),
+}
+
+
+#: a node that heard from no peer for this many liveness timeouts (although some should be
+#: heartbeating it) checks that its own networking still moves messages (``Watchdog``)
+WATCHDOG_TIMEOUTS = 5
+
+
+def io_alive(ctx: zmq.Context, timeout: float) -> bool:
+    """Does ``ctx`` still move messages over TCP?  A loopback round through a ROUTER and a
+    DEALER of its own: libzmq's I/O thread connects, handshakes and carries it.  A socket
+    error (no port to bind, say) cannot tell: True."""
+    a = ctx.socket(zmq.ROUTER)
+    b = ctx.socket(zmq.DEALER)
+    try:
+        a.setsockopt(zmq.LINGER, 0)
+        b.setsockopt(zmq.LINGER, 0)
+        port = a.bind_to_random_port("tcp://127.0.0.1")
+        b.connect(f"tcp://127.0.0.1:{port}")
+        b.send(b"zq-watchdog", zmq.NOBLOCK)  # queued in the pipe: the I/O thread carries it
+        return bool(a.poll(int(timeout * 1000)))
+    except zmq.ZMQError as exc:
+        log.debug("networking self-test not possible: %s", exc)
+        return True
+    finally:
+        a.close(0)
+        b.close(0)
+
+
+class Watchdog:
+    """Notices a node that heard from nobody for too long, and tells why.
+
+    Every peer of a node heartbeats it, so a node that heard from none of the peers it
+    expects for ``WATCHDOG_TIMEOUTS`` liveness timeouts either lost them all (they are
+    down, or the network is cut) or cannot receive at all: libzmq's I/O thread, shared by
+    every socket of the node, is blocked (it was seen blocked for good in a write to a
+    socket monitor).  A loopback message through the node's own context (``io_alive``)
+    tells the two apart.  Peers away: a warning, and the links keep reconnecting on
+    their own.  Networking stuck: an error, and the node stops with exit code 1 so that
+    its supervisor starts it again; a stuck I/O thread can block the stop itself, so the
+    process exits anyway ``EXIT_AFTER`` seconds later (``hard_exit``, set by the CLI).
+
+    A thread of its own: it only reads the node's receive times and makes its own
+    sockets in the node's context; ``Node.run`` joins it before closing anything.
+    """
+
+    EXIT_AFTER = 5.0
+    PROBE_TIMEOUT = 2.0  # seconds (at least one liveness timeout), twice
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"zq-{node.role}-watchdog", daemon=True)
+        self.hard_exit: Optional[Callable[[], None]] = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(10.0)
+
+    def _run(self) -> None:
+        cfg = self.node.config
+        limit = WATCHDOG_TIMEOUTS * cfg.heartbeat_timeout
+        probe = max(self.PROBE_TIMEOUT, cfg.heartbeat_timeout)
+        next_check = 0.0
+        while not self._done.wait(cfg.heartbeat_interval):
+            last = self.node.last_heard()
+            now = time.monotonic()
+            if last is None or now - last < limit or now < next_check:
+                continue
+            next_check = now + limit  # one self-test per silent period
+            silent = now - last
+            ctx = self.node.ctx
+            if ctx is None or self._done.is_set():
+                return
+            if io_alive(ctx, probe) or io_alive(ctx, probe):
+                log.warning("%s: no message from any peer for %.0fs; its own networking works "
+                            "(self-test): the peers are away or cut off", self.node.role, silent)
+                continue
+            msg = (f"{self.node.role}: no message from any peer for {silent:.0f}s and its networking is "
+                   f"stuck (a loopback message through its own ZeroMQ context did not arrive in "
+                   f"{probe:g}s): stopping so that a supervisor restarts it")
+            log.error("%s", msg)
+            self.node.counters["watchdog_stuck"] += 1
+            self.node.stuck = msg
+            self.node.stop()
+            if self.hard_exit is not None and not self._done.wait(self.EXIT_AFTER):
+                log.error("%s: did not stop within %gs: exiting now", self.node.role, self.EXIT_AFTER)
+                self.hard_exit()
+            return
 
 
 class Node:
@@ -44,15 +144,37 @@ class Node:
         self.ctx: Optional[zmq.Context] = None
         self.endpoints: dict[str, str] = {}
         self.started = time.time()
-        self.keys: Optional[Keys] = (
-            Keys.load(config.keys, config.key_name or self.role) if config.keys else None)
+        servers, lists = KEYS_NEEDED.get(self.role, ((), ()))
+        self.keys: Optional[Keys] = (  # every key file this node needs, checked now
+            Keys.load(config.keys, config.key_name or self.role, servers, lists) if config.keys else None)
         self.auth: Optional[Authenticator] = None
+        #: newest message from a peer outside SinkLinks and Peers (monotonic; the worker's
+        #: ventilator, the ventilator's workers), for the watchdog
+        self.heard_at = time.monotonic()
+        self.watchdog = Watchdog(self)
+        self.stuck: Optional[str] = None  # why the watchdog stopped the node
+
+    def last_heard(self) -> Optional[float]:
+        """When a peer was last heard (monotonic: the newest of ``heard_at``, its SinkLinks'
+        and its Peers'), or None when no peer is expected to heartbeat it: it has no
+        SinkLink (every worker and the ventilator have one) and its Peers know nobody."""
+        times, expected = [self.heard_at], False
+        for v in list(vars(self).values()):  # the node's own links, whatever its role
+            if isinstance(v, SinkLink) or (isinstance(v, Peers) and v.last_seen):
+                times.append(v.heard_at)
+                expected = True
+        return max(times) if expected else None
 
     def start_auth(self, domains: dict[str, tuple[str, ...]]) -> None:
         """Start the ZAP authenticator (servers with keys only) before binding."""
         if self.keys is not None:
             assert self.ctx is not None
-            self.auth = Authenticator(self.ctx, self.keys, domains)
+            self.counters["handshakes_refused"] = 0  # counted from the authenticator's thread
+
+            def refused() -> None:
+                self.counters["handshakes_refused"] += 1
+
+            self.auth = Authenticator(self.ctx, self.keys, domains, on_refused=refused)
             self.auth.start()
 
     # -- life cycle -------------------------------------------------------------------
@@ -61,15 +183,23 @@ class Node:
         self.ctx = zmq.Context()
         try:
             self.setup()
+            if self.auth is not None:  # name the endpoint in refusals ("endpoint": the sink's)
+                self.auth.endpoints = {d: self.endpoints.get(d, self.endpoints.get("endpoint", "?"))
+                                       for d in self.auth.domains}
             if ready is not None:
                 ready(dict(self.endpoints))
+            self.heard_at = time.monotonic()
+            self.watchdog.start()
             self.loop()
         finally:
+            self.watchdog.stop()
             self.close()
             if self.auth is not None:
                 self.auth.stop()
             self.ctx.destroy(linger=0)
             self._waker.close()
+        if self.stuck is not None:
+            raise ZqError(self.stuck)
 
     def stop(self) -> None:
         """Ask the node to stop gracefully; safe from any thread or a signal handler."""
@@ -112,11 +242,12 @@ class Peers:
         self.forget_after = forget_after
         self.last_seen: dict[bytes, float] = {}
         self.last_sent: dict[bytes, float] = {}
+        self.heard_at = 0.0  # newest of last_seen (for the watchdog)
 
     def seen(self, ident: bytes, now: float) -> bool:
         """Record traffic from ``ident``; True if it is new (owed a heartbeat now)."""
         new = ident not in self.last_seen
-        self.last_seen[ident] = now
+        self.last_seen[ident] = self.heard_at = now
         if new:
             self.last_sent[ident] = 0.0
         return new
@@ -172,6 +303,7 @@ class SinkLink:
         self.socket: zmq.Socket = self._connect()
         now = time.monotonic()
         self.last_recv = now
+        self.heard_at = now  # like last_recv, but only ever moved by a message (watchdog)
         self.last_send = 0.0
         self.backoff = node.config.heartbeat_interval
 
@@ -179,18 +311,14 @@ class SinkLink:
         assert self.node.ctx is not None
         s = dealer(self.node.ctx, self.endpoint, self.identity, self.node.config.max_message_size,
                    keys=self.node.keys, server="sink")
-        self.poller.register(s, zmq.POLLIN)
-        old = getattr(self, "monitor", None)
-        if old is not None:
-            self.poller.unregister(old.socket)
-            old.close()
         self.monitor = LinkMonitor(s)
+        self.poller.register(s, zmq.POLLIN)
         self.poller.register(self.monitor.socket, zmq.POLLIN)
         return s
 
     def reconnect(self) -> None:
-        self.poller.unregister(self.socket)
-        self.socket.close(0)
+        # the old link goes first, monitor before socket (see close_link)
+        close_link(self.socket, self.monitor, self.poller)
         self.socket = self._connect()
         self.resend_all()
 
@@ -227,7 +355,7 @@ class SinkLink:
             frames = recv_now(self.socket, small=1 << 30)
             if frames is None:
                 return
-            self.last_recv = time.monotonic()
+            self.last_recv = self.heard_at = time.monotonic()
             self.backoff = self.node.config.heartbeat_interval
             try:
                 msg = P.unpack(frames)
@@ -264,5 +392,4 @@ class SinkLink:
         self.flush()
 
     def close(self) -> None:
-        self.monitor.close()
-        self.socket.close(0)
+        close_link(self.socket, self.monitor, self.poller)

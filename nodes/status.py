@@ -9,7 +9,7 @@ from typing import Any
 import zmq
 
 from zq import protocol as P
-from zq._sockets import dealer
+from zq._sockets import LinkMonitor, close_link, dealer
 from zq.config import Config
 from zq.errors import ZqError
 from zq.security import Keys
@@ -17,22 +17,32 @@ from zq.security import Keys
 
 def _ask(ctx: zmq.Context, endpoint: str, node: str, timeout: float, keys: Any = None) -> Any:
     s = dealer(ctx, endpoint, f"status-{os.urandom(4).hex()}".encode(), keys=keys, server=node)
+    mon = LinkMonitor(s)  # says why a secured node will not talk to us
     try:
         s.send_multipart(P.pack(P.REQUEST, {"req": 1, "op": "stats"}))
         deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(s, zmq.POLLIN)
+        poller.register(mon.socket, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not s.poll(int(left * 1000)):
+            events = dict(poller.poll(int(left * 1000))) if left > 0 else {}
+            if mon.socket in events:
+                mon.reconnected()
+                if mon.refused:
+                    raise ZqError(f"the {node} at {endpoint} refused the handshake (keys?): {mon.refused}")
+            if s in events:
+                msg = P.unpack(s.recv_multipart())
+                if msg.command == P.REPLY and msg.header.get("req") == 1:
+                    return msg.header.get("data")
+            elif not events:
                 raise ZqError(f"the {node} at {endpoint} did not answer within {timeout:g}s")
-            msg = P.unpack(s.recv_multipart())
-            if msg.command == P.REPLY and msg.header.get("req") == 1:
-                return msg.header.get("data")
     finally:
-        s.close(0)
+        close_link(s, mon)
 
 
 def fetch(cfg: Config, timeout: float = 5.0) -> dict:
-    keys = Keys.load(cfg.keys, cfg.key_name or "client") if cfg.keys else None
+    keys = Keys.load(cfg.keys, cfg.key_name or "client", ("ventilator", "sink")) if cfg.keys else None
     ctx = zmq.Context()
     try:
         return {"ventilator": _ask(ctx, cfg.ventilator_clients, "ventilator", timeout, keys),
@@ -56,7 +66,9 @@ def render(data: dict) -> str:
         f"tasks: submitted {c.get('submitted', 0)}  done {c.get('done', 0)}  canceled {c.get('canceled', 0)}  "
         f"retried {c.get('retried', 0)}  lost attempts {c.get('lost_attempts', 0)}",
         f"results: recorded {sc.get('results', 0)}  duplicates dropped {sc.get('duplicates_dropped', 0)}",
-        f"bad messages: ventilator {c.get('bad_messages', 0)}  sink {sc.get('bad_messages', 0)}",
+        f"bad messages: ventilator {c.get('bad_messages', 0)}  sink {sc.get('bad_messages', 0)}"
+        + (f"  refused handshakes: ventilator {c['handshakes_refused']}  sink {sc.get('handshakes_refused', 0)}"
+           if "handshakes_refused" in c else ""),
         "",
         f"{'QUEUE':<20} {'QUEUED':>8} {'RUNNING':>8}  WORKERS",
     ]

@@ -24,6 +24,12 @@ conn_opts = [
 ]
 
 
+class ConfigProblem(click.ClickException):
+    """A configuration mistake (keys, config file): exit code 3, as for the nodes."""
+
+    exit_code = 3
+
+
 def connection(f: Callable) -> Callable:
     for opt in reversed(conn_opts):
         f = opt(f)
@@ -37,7 +43,7 @@ def _client(config_path: Optional[str], vent: Optional[str], sink: Optional[str]
                                            "key_name": key_name})
         return zq.Client(cfg, unreachable_timeout=10.0)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ConfigProblem(str(exc)) from None
 
 
 def _run(conn: tuple, action: Callable[[zq.Client], Any]) -> Any:

@@ -40,7 +40,7 @@ _FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED,
 class WorkerMessages(_Base):
     def _on_worker(self, ident: bytes, msg: P.Message) -> None:
         cmd = msg.command
-        now = time.monotonic()
+        now = self.heard_at = time.monotonic()  # heard_at: for the watchdog (nodes/common.py)
         w = self.workers.get(ident)
         if cmd == P.READY:
             self._register(ident, msg.header, now)

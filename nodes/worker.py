@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import LinkMonitor, dealer, recv_now, send_now
+from zq._sockets import LinkMonitor, close_link, dealer, recv_now, send_now
 from zq.config import Config
 from zq.envelope import STATE_OF, ErrorInfo, TaskState
 from zq.errors import ProtocolError
@@ -144,10 +144,6 @@ class Worker(Node):
         self.vent = dealer(self.ctx, self.config.ventilator_workers, self.id.encode(),
                            self.config.max_message_size, keys=self.keys, server="ventilator")
         self.poller.register(self.vent, zmq.POLLIN)
-        old = getattr(self, "vent_monitor", None)
-        if old is not None:
-            self.poller.unregister(old.socket)
-            old.close()
         # libzmq reconnects by itself after a reset and drops what was queued on the old
         # connection: a reconnect it reports is handled like ours (READY says what we hold)
         self.vent_monitor = LinkMonitor(self.vent)
@@ -210,8 +206,7 @@ class Worker(Node):
             self.aio.close(1.0)
         if getattr(self, "vent", None) is not None:
             # a graceful stop waited for its last messages (_stop_step); give libzmq a moment
-            self.vent.close(linger=500 if self.stopping else 0)
-            self.vent_monitor.close()
+            close_link(self.vent, self.vent_monitor, self.poller, linger=500 if self.stopping else 0)
         if getattr(self, "sink", None) is not None:
             self.sink.close()
 
@@ -303,7 +298,7 @@ class Worker(Node):
             frames = recv_now(self.vent, small=3)
             if frames is None:
                 return
-            self.vent_last_recv = time.monotonic()
+            self.vent_last_recv = self.heard_at = time.monotonic()
             self.backoff = self.config.heartbeat_interval
             try:
                 self._on_ventilator(P.unpack(frames))
@@ -577,8 +572,7 @@ class Worker(Node):
             log.warning("ventilator %s silent for %.1fs: reconnecting", cfg.ventilator_workers, silent)
             self.reconnect_at = now + self.backoff
             self.backoff = min(self.backoff * 2, 30.0)
-            self.poller.unregister(self.vent)
-            self.vent.close(0)
+            close_link(self.vent, self.vent_monitor, self.poller)  # monitor first, then socket
             last = self.vent_last_recv
             self._connect_ventilator()
             self.vent_last_recv = last  # still silent until it answers

@@ -47,8 +47,9 @@ PREFETCH = 4  # tasks held beyond the slots: a worker holds at most 8, some not 
 HOSTS = ("vent", "sink", "w1", "w2", "cli")
 
 CLIENT_SCRIPT = textwrap.dedent('''
-    """Runs in the client namespace.  stdin: RUN TAG N DELAY TIMEOUT | QUIT.
-    stdout: SUBMITTED TAG N, PROGRESS TAG DONE WORKER (one per result), BATCH TAG JSON."""
+    """Runs in the client namespace.  stdin: RUN TAG N DELAY TIMEOUT | CANCEL TAG TIMEOUT |
+    LOST TAG TIMEOUT | QUIT.  stdout: SUBMITTED TAG N, PROGRESS TAG DONE WORKER (one per
+    result), BATCH TAG JSON; TASK TAG ID, OUTCOME TAG JSON."""
     import concurrent.futures as cf
     import json
     import os
@@ -82,6 +83,37 @@ CLIENT_SCRIPT = textwrap.dedent('''
                          "worker": e.worker, "attempts": e.attempts, "pid": e.pid, "lost": list(e.lost)})
         say("BATCH", tag, json.dumps(rows))
 
+    def outcome(client, fut, timeout):
+        """How ``fut`` ended, as the client sees it (the ventilator decided it)."""
+        try:
+            value, error = fut.result(timeout=timeout), None
+        except cf.CancelledError:
+            value, error = None, "CancelledError"
+        except cf.TimeoutError:
+            value, error = None, "TimeoutError"
+        except Exception as exc:
+            value, error = None, type(exc).__name__
+        env = fut.envelope if fut.done() and not fut.cancelled() else None
+        return {"value": value, "error": error, "status": client.get_status(fut.task_id).value,
+                "lost": list(env.lost) if env is not None else None,
+                "message": str(env.error.message) if env is not None and env.error else None}
+
+    def cancel_queued(client, tag, timeout):
+        """A task no worker serves, cancelled while queued: the ventilator sends its result."""
+        fut = client.submit_task(slow_square, (1, 0.0), queue="nobody", retain_result=True)
+        say("TASK", tag, fut.task_id)
+        while client.get_status(fut.task_id).value != "QUEUED":
+            pass  # accepted before it is cancelled
+        cancelled = fut.cancel()
+        watched = client.future_for(fut.task_id)  # comes from the sink, retained
+        say("OUTCOME", tag, json.dumps({"cancelled": cancelled, **outcome(client, watched, timeout)}))
+
+    def lose(client, tag, timeout):
+        """One long task, no retries: the test kills each worker that takes it."""
+        fut = client.submit_task(slow_square, (2, 120.0), retries=0)
+        say("TASK", tag, fut.task_id)
+        say("OUTCOME", tag, json.dumps(outcome(client, fut, timeout)))
+
     cfg = zq.load_config(None, {"ventilator_clients": sys.argv[1], "sink_endpoint": sys.argv[2],
                                 "heartbeat_interval": float(sys.argv[3])})
     with zq.Client(cfg) as client:
@@ -90,6 +122,10 @@ CLIENT_SCRIPT = textwrap.dedent('''
             cmd = line.split()
             if cmd and cmd[0] == "RUN":
                 run_batch(client, cmd[1], int(cmd[2]), float(cmd[3]), float(cmd[4]))
+            elif cmd and cmd[0] == "CANCEL":
+                cancel_queued(client, cmd[1], float(cmd[2]))
+            elif cmd and cmd[0] == "LOST":
+                lose(client, cmd[1], float(cmd[2]))
             elif cmd and cmd[0] == "QUIT":
                 break
     say("BYE")
@@ -121,10 +157,7 @@ class Cluster:
                                                self.workers_ep, "--sink", self.sink_ep, *SECURITY_ARGS,
                                                *parent], ENV, name="ventilator")
         for w in ("w1", "w2"):
-            self.nodes[w] = net.node(w, ["worker", "--ventilator", self.workers_ep, "--sink", self.sink_ep,
-                                         "--executor", "thread", "--concurrency", str(CONCURRENCY),
-                                         "--prefetch", str(PREFETCH),
-                                         *CONNECT_SECURITY_ARGS, *parent], ENV, name=f"worker{w[1]}")
+            self.start_worker(w, w)
         for n in self.nodes.values():
             n.wait_ready(30)
         # both workers registered with the ventilator across the network
@@ -135,6 +168,15 @@ class Cluster:
                 self.worker_ids[pids[w["pid"]]] = w["id"]
         if set(self.worker_ids) != {"w1", "w2"}:
             pytest.fail(f"workers {pids} not found in status {json.dumps(status)}\n{self.logs()}")
+
+    def start_worker(self, host: str, key: str) -> NsNodeProcess:
+        """A worker in ``host``'s namespace, known as ``self.nodes[key]`` (not waited for)."""
+        parent = ["--exit-with-parent", str(os.getpid())]
+        self.nodes[key] = self.net.node(host, ["worker", "--ventilator", self.workers_ep, "--sink", self.sink_ep,
+                                               "--executor", "thread", "--concurrency", str(CONCURRENCY),
+                                               "--prefetch", str(PREFETCH),
+                                               *CONNECT_SECURITY_ARGS, *parent], ENV, name=f"worker-{key}")
+        return self.nodes[key]
 
     # -- inspection ---------------------------------------------------------------------
     def logs(self) -> str:
@@ -350,3 +392,44 @@ def test_worker_cut_off_then_rejoins(cluster: Cluster, side: str) -> None:
     # a task whose DONE was on the wire when the cable went is re-run too (its first result
     # wins at the sink): at least every retried task was counted as a lost attempt
     assert vent.get("lost_attempts", 0) >= len(retried), f"ventilator counters {vent}\n{cluster.logs()}"
+
+
+def test_results_the_ventilator_decides_reach_the_client(cluster: Cluster) -> None:
+    """The ventilator sends the sink the results it decides itself: a queued task cancelled,
+    and WorkerLost.  With CURVE the sink must admit the ventilator's key (it is in neither
+    clients/ nor workers/); otherwise the client never hears of either."""
+    deadline = time.monotonic() + 25
+    cluster.send("CANCEL c1 15")
+    cluster.expect("TASK", deadline)
+    out = json.loads(cluster.expect("OUTCOME", deadline)[2])
+    assert out["cancelled"] is True, f"{out}\n{cluster.logs()}"
+    assert out["error"] == "CancelledError" and out["status"] == "CANCELED", f"{out}\n{cluster.logs()}"
+
+    # WorkerLost: each worker that takes the (long) task is SIGKILLed; the third loss
+    # fails it, whatever its retries (0), by the ventilator's own decision
+    cluster.send("LOST l1 40")
+    task_id = cluster.expect("TASK", time.monotonic() + 10)[2]
+    killed: list[int] = []
+    spare = 0
+    for _ in range(3):
+        holder = None
+        deadline = time.monotonic() + 20
+        while holder is None and time.monotonic() < deadline:
+            st = cluster.status()
+            if st is None:
+                continue
+            workers = st["ventilator"]["workers"]
+            busy = [w["pid"] for w in workers if w["running"] and w["pid"] not in killed]
+            if busy:
+                holder = next(n for n in cluster.nodes.values() if n.pid == busy[0])
+            elif not any(n.alive() for k, n in cluster.nodes.items() if k not in ("vent", "sink")):
+                spare += 1  # every worker was killed: a fresh one takes the task again
+                cluster.start_worker("w1", f"spare{spare}").wait_ready(30)
+        if holder is None:
+            pytest.fail(f"no worker took task {task_id} again (killed {killed})\n{cluster.logs()}")
+        killed.append(holder.pid)
+        holder.kill()
+    out = json.loads(cluster.expect("OUTCOME", time.monotonic() + 30)[2])
+    assert out["error"] == "WorkerLost" and out["status"] == "FAILED", f"{out}\n{cluster.logs()}"
+    assert len(out["lost"]) == 3, f"{out}\n{cluster.logs()}"
+    cluster.quit_client()

@@ -156,3 +156,160 @@ def test_keys_in_config_file_work_like_flags(make_cluster, keydir, tmp_path):
     finally:
         p.terminate()
         p.wait(20)
+
+
+def test_results_the_ventilator_decides_reach_clients(secured, keydir):
+    """A queued task cancelled is finished by the ventilator itself, which sends its result
+    through the sink: the sink must admit the ventilator's key (it is in no list)."""
+    import concurrent.futures
+
+    with client_for(secured, keys=keydir) as owner, client_for(secured, keys=keydir) as other:
+        fut = owner.submit_task(square, (5,), queue="nobody-serves-this", retain_result=True)
+        assert owner.get_status(fut.task_id) is zq.TaskState.QUEUED
+        assert fut.cancel()
+        # the CANCELED result went ventilator -> sink, which retained it for anyone
+        with pytest.raises(concurrent.futures.CancelledError):
+            other.future_for(fut.task_id).result(timeout=10)
+        with pytest.raises(concurrent.futures.CancelledError):
+            owner.future_for(fut.task_id).result(timeout=10)
+        assert owner.get_status(fut.task_id) is zq.TaskState.CANCELED
+        counters = owner.stats()["sink"]["counters"]
+        assert counters.get("results") == 1, counters
+    # leaving both clients' with-blocks returned: nothing waits for a result that never came
+
+
+NODE_ARGS = {
+    "ventilator": ["ventilator", "--clients", "tcp://127.0.0.1:0", "--workers", "tcp://127.0.0.1:0",
+                   "--sink", "tcp://127.0.0.1:9"],
+    "sink": ["sink", "--endpoint", "tcp://127.0.0.1:0"],
+    "worker": ["worker", "--ventilator", "tcp://127.0.0.1:9", "--sink", "tcp://127.0.0.1:9",
+               "--executor", "thread"],
+}
+#: a server public key each role needs (removed, with the secret beside it, in "no server key")
+SERVER_KEY = {"ventilator": "sink", "sink": "ventilator", "worker": "ventilator"}
+
+
+def _break_keys(keydir, role, mistake):
+    """Make the key directory wrong for ``role``; the file (or folder) the error must name."""
+    if mistake == "no directory":
+        return os.path.join(keydir, "nowhere")
+    if mistake == "no own secret":
+        path = os.path.join(keydir, f"{role}.key_secret")
+        os.remove(path)
+        return path
+    if mistake == "no server key":
+        server = SERVER_KEY[role]
+        os.remove(os.path.join(keydir, f"{server}.key_secret"))
+        path = os.path.join(keydir, f"{server}.key")
+        os.remove(path)
+        return path
+    if mistake == "not a key file":
+        path = os.path.join(keydir, f"{role}.key_secret")
+        with open(path, "w") as f:
+            f.write("this is not a certificate\n")
+        return path
+    if mistake == "public key as own":
+        path = os.path.join(keydir, f"{role}.key_secret")
+        with open(os.path.join(keydir, f"{role}.key")) as src, open(path, "w") as dst:
+            dst.write(src.read())
+        return path
+    raise AssertionError(mistake)
+
+
+def _one_line_naming(out, path):
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 3, (out.returncode, out.stderr)
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert path in lines[0], out.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("mistake", ["no directory", "no own secret", "no server key", "not a key file",
+                                     "public key as own"])
+@pytest.mark.parametrize("role", ["ventilator", "sink", "worker"])
+def test_key_mistakes_stop_a_node_with_one_line(keydir, role, mistake):
+    """README: a configuration mistake stops the node with one line and exit code 3."""
+    broken = _break_keys(keydir, role, mistake)
+    directory = broken if mistake == "no directory" else keydir
+    out = run_zq(*NODE_ARGS[role], "--keys", directory, timeout=20)
+    line = _one_line_naming(out, broken)
+    if mistake != "no directory":
+        assert "Invalid certificate file" not in line, line
+    if mistake in ("no own secret", "no server key"):
+        assert "does not exist" in line, line
+
+
+def test_key_mistakes_in_admin_commands(keydir):
+    """``zq status`` and ``zq tasks`` (clients) say the same and exit 3 too."""
+    missing = os.path.join(keydir, "nowhere")
+    _one_line_naming(run_zq("status", "--keys", missing, "--timeout", "1"), missing)
+    _one_line_naming(run_zq("tasks", "ls", "--keys", missing), missing)
+    os.remove(os.path.join(keydir, "client.key_secret"))
+    _one_line_naming(run_zq("status", "--keys", keydir, "--timeout", "1"),
+                     os.path.join(keydir, "client.key_secret"))
+
+
+def _public_key(keydir, name):
+    return zmq.auth.load_certificate(os.path.join(keydir, f"{name}.key"))[0].decode()
+
+
+@pytest.mark.parametrize("who", ["unknown key", "no key"])
+def test_refused_handshake_is_said_not_silence(secured, keydir, who):
+    """A client the cluster refuses learns why at once (not "did not answer"): the
+    Python API, ``zq status`` and ``zq tasks``."""
+    import time
+
+    kw = {"keys": keydir, "key_name": "mallory"} if who == "unknown key" else {}
+    flags = ["--keys", keydir, "--key-name", "mallory"] if who == "unknown key" else []
+    bad = client_for(secured, **kw)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(zq.NodeUnreachable, match=r"refused the handshake \(keys\?\)"):
+            bad.stats()
+        assert time.monotonic() - t0 < 5.0  # not the request timeout
+    finally:
+        bad.shutdown(wait=False)
+    eps = ["--ventilator", secured.endpoints["clients"], "--sink", secured.endpoints["sink"]]
+    out = run_zq("status", *eps, *flags, "--timeout", "8")
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "refused the handshake (keys?)" in last and "did not answer" not in out.stderr, out.stderr
+    out = run_zq("tasks", "ls", *eps, *flags)
+    assert out.returncode != 0 and "refused the handshake (keys?)" in out.stderr, out.stderr
+
+
+def test_servers_log_refused_keys(secured, keydir):
+    """The ventilator and the sink log a refused key (which, from where, on which
+    endpoint), once per key and address in a while, and count every refusal."""
+    from .lifecycle_tasks import wait_for
+
+    mallory = _public_key(keydir, "mallory")
+    for _ in range(3):
+        out = run_zq("status", "--ventilator", secured.endpoints["clients"], "--sink", secured.endpoints["sink"],
+                     "--keys", keydir, "--key-name", "mallory", "--timeout", "8")
+        assert "refused the handshake" in out.stderr, out.stderr
+
+    bad = client_for(secured, keys=keydir, key_name="mallory")  # zq status asked only the ventilator
+    try:
+        with pytest.raises(zq.NodeUnreachable, match="refused the handshake"):
+            bad.stats()
+        with pytest.raises(zq.NodeUnreachable, match="the sink .* refused the handshake"):
+            bad.get_result("any")  # a request to the sink: once refused, the sink has logged it
+    finally:
+        bad.shutdown(wait=False)
+
+    def refusals(node):
+        return [line for line in node.lines if "refused CURVE key" in line and mallory in line]
+
+    for node, endpoint in ((secured.ventilator, secured.endpoints["clients"]),
+                           (secured.sink, secured.endpoints["sink"])):
+        lines = wait_for(lambda: refusals(node), what=f"{node.name} logs the refused key")
+        assert "WARNING" in lines[0] and "127.0.0.1" in lines[0] and endpoint in lines[0], lines
+    assert len(refusals(secured.ventilator)) == 1  # four refusals, one line (rate-limited)
+    with client_for(secured, keys=keydir) as good:
+        stats = good.stats()
+    assert stats["ventilator"]["counters"]["handshakes_refused"] >= 4, stats["ventilator"]["counters"]
+    assert stats["sink"]["counters"]["handshakes_refused"] >= 1, stats["sink"]["counters"]
+    out = run_zq("status", "--ventilator", secured.endpoints["clients"], "--sink", secured.endpoints["sink"],
+                 "--keys", keydir)
+    assert "refused handshakes: ventilator " in out.stdout, out.stdout

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import zmq
 
 from . import protocol as P
-from ._sockets import LinkMonitor, dealer, recv_now, send_now
+from ._sockets import LinkMonitor, close_link, dealer, recv_now, send_now
 from .context import Progress, progress_eta
 from .envelope import STATE_OF, TaskState
 from .errors import NodeUnreachable, SerializationError, ZqError
@@ -72,10 +72,8 @@ class ClientIO:
             log.exception("zq client IO thread failed")
             self._fail_all(ZqError("the client's IO thread failed; see the log"))
         finally:
-            for mon in self._monitors.values():
-                mon.close()
-            self.vsock.close(linger)
-            self.ssock.close(0)
+            close_link(self.vsock, self._monitors.get("ventilator"), linger=linger)
+            close_link(self.ssock, self._monitors.get("sink"))
             ctx.destroy(0)
 
     def _io_setup(self, ctx: zmq.Context) -> None:
@@ -103,10 +101,6 @@ class ClientIO:
     def _connect(self, node: str) -> zmq.Socket:
         s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode(), keys=self._keys, server=node)
         self.poller.register(s, zmq.POLLIN)
-        old = self._monitors.pop(node, None)
-        if old is not None:
-            self.poller.unregister(old.socket)
-            old.close()
         mon = self._monitors[node] = LinkMonitor(s)
         self.poller.register(mon.socket, zmq.POLLIN)
         try:
@@ -134,10 +128,12 @@ class ClientIO:
             if self.ssock in events:
                 self._drain(self.ssock, "sink")
             for node, mon in self._monitors.items():
-                if mon.socket in events and mon.reconnected():
-                    # the connection broke and came back: what was queued on it is gone
-                    log.info("connection to the %s re-established: sending again", node)
-                    self._node_restarted(node)
+                if mon.socket in events:
+                    if mon.reconnected():
+                        # the connection broke and came back: what was queued on it is gone
+                        log.info("connection to the %s re-established: sending again", node)
+                        self._node_restarted(node)
+                    self._note_refusal(node, mon.refused)
             self._flush_backlog()
             self._send_outbox()
             now = time.monotonic()
@@ -167,11 +163,13 @@ class ClientIO:
                 cancels = []
             if item[0] == "request":
                 _, node, header = item
+                self._request_to(header["req"], node)
                 sock = self.vsock if node == "ventilator" else self.ssock
                 self._send(sock, node, P.pack(P.REQUEST, header))
             elif item[0] == "watch":
                 self._send(self.ssock, "sink", P.pack(P.WATCH, {"ids": [item[1]]}))
             elif item[0] == "submit":
+                self._request_to(item[1], "ventilator")
                 self._send_tasks([item[2]], req=item[1])
         if tasks:
             self._send_tasks(tasks)
@@ -187,6 +185,28 @@ class ClientIO:
             self._cancel_reqs[req] = part
             self._cancelling.update(dict.fromkeys(part))
             self._send(self.vsock, "ventilator", P.pack(P.REQUEST, {"req": req, "op": "cancel", "ids": part}))
+
+    def _request_to(self, req: int, node: str) -> None:
+        """Remember which node a request went to (a refused handshake fails it at once)."""
+        with self._lock:
+            fut = self._requests.get(req)
+        if fut is not None:
+            fut.zq_node = node  # type: ignore[attr-defined]
+
+    def _note_refusal(self, node: str, why: Optional[str]) -> None:
+        """The node's CURVE handshake failed (``why``), or succeeded (None): the requests
+        waiting for it fail now, saying so, rather than time out as unanswered."""
+        info = self._nodes[node]
+        info["refused"] = why
+        if why is None:
+            return
+        with self._lock:
+            mine = [r for r, f in self._requests.items() if getattr(f, "zq_node", None) == node]
+            futs = [self._requests.pop(r) for r in mine]
+        for f in futs:
+            if not f.done():
+                f.set_exception(NodeUnreachable(f"the {node} at {info['endpoint']} refused the handshake "
+                                                f"(keys?): {why}"))
 
     def _send_tasks(self, tasks: list[TaskSpec], force_fns: bool = False, req: Optional[int] = None) -> None:
         """SUBMIT ``tasks`` in as few messages as the size limit allows."""
@@ -444,6 +464,8 @@ class ClientIO:
                 self._send(getattr(self, sock_attr), node,
                            P.pack(P.HEARTBEAT, {"id": self.id, "client": self.id}), droppable=True)
             silent = now - info["last_recv"]
+            if info.get("refused"):
+                self._note_refusal(node, info["refused"])  # requests made since
             if silent <= cfg.heartbeat_timeout:
                 info["backoff"] = cfg.heartbeat_interval
                 info["reconnect_at"] = 0.0
@@ -460,15 +482,16 @@ class ClientIO:
                                 "after %gs", node, info["endpoint"], what, self.unreachable_timeout)
                 info["reconnect_at"] = now + info["backoff"]
                 info["backoff"] = min(info["backoff"] * 2, 30.0)
-                old = getattr(self, sock_attr)
-                self.poller.unregister(old)
-                old.close(0)  # drops what was still queued on it: hence the resend below
+                # monitor first, then the socket (see close_link); closing drops what was
+                # still queued on it: hence the resend below
+                close_link(getattr(self, sock_attr), self._monitors.pop(node), self.poller)
                 setattr(self, sock_attr, self._connect(node))
                 self._node_restarted(node, quiet=True)
             if silent > self.unreachable_timeout and (self._futures or self._requests):
+                why = f"; it refused the handshake (keys?): {info['refused']}" if info.get("refused") else ""
                 self._fail_all(NodeUnreachable(
                     f"the {node} at {info['endpoint']} has been unreachable for {silent:.0f}s "
-                    f"(client unreachable_timeout={self.unreachable_timeout:g}s)"))
+                    f"(client unreachable_timeout={self.unreachable_timeout:g}s){why}"))
 
     def _fail_all(self, exc: ZqError) -> None:
         for backlog in self._backlog.values():

@@ -132,21 +132,50 @@ def dealer(ctx: zmq.Context, endpoint: str, identity: Optional[bytes] = None,
     return s
 
 
+#: the handshake failures a connecting socket's monitor reports
+_REFUSALS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+             zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def describe_refusal(event: int, value: int) -> str:
+    """What a failed handshake (a socket monitor event) says about the keys, in a phrase."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"the server refused this client's key (ZAP status {value}): is it listed there?"
+    if value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1):
+        return "one side uses CURVE keys and the other does not"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return "the server could not read our hello: wrong server public key?"
+    return f"protocol error {value:#x} (wrong keys?)"
+
+
 class LinkMonitor:
-    """Tells its owner when a connected socket's connection dropped and came back.
+    """Tells its owner when a connected socket's connection dropped and came back, and
+    when its handshake was refused.
 
     libzmq drops whatever was queued on a connection that breaks (a peer restarted, a
     message over the peer's size limit, a network cut) and reconnects silently; an owner
     that must not lose messages resends its unacknowledged state when ``reconnected()``
-    says so.  Uses the socket monitor (an inproc PAIR read by the owning thread).
+    says so.  A CURVE server that refuses our key (or a key mismatch) shows as a failed
+    handshake: ``refused`` then says why, until a handshake succeeds.
+
+    Uses the socket monitor: an inproc PAIR that libzmq's I/O thread writes to and the
+    owning thread reads.  The I/O thread's writes block, so the reading end must never be
+    closed while the monitor is on: close the link with ``close_link`` (monitor off, then
+    the reader, then the socket), never the socket first.
     """
 
     EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    REFUSED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
     def __init__(self, sock: zmq.Socket) -> None:
-        self.socket = sock.get_monitor_socket(self.EVENTS)
+        self.socket = sock.get_monitor_socket(self.EVENTS | self.REFUSED)
         self._watched = sock
+        self.endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode(errors="replace")
         self._dropped = False
+        #: why the last handshake failed (see ``describe_refusal``); None once one succeeds
+        self.refused: Optional[str] = None
+        self.closed = False
 
     def reconnected(self) -> bool:
         """Read pending events; True if a connection was re-established after a drop."""
@@ -155,19 +184,46 @@ class LinkMonitor:
         back = False
         while self.socket.poll(0):
             try:
-                event = recv_monitor_message(self.socket, zmq.NOBLOCK)["event"]
+                msg = recv_monitor_message(self.socket, zmq.NOBLOCK)
             except (zmq.Again, ValueError):
                 break
+            event = msg["event"]
             if event == zmq.EVENT_DISCONNECTED:
                 self._dropped = True
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._dropped:
-                self._dropped = False
-                back = True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused = None
+                if self._dropped:
+                    self._dropped = False
+                    back = True
+            elif event in _REFUSALS:
+                why = describe_refusal(event, int(msg["value"]))
+                if why != self.refused:  # once per cause and socket (libzmq may retry often)
+                    log.warning("handshake with %s refused (keys?): %s", self.endpoint, why)
+                self.refused = why
         return back
 
     def close(self) -> None:
-        try:
-            self._watched.disable_monitor()
-        except zmq.ZMQError:
-            pass
+        """Turn the monitor off, then close its reading end.  The watched socket must still
+        be open: libzmq would otherwise keep writing events (from its I/O thread, blocking)
+        to a reader that is gone, and the whole context would stop moving messages."""
+        if self.closed:
+            return
+        self._watched.disable_monitor()  # raises (ENOTSOCK) if the socket was closed first
         self.socket.close(0)
+        self.closed = True
+
+
+def close_link(sock: zmq.Socket, monitor: Optional[LinkMonitor], poller: Optional[zmq.Poller] = None,
+               linger: int = 0) -> None:
+    """Close a monitored connected socket in the only safe order: out of ``poller``, the
+    monitor off and its reader closed, then the socket (with ``linger`` ms)."""
+    if poller is not None:
+        for s in (sock, monitor.socket if monitor is not None else None):
+            if s is not None:
+                try:
+                    poller.unregister(s)
+                except KeyError:
+                    pass
+    if monitor is not None:
+        monitor.close()
+    sock.close(linger)
