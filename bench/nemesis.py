@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -318,8 +319,8 @@ class Run:
             self.heal()
             for tag, p in self.clients:
                 if tag not in self.killed_tags:
-                    try:
-                        p.wait(self.opts.drain + 15)
+                    try:  # a client gives up at its own deadline (faults + drain) and says so
+                        p.wait(self.opts.seconds + self.opts.drain + 15)
                     except subprocess.TimeoutExpired:
                         p.kill()
             self.drained_at = time.time()  # wall clock, like the sink's records
@@ -394,6 +395,10 @@ def read_results(d: str, tag: str) -> dict[str, str]:
         else:
             out[a] = b
     return out
+
+
+#: violations that mean a task's result did not reach whoever was owed it
+_LOST = re.compile(r"expected |unresolved|never recorded its future|no result recorded")
 
 
 def _outcome_of(row: dict[str, Any]) -> str:
@@ -482,8 +487,8 @@ def judge(run: Run, check: dict[str, Any]) -> dict[str, Any]:
         "tasks_submitted": sum(len(read_submitted(d, t)) for t, _ in run.clients),
         "tasks_accepted": accepted, "never_accepted_killed_client_tail": never_accepted,
         "worker_lost": worker_lost,
-        "results_lost": sum(1 for v in violations if "after healing" in v or "unresolved" in v),
-        "results_duplicated": sum(1 for v in violations if "different results" in v),
+        "results_lost": len({v.split()[0] for v in violations if _LOST.search(v)}),
+        "results_duplicated": len({v.split()[0] for v in violations if "different results" in v}),
         "on_done_refired": sum(c - 1 for c in fired.values() if c > 1),
         "re_executions": sum(c - 1 for c in execs.values() if c > 1),
         "longest_stall_seconds": round(stall, 2),

@@ -149,12 +149,14 @@ def submit(ns: argparse.Namespace) -> int:
 
 
 def _cancel(client: zq.Client, tid: str, deadline: float) -> None:
+    """Cancel a parked task (it never runs: False means the ventilator did not answer)."""
     while time.monotonic() < deadline:
         try:
-            client.cancel(tid)
-            return
-        except zq.ZqError:
-            time.sleep(0.2)  # the ventilator is away: ask again
+            if client.cancel(tid):
+                return
+        except (zq.ZqError, TimeoutError):
+            pass
+        time.sleep(0.2)  # the ventilator is away: ask again
 
 
 def _poll_final(client: zq.Client, tid: str, deadline: float) -> str:

@@ -298,6 +298,8 @@ class SinkLink:
         self.poller = poller
         self.unacked: dict[str, ResultRow] = {}
         self.pending: collections.deque[ResultRow] = collections.deque()
+        #: told the ids of results the sink acknowledged (the worker's DONEs wait for it)
+        self.on_acked: Optional[Callable[[list[str]], None]] = None
         self.sink_instance: Optional[str] = None
         self.heard = False  # any heartbeat from the sink yet
         self.socket: zmq.Socket = self._connect()
@@ -360,8 +362,10 @@ class SinkLink:
             try:
                 msg = P.unpack(frames)
                 if msg.command == P.ACK:
-                    for tid in P.str_list(msg.header, "ids", msg.command):
-                        self.unacked.pop(tid, None)
+                    acked = [tid for tid in P.str_list(msg.header, "ids", msg.command)
+                             if self.unacked.pop(tid, None) is not None]
+                    if acked and self.on_acked is not None:
+                        self.on_acked(acked)
                 elif msg.command == P.HEARTBEAT:
                     inst = msg.header.get("instance")
                     self.heard = True

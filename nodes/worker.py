@@ -90,6 +90,10 @@ class Worker(Node):
         self.started_ids: list[str] = []
         self.done_ids: list[str] = []
         self.done_states: list[str] = []
+        # results sent to the sink and not acknowledged yet (id -> final state): their DONE
+        # waits for the sink's ACK, so that the ventilator never closes a task whose result
+        # could still die with this process (it re-queues them if we are lost)
+        self.awaiting: dict[str, str] = {}
         # credit the ventilator holds for us (granted - taken back - received); below 0 when
         # tasks were on their way as we took credit back: the ventilator counts the same
         self.promised = 0
@@ -124,6 +128,7 @@ class Worker(Node):
         self._sync_fds()
         self.aio = AsyncRunner(self.async_concurrency, policies, self._waker, max_result)
         self.sink = SinkLink(self, cfg.sink_endpoint, f"worker-{self.id}".encode(), self.poller)
+        self.sink.on_acked = self._acked
         self.backoff = cfg.heartbeat_interval
         self.reconnect_at = 0.0
         self._connect_ventilator()
@@ -174,7 +179,15 @@ class Worker(Node):
     def _held(self) -> list[str]:
         """Every task this worker has: queued here, running, abandoned, or in the outbox."""
         return [*self.running, *(s.task_id for s in self.local), *(tid for tid, _ in self.abandoned),
-                *(tid for _, ids in self.outbox for tid in ids)]
+                *(tid for _, ids in self.outbox for tid in ids), *self.awaiting]
+
+    def _acked(self, ids: list[str]) -> None:
+        """The sink has these results: now the ventilator may close their tasks (DONE)."""
+        for tid in ids:
+            state = self.awaiting.pop(tid, None)
+            if state is not None:
+                self.done_ids.append(tid)
+                self.done_states.append(state)
 
     def _to_vent(self, cmd: bytes, header: dict) -> bool:
         """Send now or not at all (heartbeats, progress); False if it could not be sent."""
@@ -519,8 +532,7 @@ class Worker(Node):
             self._retry(spec, delay=retry_delay(spec.opts, retries_used))  # opts checked by from_row
             return
         self.sink.add(row)
-        self.done_ids.append(spec.task_id)
-        self.done_states.append(state._value_)  # (not .value: an Enum property call)
+        self.awaiting[spec.task_id] = state._value_  # (not .value: an Enum property call)
 
     def _retry(self, spec: TaskSpec, delay: float, lost: bool = False) -> None:
         header: dict = {"id": spec.task_id, "delay": delay, "credit": 0}
@@ -598,20 +610,28 @@ class Worker(Node):
                 self.executor.kill(tid, "worker stopping")
             self.running.clear()
         self._report()
-        if self.done_ids:  # deferred DONEs go before the final BYE (it re-queues what it lists)
-            self._to_vent_surely(P.pack(P.DONE, {"ids": self.done_ids, "states": self.done_states,
-                                                 "credit": 0}), [])
-            self.done_ids, self.done_states = [], []
-        self._to_vent_surely(P.pack(P.BYE, {"ids": ids, "final": True}), [])
-        # deliver what we hold to the sink, and to the ventilator what it must get (bounded)
+        # deliver our results to the sink (bounded); what it did not acknowledge is handed
+        # back with the final BYE, to run again, rather than reported done and lost with us
         deadline = time.monotonic() + min(5.0, max(1.0, self.grace))
-        while (self.sink.unacked or self.outbox or self.done_ids) and time.monotonic() < deadline:
+        while self.sink.unacked and time.monotonic() < deadline:
             self.sink.flush()
             self._report()
             if self.sink.socket.poll(20):
                 self.sink.on_readable()
-        if self.sink.unacked:
-            log.warning("%d result(s) not acknowledged by the sink at exit", len(self.sink.unacked))
+        unacked = list(self.awaiting)
+        if unacked:
+            log.warning("%d result(s) not acknowledged by the sink at exit: handed back to run again",
+                        len(unacked))
+        if self.done_ids:  # deferred DONEs go before the final BYE (it re-queues what it lists)
+            self._to_vent_surely(P.pack(P.DONE, {"ids": self.done_ids, "states": self.done_states,
+                                                 "credit": 0}), [])
+            self.done_ids, self.done_states = [], []
+        self._to_vent_surely(P.pack(P.BYE, {"ids": ids + unacked, "final": True}), [])
+        deadline = time.monotonic() + 1.0  # and to the ventilator what it must get (bounded)
+        while self.outbox and time.monotonic() < deadline:
+            self._report()
+            if self.vent.poll(20):
+                self._drain_ventilator()
         if self.outbox or self.done_ids:
             log.warning("ventilator unreachable at exit: %d message(s) not sent (it will re-queue "
                         "this worker's tasks when it declares it lost)", len(self.outbox) + bool(self.done_ids))

@@ -4,6 +4,7 @@ queues and task names.  Each is one request to the ventilator."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any, Optional, Union
 
 from .context import Progress
@@ -51,8 +52,22 @@ class AdminMixin:
             raise
 
     def requeue(self, task_id: str) -> str:
-        """Run a failed or cancelled task again; the new task's id (its ``parent`` is the old)."""
-        return self._request("ventilator", "requeue", {"id": task_id})
+        """Run a failed or cancelled task again; the new task's id (its ``parent`` is the old).
+
+        A failure can reach this client (from the sink) a moment before the ventilator
+        closes the task: when this client saw it end, the ventilator is given a few seconds
+        to catch up instead of answering "no failed task"."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                return self._request("ventilator", "requeue", {"id": task_id})
+            except Exception as exc:
+                with self._lock:
+                    seen = self._finished.get(task_id)
+                if (seen not in (TaskState.FAILED, TaskState.CANCELED) or "no failed or cancelled" not in str(exc)
+                        or time.monotonic() > deadline):
+                    raise
+            time.sleep(0.05)  # the ventilator has not heard the task is done yet
 
     def forget(self, task_id: str) -> bool:
         """Hide a finished task from ``list_tasks`` (kept in the history: ``forgotten=True``)."""
