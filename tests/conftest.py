@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from typing import Any, Callable, Iterator
@@ -119,6 +120,13 @@ def running(**kw: Any) -> Iterator[LocalCluster]:
         for n in c.nodes():
             if n.alive():
                 n.kill()
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (for configs that must name a port up front)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def zq_script() -> str:
