@@ -324,6 +324,10 @@ from .tasks_cli import tasks as _tasks  # noqa: E402
 
 cli.add_command(_tasks)
 
+from .slurm_cli import slurm as _slurm  # noqa: E402
+
+cli.add_command(_slurm)
+
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                "help_option_names": []})

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .futures import GroupFuture, TaskFuture
 from .policy import LoggingPolicy, Policy
+from .slurm import SlurmWorkers
 from .task import Task, current_client, task
 
 __version__ = "0.1.0"
@@ -36,5 +37,5 @@ __all__ = [
     "ProtocolError", "SerializationError", "TaskFailed", "WorkerLost", "ZqError", "TaskFuture",
     "LoggingPolicy", "Policy", "Task", "current_client", "task", "__version__",
     "Call", "Chain", "Group", "chain", "group", "Progress", "TaskContext", "current_task",
-    "UnknownTask", "GroupFuture",
+    "UnknownTask", "GroupFuture", "SlurmWorkers",
 ]
