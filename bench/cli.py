@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-burst", action="store_true",
                    help="memory section: submit all tasks in one burst instead of paced chunks of 50,000")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    s = p.add_argument_group("the cost curve of one ventilator (bench/scale.py)")
+    s.add_argument("--scale", action="store_true", help="run only the scale curve: join, idle cost, tasks/s by workers")
+    s.add_argument("--scale-workers", default="1,10,50,200", metavar="LIST", help="fleet sizes (default 1,10,50,200)")
+    s.add_argument("--scale-hosts", type=int, default=10, metavar="N", help="namespaced worker hosts (default 10)")
+    s.add_argument("--scale-modes", default="loopback,netns", metavar="LIST",
+                   help="loopback and/or netns (netns needs root; skipped with the reason otherwise)")
+    s.add_argument("--scale-plot", metavar="FILE", help="draw tasks/s against workers (needs matplotlib)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -501,10 +508,30 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("zq").setLevel(logging.ERROR)
 
 
+def _scale(opts: argparse.Namespace) -> int:
+    from . import scale
+
+    out = scale.run_scale([int(x) for x in _csv(opts.scale_workers)], opts.scale_hosts, _csv(opts.scale_modes),
+                          progress=not opts.no_progress)
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+            f.write("\n")
+    lim = out["limits"]
+    sys.stdout.write(scale.table(out) + "\n\nlimits: " + json.dumps(lim) + "\n")
+    if opts.scale_plot:
+        why = scale.plot(out, opts.scale_plot)
+        sys.stdout.write((f"plot: {why}" if why else f"plot: {opts.scale_plot}") + "\n")
+    bad = [r for r in out["rows"] if r.get("error") or any((r.get(k) or {}).get("lost") for k in ("noop", "sleep"))]
+    return 1 if bad else 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the benchmark; print the table on stdout; 0 on success, 1 if a figure failed."""
     opts = _parser().parse_args(argv)
     _setup_logging(opts.verbose)
+    if opts.scale:
+        return _scale(opts)
     runner = Runner(opts)
     out = runner.run()
     text = report(out)

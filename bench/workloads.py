@@ -17,3 +17,11 @@ def noop(x: Any) -> Any:
 def nbytes(x: Any) -> int:
     """Consume a payload, return only its length (one-way transfer)."""
     return len(x) if not isinstance(x, memoryview) else x.nbytes
+
+
+def nap(seconds: float) -> float:
+    """A task that waits: ``seconds`` of wall time, no CPU (the 10 ms tasks of --scale)."""
+    import time
+
+    time.sleep(seconds)
+    return seconds
