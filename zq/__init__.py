@@ -26,6 +26,7 @@ from .errors import (
 )
 from .futures import GroupFuture, TaskFuture
 from .policy import LoggingPolicy, Policy
+from .progress import progress
 from .slurm import SlurmWorkers
 from .task import Task, current_client, task
 
@@ -37,5 +38,5 @@ __all__ = [
     "ProtocolError", "SerializationError", "TaskFailed", "WorkerLost", "ZqError", "TaskFuture",
     "LoggingPolicy", "Policy", "Task", "current_client", "task", "__version__",
     "Call", "Chain", "Group", "chain", "group", "Progress", "TaskContext", "current_task",
-    "UnknownTask", "GroupFuture", "SlurmWorkers",
+    "UnknownTask", "GroupFuture", "SlurmWorkers", "progress",
 ]

@@ -1,0 +1,40 @@
+"""Progress bars over futures (tqdm), on a real cluster: the bar ends at total/total and
+counts the failed; a bar over nothing closes at once; a timeout says how many are left."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import operator
+
+import pytest
+
+import zq
+from zq.progress import ProgressBar
+
+
+def test_progress_bar_counts_every_future_and_the_failed(client):
+    futs = [client.submit(operator.truediv, 1, x) for x in (1, 2, 0, 4, 5, 6, 7, 8, 9, 10)]
+    out = io.StringIO()
+    assert zq.progress(futs, desc="div", file=out, timeout=30) == futs
+    text = out.getvalue()
+    assert "div" in text and "10/10" in text and "failed=1" in text, text
+    assert sum(1 for f in futs if f.exception() is not None) == 1
+
+
+def test_progress_of_no_futures_returns_at_once():
+    assert zq.progress([], file=io.StringIO(), timeout=1) == []
+    assert ProgressBar(0, file=io.StringIO()).wait(0)
+
+
+def test_progress_timeout_says_how_many_are_left(client):
+    slow: concurrent.futures.Future = concurrent.futures.Future()  # never done
+    quick = client.submit(abs, -1)
+    with pytest.raises(TimeoutError, match="1 of 2 futures not done"):
+        zq.progress([quick, slow], file=io.StringIO(), timeout=quick.result(10) and 0.5)
+
+
+def test_bar_advances_from_callbacks_on_another_thread(client):
+    futs = [client.submit(abs, -i) for i in range(50)]
+    bar = ProgressBar(len(futs), file=io.StringIO()).attach(futs)
+    assert bar.wait(30) and bar.done == 50 and bar.failed == 0
