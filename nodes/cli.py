@@ -279,14 +279,28 @@ def up(config_path: Optional[str], n_workers: int, executor: str, concurrency: O
 @click.option("--sink", help="The sink's endpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 @click.option("--timeout", type=float, default=5.0, show_default=True)
+@click.option("--watch", is_flag=True, help="A live view, refreshed every --interval seconds (Ctrl-C stops).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
+@click.option("--count", type=click.IntRange(min=1), default=None, help="With --watch: stop after N refreshes.")
 @keys_opt
 @key_name_opt
 def status(config_path: Optional[str], vent: Optional[str], sink: Optional[str], as_json: bool,
-           timeout: float, keys: Optional[str], key_name: Optional[str]) -> None:
+           timeout: float, watch: bool, interval: float, count: Optional[int], keys: Optional[str],
+           key_name: Optional[str]) -> None:
     """Workers with their queues and load, queued/running/done counts, tasks/s."""
     from .status import fetch, render
 
     cfg = _config(config_path, ventilator_clients=vent, sink_endpoint=sink, keys=keys, key_name=key_name)
+    if watch:
+        from .status import watch as watch_view
+
+        try:
+            watch_view(cfg, interval, timeout, count)
+        except ConfigError as exc:  # keys
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            pass
+        return
     try:
         data = fetch(cfg, timeout)
     except ConfigError as exc:  # keys

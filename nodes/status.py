@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 import zmq
 
@@ -93,3 +93,56 @@ def _sink_link(link: Any) -> str:
     heard = "" if link.get("heard") else ", never heard from it"
     return (f"sink link ventilator -> {link.get('endpoint')}  DOWN (silent {link.get('silent', 0):.0f}s{heard}; "
             f"{link.get('waiting', 0)} result(s) waiting; their clients get NodeUnreachable)")
+
+
+# -- zq status --watch ---------------------------------------------------------------------
+
+
+def view(data: dict, interval: float, error: Optional[str] = None) -> Any:
+    """A rich renderable of the cluster: the summary, then queues and workers as tables."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    if error is not None:
+        return Panel(Text(error, style="bold red"), title="zq status (retrying)")
+    v = data["ventilator"]
+    summary = "\n".join(render(data).split("\n\n")[0:2])
+    queues = Table(title="queues", expand=True)
+    for col in ("queue", "queued", "running", "paused", "served"):
+        queues.add_column(col, justify="right" if col in ("queued", "running") else "left")
+    for q, info in v.get("queues", {}).items():
+        queues.add_row(q, str(info["queued"]), str(info["running"]), "PAUSED" if info.get("paused") else "",
+                       "yes" if info["served"] else "[red]NONE[/red]")
+    workers = Table(title=f"workers ({len(v.get('workers', []))})", expand=True)
+    for col in ("worker", "host", "pid", "executor", "load", "done", "queues"):
+        workers.add_column(col, justify="right" if col in ("pid", "load", "done") else "left")
+    for w in v.get("workers", []):
+        workers.add_row(w["id"], w["host"], str(w.get("pid", "")), w["executor"],
+                        f"{w['running']}/{w['concurrency']}", str(w["done"]), ",".join(w["queues"]))
+    lag = v.get("loop", {}).get("lag")
+    foot = Text(f"every {interval:g}s · ventilator loop lag {lag * 1000:.1f} ms · Ctrl-C to stop"
+                if isinstance(lag, (int, float)) else f"every {interval:g}s · Ctrl-C to stop", style="dim")
+    return Group(Panel(summary, title="zq status"), queues, workers, foot)
+
+
+def watch(cfg: Config, interval: float, timeout: float, count: Optional[int] = None) -> None:
+    """Refresh the view every ``interval`` seconds until Ctrl-C (or ``count`` refreshes).  A
+    node that does not answer is shown as an error and asked again: watching survives restarts."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    shown = 0
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        while count is None or shown < count:
+            started = time.monotonic()
+            try:
+                live.update(view(fetch(cfg, timeout), interval), refresh=True)
+            except ZqError as exc:
+                live.update(view({}, interval, str(exc)), refresh=True)
+            shown += 1
+            if count is not None and shown >= count:
+                break
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))  # the refresh period itself

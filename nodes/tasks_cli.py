@@ -6,7 +6,6 @@ makes one request to the ventilator, prints the answer and exits.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any, Callable, Optional
 
@@ -14,6 +13,8 @@ import click
 
 import zq
 from zq.errors import ConfigError, ZqError
+
+from .when import local, parse_since
 
 conn_opts = [
     click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file."),
@@ -56,8 +57,18 @@ def _run(conn: tuple, action: Callable[[zq.Client], Any]) -> Any:
         client.shutdown(wait=False)
 
 
-def _when(ts: Optional[float]) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+class Since(click.ParamType):
+    """``--since``: 30m, 1h, 2d, an ISO date (local time) or Unix seconds."""
+
+    name = "WHEN"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_since(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.group("tasks")
@@ -70,7 +81,8 @@ def tasks() -> None:
 @click.option("--state", type=click.Choice([s.value for s in zq.TaskState]), default=None)
 @click.option("--queue", default=None)
 @click.option("--name", default=None)
-@click.option("--since", type=float, default=None, help="Unix time.")
+@click.option("--since", type=Since(), default=None,
+              help="Finished (or, unfinished, submitted) since: 30m, 1h, 2d, 2026-12-03T08:30, Unix seconds.")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--offset", type=int, default=0)
 @click.option("--forgotten", is_flag=True, help="Include forgotten tasks.")
@@ -87,7 +99,7 @@ def ls(config_path: Optional[str], vent: Optional[str], sink: Optional[str], key
     click.echo(f"{'TASK':<40} {'STATE':<9} {'QUEUE':<12} {'ATT':>3} {'SUBMITTED':<19}  NAME")
     for r in rows:
         click.echo(f"{r['task_id']:<40} {r['state']:<9} {r['queue']:<12} {r['attempts']:>3} "
-                   f"{_when(r['submitted_at']):<19}  {r['name']}")
+                   f"{local(r['submitted_at']):<19}  {r['name']}")
 
 
 @tasks.command("show")
