@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import zmq
 
 from zq import protocol as P
-from zq._sockets import describe_refusal, recv_now, router, send_now
+from zq._sockets import recv_now, router, send_now
 from zq.errors import ProtocolError
 from zq.security import REFUSAL_LOG_INTERVAL, Keys, peer_role
 
@@ -74,12 +74,25 @@ class Peers:
         return out
 
 
+def refusal_cause(event: int, value: int) -> str:
+    """Why a bound CURVE socket refused a handshake, in a phrase (its monitor does not
+    say who the peer was: the ZAP handler logs a refused key with the peer's address)."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"a key its ZAP handler does not list (status {value})"
+    if value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC", -1):
+        return "a client that does not have this server's public key (its hello does not decrypt)"
+    if value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1):
+        return "a client without CURVE keys"
+    return f"protocol error {value:#x} (wrong keys?)"
+
+
 class HandshakeMonitor:
     """Refused handshakes on a bound CURVE socket (its socket monitor): a key the ZAP
     handler does not list (``_AUTH``), a client with a wrong server key or without keys
     (``_PROTOCOL`` / ``_NO_DETAIL``).  Counted, and logged at most once per cause every
-    ``REFUSAL_LOG_INTERVAL`` with the number since.  The ZAP handler itself logs the
-    refused key with the peer's address (``Authenticator``, ``handshakes_refused``).
+    ``REFUSAL_LOG_INTERVAL`` with the number since, naming the bound endpoint (a bound
+    socket's monitor does not name the peer; the ZAP handler logs a refused key with the
+    peer's address: ``Authenticator``, ``handshakes_refused``).
 
     libzmq's I/O thread writes the events with a blocking send: the reader is polled by
     the node's loop and closed only after the monitor is off (``close``)."""
@@ -110,18 +123,16 @@ class HandshakeMonitor:
                 continue
             n += 1
             self.counters["handshakes_failed"] += 1
-            self._log(describe_refusal(ev["event"], int(ev["value"])), ev.get("endpoint"),
-                      time.monotonic() if now is None else now)
+            self._log(refusal_cause(ev["event"], int(ev["value"])), time.monotonic() if now is None else now)
         return n
 
-    def _log(self, cause: str, peer: object, now: float) -> None:
+    def _log(self, cause: str, now: float) -> None:
         entry = self._logged.get(cause)
         if entry is not None and now - entry[1] < REFUSAL_LOG_INTERVAL:
             entry[0] += 1
             return
         more = f" ({entry[0]} more since the last report)" if entry is not None and entry[0] else ""
-        where = peer.decode(errors="replace") if isinstance(peer, bytes) else str(peer or "?")
-        log.warning("%s: a handshake failed (%s, %s)%s", self.endpoint, cause, where, more)
+        log.warning("%s: refused a handshake: %s%s", self.endpoint, cause, more)
         self._logged[cause] = [0, now]
 
     def close(self) -> None:
