@@ -9,10 +9,15 @@ ventilator's two endpoints (clients, workers) and the sink's one.
 
 The node's thread creates, reads, writes and closes it (one socket, one thread).
 
-A message larger than ``max_message_size`` is refused with an ERROR, whether one frame
-or many add up to it (libzmq's MAXMSGSIZE limits each frame, not the message).  The
-socket reads frames up to twice the maximum, so that a single frame over it can be
-answered too; beyond that libzmq disconnects the peer (an ERROR would mean reading it).
+Oversized input is refused with an ERROR: a frame over ``max_message_size``, or a
+message whose frames add up to more than ``READ_LIMIT`` (2) times it (libzmq's
+MAXMSGSIZE limits each frame, not the message, so many frames under it could pile up
+without end).  Why not the maximum itself for the whole message: senders keep each
+frame under it and a batch's payload under half of it (``P.batch_limit``), but do not
+count the batch's header row frame, so a legitimate batch may total up to about 1.5
+times the maximum.  The socket reads frames up to twice the maximum, so that a single
+frame over it can be answered too; beyond that libzmq disconnects the peer (an ERROR
+would mean reading it).
 """
 
 from __future__ import annotations
@@ -213,9 +218,8 @@ class RouterEndpoint:
             ident = bytes(frames[0])
             try:
                 size = sum(map(len, frames)) - len(ident)
-                if size > limit:
-                    raise ProtocolError(f"a message of {size} bytes in {len(frames) - 1} frame(s) is over "
-                                        f"the maximum message size of {limit} bytes")
+                if size > limit:  # (when not, no frame is either)
+                    self._check_size(frames, size)
                 if self.roles:
                     self.role = peer_role(frames[1]) if len(frames) > 1 else ""
                 msg = P.unpack(frames[1:])
@@ -228,6 +232,15 @@ class RouterEndpoint:
             except Exception as exc:  # a bug must not kill the node; it is counted and logged
                 self.counters["internal_errors"] += 1
                 log.exception("error handling a message on %s: %s", self.name, exc)
+
+    def _check_size(self, frames: list, size: int) -> None:
+        limit = self.max_message
+        big = max(map(len, frames[1:]))
+        if big > limit:
+            raise ProtocolError(f"a frame of {big} bytes is over the maximum message size of {limit} bytes")
+        if size > READ_LIMIT * limit:
+            raise ProtocolError(f"a message of {size} bytes in {len(frames) - 1} frames is over "
+                                f"{READ_LIMIT} times the maximum message size of {limit} bytes")
 
     # -- sending ----------------------------------------------------------------------
     def send(self, ident: bytes, frames: list) -> bool:

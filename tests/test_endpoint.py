@@ -118,21 +118,29 @@ def test_bad_frames_get_an_error_and_the_endpoint_keeps_serving(ctx, frames, wor
         ep.close()
 
 
-@pytest.mark.parametrize("shape", ["one frame", "many frames"])
+@pytest.mark.parametrize("shape", ["one frame", "many frames", "big header"])
 def test_oversized_messages_get_an_error(ctx, shape):
-    """Over max_message_size: one frame (up to the socket's read limit) or several frames
-    each under it (libzmq's MAXMSGSIZE is per frame) are refused with an ERROR."""
+    """A frame over max_message_size (up to the socket's read limit), or frames each under
+    it adding up to more than twice it (libzmq's MAXMSGSIZE is per frame), are refused
+    with an ERROR; the peer stays connected."""
     owner = Owner()
     ep = make_endpoint(ctx, owner)
     sock = peer(ctx, ep)
     try:
-        payload = [b"x" * (MAX + 1)] if shape == "one frame" else [b"x" * (MAX // 3)] * 4
-        sock.send_multipart(P.pack(P.SUBMIT, {"t": [], "f": []}, payload))
+        if shape == "big header":
+            frames = P.pack(P.SUBMIT, {"t": ["x" * (MAX + 1)], "f": []})
+        else:
+            payload = [b"x" * (MAX + 1)] if shape == "one frame" else [b"x" * (MAX // 3)] * 7
+            frames = P.pack(P.SUBMIT, {"t": [], "f": []}, payload)
+        sock.send_multipart(frames)
         assert_error(reply(sock, ep, owner), "maximum message size", str(MAX))
         assert owner.counters["bad_messages"] == 1 and owner.handled == []
-        # a message just under the maximum is still taken
+        # a message just under the maximum is still taken, and a batch over it whose frames
+        # are each under it and add up to less than twice it (its header row is not counted
+        # by senders in their batch limit)
         sock.send_multipart(P.pack(P.HEARTBEAT, {}, [b"y" * (MAX - 1024)]))
-        serve_until(ep, owner, lambda: len(owner.handled) == 1)
+        sock.send_multipart(P.pack(P.HEARTBEAT, {"rows": "h" * (MAX - 1024)}, [b"y" * (MAX // 2)]))
+        serve_until(ep, owner, lambda: len(owner.handled) == 2)
         still_serving(ctx, ep, owner, sock)
         assert owner.counters["bad_messages"] == 1
     finally:
