@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
+import os
 import time
 from typing import Callable, Optional
 
@@ -88,6 +89,8 @@ def refusal_cause(event: int, value: int) -> str:
         return "a client that does not have this server's public key (its hello does not decrypt)"
     if value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1):
         return "a client without CURVE keys"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # the value is an errno
+        return f"the connection failed during the handshake ({os.strerror(value)})"
     return f"protocol error {value:#x} (wrong keys?)"
 
 
@@ -100,7 +103,8 @@ class HandshakeMonitor:
     peer's address: ``Authenticator``, ``handshakes_refused``).
 
     libzmq's I/O thread writes the events with a blocking send: the reader is polled by
-    the node's loop and closed only after the monitor is off (``close``)."""
+    the node's loop, its pipe has no high-water mark, and it is closed only after the
+    monitor is off (``close``)."""
 
     EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -110,7 +114,14 @@ class HandshakeMonitor:
         self.endpoint = endpoint
         self.counters = counters
         self.counters["handshakes_failed"] = 0
-        self.socket = sock.get_monitor_socket(self.EVENTS)
+        # the reader's RCVHWM 0 makes the inproc pipe unbounded: a flood of failed handshakes
+        # while the loop is busy costs memory, never a blocked I/O thread
+        addr = f"inproc://zq-handshakes-{id(self):x}"
+        sock.monitor(addr, self.EVENTS)
+        self.socket = sock.context.socket(zmq.PAIR)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(addr)
         self._logged: dict[str, list] = {}  # cause -> [failures since logged, when logged]
         self.closed = False
 
