@@ -26,6 +26,8 @@ from zq.errors import ZqError
 from zq.protocol import ResultRow, TaskSpec
 from zq.security import Authenticator, Keys
 
+from .endpoint import Peers  # the watchdog reads every Peers of a node (Node.last_heard)
+
 log = logging.getLogger("zq.node")
 
 HOST = socket.gethostname()
@@ -226,43 +228,6 @@ class Node:
         n = self.counters["bad_messages"]
         if n <= 10 or n % 1000 == 0:
             log.warning("%s: refused message on %s (%d so far): %s", self.role, where, n, exc)
-
-
-class Peers:
-    """Connected peers of a ROUTER, heartbeated proactively.
-
-    A heartbeat answered only on request sits behind whatever the peer already
-    queued (thousands of submissions, say), so a busy node would look dead.
-    Instead the node sends each peer it heard from a heartbeat every interval,
-    from its loop; a peer silent for ``forget_after`` seconds is forgotten.
-    """
-
-    def __init__(self, interval: float, forget_after: float) -> None:
-        self.interval = interval
-        self.forget_after = forget_after
-        self.last_seen: dict[bytes, float] = {}
-        self.last_sent: dict[bytes, float] = {}
-        self.heard_at = 0.0  # newest of last_seen (for the watchdog)
-
-    def seen(self, ident: bytes, now: float) -> bool:
-        """Record traffic from ``ident``; True if it is new (owed a heartbeat now)."""
-        new = ident not in self.last_seen
-        self.last_seen[ident] = self.heard_at = now
-        if new:
-            self.last_sent[ident] = 0.0
-        return new
-
-    def due(self, now: float) -> list[bytes]:
-        """Peers owed a heartbeat now (and forget the long-silent ones)."""
-        out = []
-        for ident, seen in list(self.last_seen.items()):
-            if now - seen > self.forget_after:
-                del self.last_seen[ident]
-                self.last_sent.pop(ident, None)
-            elif now - self.last_sent.get(ident, 0.0) >= self.interval:
-                self.last_sent[ident] = now
-                out.append(ident)
-        return out
 
 
 def result_row(spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], *, worker: str,

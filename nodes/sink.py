@@ -5,7 +5,9 @@
     clients (DEALER) ──HELLO/REQUEST/HB──▶   │
                      ◀──RESULT/REPLY────     ┘
 
-Policy firing and recording happen in one place, ``_record``.  Results are
+The ROUTER is a ``RouterEndpoint`` (``nodes/endpoint.py``: budgeted drains, ERROR
+replies to bad input, heartbeats to every peer, refused handshakes, each sender's
+ZAP role).  Policy firing and recording happen in one place, ``_record``.  Results are
 routed by their header row alone (the client id travels in it); the pickled
 value is never unpickled here unless an ``on_done`` policy reads ``.value``.
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import heapq
-import itertools
 import logging
 import time
 from typing import Optional, Sequence
@@ -33,15 +34,15 @@ from typing import Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import check_bind_allowed, recv_now, router, send_now
+from zq._sockets import check_bind_allowed
 from zq.config import Config
 from zq.errors import ProtocolError
 from zq.serialize import ArgFrames, args_blob, args_size
 from zq.policy import Policy, run_hooks
 from zq.protocol import ResultRow
-from zq.security import peer_role
 
-from .common import HOST, Node, Peers
+from .common import HOST, Node
+from .endpoint import Peers, RouterEndpoint
 from .sink_journal import SinkJournal
 
 log = logging.getLogger("zq.sink")
@@ -64,7 +65,6 @@ class Sink(Node):
         self._acks: dict[bytes, list[str]] = {}
         # task id -> {client that wants its result too: when it last said so (WATCH)}
         self.watchers: dict[str, dict[str, float]] = {}
-        self._role = ""
         self.started_mono = time.monotonic()
         self._next_stale_scan = 0.0
         self.peers = Peers(config.heartbeat_interval, max(60.0, 10 * config.heartbeat_timeout))
@@ -85,11 +85,13 @@ class Sink(Node):
             log.warning("sink.watch_ttl %gs is below twice the clients' renewal interval (%gs): "
                         "a waiting client's watch may lapse between renewals",
                         self.config.sink_watch_ttl, P.WATCH_RENEW)
-        self.sock, ep = router(self.ctx, self.config.sink_endpoint, self.config.max_message_size,
-                               keys=self.keys, domain="sink")
-        self.endpoints = {"endpoint": ep}
+        self.sock = RouterEndpoint(self.ctx, self.config.sink_endpoint, name="endpoint", domain="sink",
+                                   max_message=self.config.max_message_size, counters=self.counters,
+                                   on_bad=self.bad_message, keys=self.keys, peers=self.peers,
+                                   heartbeat=self._heartbeat, roles=True, count_undeliverable=False)
+        self.endpoints = {"endpoint": self.sock.endpoint}
         self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
+        self.sock.register(self.poller)
         self.poller.register(self._waker.fileno(), zmq.POLLIN)
 
     def _resume(self, path: str) -> None:
@@ -118,7 +120,7 @@ class Sink(Node):
 
     def close(self) -> None:
         if getattr(self, "sock", None) is not None:
-            self.sock.close(0)
+            self.sock.close()
         if self.journal is not None:
             self.journal.close()
 
@@ -127,8 +129,8 @@ class Sink(Node):
         next_tick = 0.0
         while not self.stopping:
             events = dict(self.poller.poll(int(interval * 500) or 1))
-            if self.sock in events:
-                self._drain()
+            if self.sock.handle(events, self._on_message):
+                self._settle()
             if self._waker.fileno() in events:
                 self._waker.drain()
             now = time.monotonic()
@@ -136,47 +138,19 @@ class Sink(Node):
                 self._tick(now)
                 next_tick = now + interval / 2
 
-    def _drain(self, budget: float = 0.02) -> None:
-        """Handle what the socket has, for at most ``budget`` seconds (see Ventilator._drain)."""
-        deadline = time.monotonic() + budget
-        for n in itertools.count():
-            if n & 15 == 15 and time.monotonic() > deadline:
-                break
-            # with keys, frames stay zmq.Frames: their metadata says who sent them
-            frames = recv_now(self.sock, small=4 if self.keys is None else 0)
-            if frames is None:
-                break
-            ident = bytes(frames[0])
-            try:
-                if self.keys is not None:
-                    self._role = peer_role(frames[1])
-                self._on_message(ident, P.unpack(frames[1:]))
-            except ProtocolError as exc:
-                self.bad_message("endpoint", exc)
-                self._send(ident, P.error_message("protocol", str(exc)))
-            except Exception as exc:
-                self.counters["internal_errors"] += 1
-                log.exception("error handling a message: %s", exc)
-        self._settle()
-
     def _send(self, ident: bytes, frames: list) -> bool:
-        try:
-            send_now(self.sock, [ident, *frames])
-            return True
-        except zmq.ZMQError:
-            return False
+        return self.sock.send(ident, frames)
 
     def _heartbeat(self) -> list:
         return P.pack(P.HEARTBEAT, {"id": "sink", "instance": self.instance,
                                     "max": self.config.max_message_size})
 
     def _on_message(self, ident: bytes, msg: P.Message) -> None:
-        cmd = msg.command
-        if self.peers.seen(ident, time.monotonic()):
-            self._send(ident, self._heartbeat())  # a new peer learns our instance at once
+        cmd = msg.command  # (the endpoint recorded the peer in self.peers)
         if cmd == P.RESULT:
-            if self.keys is not None and self._role not in ("worker", "ventilator"):
-                raise ProtocolError(f"a {self._role or 'unknown'} key may not post results")
+            role = self.sock.role
+            if self.keys is not None and role not in ("worker", "ventilator"):
+                raise ProtocolError(f"a {role or 'unknown'} key may not post results")
             self._record(ident, P.unpack_results(msg))
         elif cmd == P.ACK:  # a client received these results: release their senders
             ids = P.str_list(msg.header, "ids", cmd)
@@ -372,8 +346,7 @@ class Sink(Node):
             raise ValueError(f"unknown operation {op!r}")
 
     def _tick(self, now: float) -> None:
-        for ident in self.peers.due(now):
-            self._send(ident, self._heartbeat())
+        self.sock.heartbeat_peers(now)
         while self.expiry and self.expiry[0][0] <= now:
             _, tid = heapq.heappop(self.expiry)
             hit = self.retained.get(tid)

@@ -1,8 +1,13 @@
 """What workers tell the ventilator: READY, DONE, STARTED, RETRY, BYE, RETURN, PROGRESS,
 SPAWN, CONTINUE — and what a lost worker means for the tasks it held.
 
-A mixin of :class:`nodes.ventilator.Ventilator` (the loop, dispatch and client side
-live there); every method runs on the ventilator's one thread.
+    workers (DEALER) ──▶ [workers RouterEndpoint] ──▶ WorkerSide.on_message
+                     ◀── UNKNOWN, SYNC, REPLY, HEARTBEAT ── WorkerSide (same endpoint)
+    WorkerSide ── TaskSide (the Ventilator: task table, requeue, close, journal) ──▶
+
+A part of :class:`nodes.ventilator.Ventilator`, which holds one (``workers_side``) and
+hands it every message of its workers endpoint; it reaches the ventilator only through
+``TaskSide``.  Every method runs on the ventilator's one thread.
 
 A worker that registers again on a fresh connection (it was cut off, or missed our
 heartbeats) says in READY which tasks finished there without being reported and which
@@ -13,23 +18,21 @@ one result.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional, Protocol
 
 from zq import protocol as P
 from zq.context import progress_eta
 from zq.envelope import STATE_OF, ErrorInfo, TaskState
 from zq.errors import ProtocolError
 
-from .records import WorkerInfo
-
-if TYPE_CHECKING:
-    from .ventilator import Ventilator
-
-    _Base = Ventilator
-else:
-    _Base = object
+from .dispatch import Dispatch
+from .endpoint import RouterEndpoint
+from .records import TaskRecord, WorkerInfo
+from .scheduler import Scheduler
+from .tasktable import TaskTable
 
 log = logging.getLogger("zq.ventilator")
 
@@ -37,17 +40,46 @@ MAX_LOST_ATTEMPTS = 3
 _FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED))
 
 
-class WorkerMessages(_Base):
-    def _on_worker(self, ident: bytes, msg: P.Message) -> None:
+class TaskSide(Protocol):
+    """What ``WorkerSide`` uses of the ventilator (``nodes.ventilator.Ventilator``)."""
+
+    instance: str
+    counters: collections.Counter
+    tasks: TaskTable
+    dispatch: Dispatch
+    workers: dict[bytes, WorkerInfo]
+    registry: dict[str, dict]
+    scheduler: Scheduler
+    tasks_seq: int
+    heard_at: float
+
+    def heartbeat(self) -> list: ...
+    def requeue(self, rec: TaskRecord, delay: float = 0.0) -> None: ...
+    def close_task(self, rec: TaskRecord, state: TaskState, worker: str, error: Optional[str]) -> None: ...
+    def finish_task(self, rec: TaskRecord, state: TaskState, error: Optional[ErrorInfo]) -> None: ...
+    def make_durable(self) -> None: ...
+    def accept_batch(self, ident: bytes, msg: P.Message, ep: Optional[RouterEndpoint] = None) -> list[str]: ...
+    def hold_function(self, digest: bytes, fn: Any) -> None: ...
+    def send_client(self, client: bytes, frames: list) -> bool: ...
+
+
+class WorkerSide:
+    """The ventilator's side of its workers: registration, reports, losses."""
+
+    def __init__(self, tasks: TaskSide, endpoint: RouterEndpoint) -> None:
+        self.v = tasks
+        self.ep = endpoint
+
+    def on_message(self, ident: bytes, msg: P.Message) -> None:
         cmd = msg.command
-        now = self.heard_at = time.monotonic()  # heard_at: for the watchdog (nodes/common.py)
-        w = self.workers.get(ident)
+        now = self.v.heard_at = time.monotonic()  # heard_at: for the watchdog (nodes/common.py)
+        w = self.v.workers.get(ident)
         if cmd == P.READY:
             self._register(ident, msg.header, now)
             return
         if w is None:
             # not registered (we restarted, or it was declared lost): ask it to say READY
-            self._send(self.wsock, ident, P.pack(P.UNKNOWN, {"instance": self.instance}))
+            self.ep.send(ident, P.pack(P.UNKNOWN, {"instance": self.v.instance}))
             return
         w.last_seen = now
         h = msg.header
@@ -62,43 +94,43 @@ class WorkerMessages(_Base):
         elif cmd == P.STARTED:
             w.last_done = now
             for tid in P.str_list(h, "ids", cmd):
-                rec = self.tasks.get(tid)
+                rec = self.v.tasks.get(tid)
                 if rec is not None and rec.worker == ident and rec.state is TaskState.RESERVED:
-                    self._set_state(rec, TaskState.RUNNING)
+                    self.v.tasks.set_state(rec, TaskState.RUNNING)
         elif cmd == P.RETURN:  # unstarted tasks given back (RECLAIM): queued again, at the front
             ids = P.str_list(h, "ids", cmd)
             if ids:  # answered: another may follow (an empty answer: wait RECLAIM_WAIT first)
                 w.reclaim_sent = float("-inf")
             for tid in ids:
                 w.inflight.pop(tid, None)
-                rec = self.tasks.get(tid)
+                rec = self.v.tasks.get(tid)
                 if rec is not None and rec.worker == ident:
-                    self.counters["given_back"] += 1
-                    self._requeue(rec)
+                    self.v.counters["given_back"] += 1
+                    self.v.requeue(rec)
         elif cmd == P.RETRY:
             tid = P.field(h, "id", str, cmd)
             delay = float(P.field(h, "delay", (int, float), cmd))
             w.inflight.pop(tid, None)
-            rec = self.tasks.get(tid)
+            rec = self.v.tasks.get(tid)
             if rec is not None and rec.worker == ident:
                 lost = h.get("lost")
                 if isinstance(lost, str):  # its executor process died, not a retry of an error
                     rec.spec.lost.append(lost)
-                    self.counters["lost_attempts"] += 1
+                    self.v.counters["lost_attempts"] += 1
                 else:
-                    self.counters["retried"] += 1
-                    self._set_state(rec, TaskState.RETRYING)
+                    self.v.counters["retried"] += 1
+                    self.v.tasks.set_state(rec, TaskState.RETRYING)
                 rec.spec.attempt += 1
-                self._requeue(rec, delay=delay)
+                self.v.requeue(rec, delay=delay)
         elif cmd == P.BYE:
             for tid in P.str_list(h, "ids", cmd):
                 w.inflight.pop(tid, None)
-                rec = self.tasks.get(tid)
+                rec = self.v.tasks.get(tid)
                 if rec is not None and rec.worker == ident:
-                    self._requeue(rec)
+                    self.v.requeue(rec)
             if h.get("final"):
                 log.info("%s left", w.describe())
-                self._drop_worker(w, cause=None)
+                self.drop(w, cause=None)
             else:
                 w.credit = 0  # a stopping worker takes nothing more
         elif cmd == P.HELD:
@@ -108,11 +140,11 @@ class WorkerMessages(_Base):
         elif cmd == P.SPAWN:
             req = h.get("req")
             try:
-                self._on_submit(ident, msg, self.wsock)
+                self.v.accept_batch(ident, msg, self.ep)
             finally:  # the worker keeps a follow-up until we say we have it (or refused it)
                 if type(req) is int:
-                    self._make_durable()
-                    self._send(self.wsock, ident, P.pack(P.REPLY, {"req": req, "ok": True}))
+                    self.v.make_durable()
+                    self.ep.send(ident, P.pack(P.REPLY, {"req": req, "ok": True}))
         elif cmd == P.CONTINUE:
             self._on_continue(w, msg)
         elif cmd != P.HEARTBEAT:
@@ -123,10 +155,10 @@ class WorkerMessages(_Base):
             raise ProtocolError("DONE: ids and final states must pair up")
         for tid, st in zip(ids, states):
             w.inflight.pop(tid, None)
-            rec = self.tasks.get(tid)
+            rec = self.v.tasks.get(tid)
             if rec is not None and rec.worker == w.ident:
-                self._close(rec, STATE_OF[st], w.id, None if st == "SUCCESS" else st)
-                self.counters["done"] += 1
+                self.v.close_task(rec, STATE_OF[st], w.id, None if st == "SUCCESS" else st)
+                self.v.counters["done"] += 1
                 w.done += 1
 
     def _on_progress(self, h: dict) -> None:
@@ -135,14 +167,14 @@ class WorkerMessages(_Base):
         for row in rows:
             if not (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)):
                 raise ProtocolError("PROGRESS rows are [id, done, total, message, time]")
-            rec = self.tasks.get(row[0])
+            rec = self.v.tasks.get(row[0])
             if rec is not None:  # kept with its ETA for get_progress from any client
                 rec.progress_first, eta = progress_eta(rec.progress_first, row[1], row[2], row[4])
                 rec.progress = [*row[1:], eta]
                 if rec.spec.client:  # scheduled and follow-up tasks may have no one waiting
                     by_client.setdefault(rec.spec.client.encode(), []).append(row)
         for client, prows in by_client.items():
-            self._send(self.clients, client, P.pack(P.PROGRESS, {"p": prows}))
+            self.v.send_client(client, P.pack(P.PROGRESS, {"p": prows}))
 
     def _on_continue(self, w: WorkerInfo, msg: P.Message) -> None:
         """The task goes on as another call: same id, new function and arguments."""
@@ -153,14 +185,13 @@ class WorkerMessages(_Base):
         if len(msg.payload) != 2 or len(digest) != 16:
             raise ProtocolError("CONTINUE carries a 16-byte digest, a function frame and an argument frame")
         w.inflight.pop(tid, None)
-        rec = self.tasks.get(tid)
+        rec = self.v.tasks.get(tid)
         if rec is None or rec.worker != w.ident:
             return
-        self.dispatch.finished(rec.spec)  # under its old name (limits count by name)
+        self.v.dispatch.finished(rec.spec)  # under its old name (limits count by name)
         rec.worker = None
         fn = msg.payload[0]
-        if len(fn):
-            self.fns[digest] = fn
+        self.v.hold_function(digest, fn if len(fn) else None)  # (journaled at respec's turn)
         spec = rec.spec
         spec.name = str(h.get("name") or spec.name)
         spec.digest = digest
@@ -169,12 +200,9 @@ class WorkerMessages(_Base):
             spec.queue = queue
         spec.args = msg.payload[1]
         spec.opts = dict(spec.opts or {}, then=then, hops=(spec.opts or {}).get("hops", 0) + 1)
-        self.tasks.respec(rec)  # indexed by queue and name; counted by function
-        if self.journal is not None and digest not in self._journaled_fns and digest in self.fns:
-            self.journal.put_function(digest, self.fns[digest])
-            self._journaled_fns.add(digest)
-        self.counters["continued"] += 1
-        self._requeue(rec)
+        self.v.tasks.respec(rec)  # indexed by queue and name; counted by function
+        self.v.counters["continued"] += 1
+        self.v.requeue(rec)
 
     def _done_lists(self, header: dict, cmd: bytes) -> tuple[list[str], list[str]]:
         done = P.str_list(header, "done", cmd) if "done" in header else []
@@ -196,53 +224,53 @@ class WorkerMessages(_Base):
             if seq > upto or tid in held:  # sent after the SYNC, or still there
                 continue
             del w.inflight[tid]
-            rec = self.tasks.get(tid)
+            rec = self.v.tasks.get(tid)
             if rec is not None and rec.worker == w.ident:
-                self.counters["requeued_on_reconnect"] += 1
-                self._requeue(rec)
+                self.v.counters["requeued_on_reconnect"] += 1
+                self.v.requeue(rec)
 
     def _register(self, ident: bytes, header: dict, now: float) -> None:
         new = WorkerInfo(ident, header, now)
         done, states = self._done_lists(header, P.READY)  # finished there, DONE not sent yet
-        old = self.workers.get(ident)
-        self.workers[ident] = new
+        old = self.v.workers.get(ident)
+        self.v.workers[ident] = new
         if old is not None:
             # the same worker on a fresh connection (or a new process with its id): what the
             # old connection carried may be lost; SYNC asks what it holds, and everything we
             # sent before the SYNC arrives before it (HELD, _on_held)
             new.inflight = old.inflight
             self._on_done(new, done, states)
-            self._send(self.wsock, ident, P.pack(P.SYNC, {"upto": self.tasks_seq}))
+            self.ep.send(ident, P.pack(P.SYNC, {"upto": self.v.tasks_seq}))
         else:
             log.info("%s joined, queues=%s credit=%d", new.describe(), ",".join(new.queues), new.credit)
         tasks = header.get("tasks")
         if isinstance(tasks, dict):
             for name, info in tasks.items():
                 if isinstance(name, str) and isinstance(info, dict):
-                    self.registry[name] = info
+                    self.v.registry[name] = info
                     if isinstance(info.get("schedule"), dict):
-                        self.scheduler.register(name, str(info.get("queue") or "default"), info["schedule"])
-        self._send(self.wsock, ident, self._heartbeat())
+                        self.v.scheduler.register(name, str(info.get("queue") or "default"), info["schedule"])
+        self.ep.send(ident, self.v.heartbeat())
 
-    def _drop_worker(self, w: WorkerInfo, cause: Optional[str]) -> None:
+    def drop(self, w: WorkerInfo, cause: Optional[str]) -> None:
         """Forget a worker; re-queue what it held (a loss when ``cause`` is given)."""
-        self.workers.pop(w.ident, None)
+        self.v.workers.pop(w.ident, None)
         for tid in list(w.inflight):
-            rec = self.tasks.get(tid)
+            rec = self.v.tasks.get(tid)
             if rec is None or rec.worker != w.ident:
                 continue
             if cause is None:
-                self._requeue(rec)
+                self.v.requeue(rec)
                 continue
             spec = rec.spec
             spec.lost.append(f"attempt {spec.attempt}: {w.describe()} lost: {cause}")
-            self.counters["lost_attempts"] += 1
+            self.v.counters["lost_attempts"] += 1
             if len(spec.lost) >= MAX_LOST_ATTEMPTS:
                 msg = (f"task {tid} ({spec.name}) lost its worker {len(spec.lost)} times: "
                        + "; ".join(spec.lost))
-                self._finish(rec, TaskState.FAILED, ErrorInfo("WorkerLost", msg, "", "zq.errors"))
+                self.v.finish_task(rec, TaskState.FAILED, ErrorInfo("WorkerLost", msg, "", "zq.errors"))
             else:
                 spec.attempt += 1
-                self._requeue(rec)
+                self.v.requeue(rec)
         w.inflight.clear()
 

@@ -22,7 +22,9 @@ table, ``nodes/tasktable.py``, indexed for admin calls), checked against
 ``zq.envelope.TRANSITIONS`` and reported to ``on_state`` policies.  How late the
 loop runs and whether the sink is reachable: ``nodes/vent_health.py``.
 
-What workers say, and what losing one means, is in ``nodes/vent_workers.py``: a
+Both ROUTERs are ``RouterEndpoint``s (``nodes/endpoint.py``: budgeted drains, ERROR
+replies to bad input, heartbeats to clients, refused handshakes).  What workers say,
+and what losing one means, is in ``nodes/vent_workers.py`` (``WorkerSide``): a
 worker silent for ``heartbeat_timeout`` is lost, every task it held is queued
 again with the cause recorded; after 3 losses the task fails with WorkerLost.
 """
@@ -30,7 +32,6 @@ again with the cause recorded; after 3 losses the task fails with WorkerLost.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import time
 from typing import Any, Optional, Sequence
@@ -38,7 +39,7 @@ from typing import Any, Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import check_bind_allowed, recv_now, router, send_now
+from zq._sockets import check_bind_allowed
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskInfo, TaskState
 from zq.errors import ProtocolError
@@ -47,15 +48,16 @@ from zq.protocol import TaskSpec
 from zq.serialize import args_size
 
 from . import admin
-from .common import Node, Peers, SinkLink, result_row
+from .common import Node, SinkLink, result_row
 from .dispatch import Dispatch, registry_opts
+from .endpoint import Peers, RouterEndpoint
 from .history import History
 from .journal import Journal
 from .records import TaskRecord, WorkerInfo
 from .scheduler import Scheduler
 from .tasktable import TaskTable
 from .vent_health import LoopLag, SinkWatch
-from .vent_workers import WorkerMessages
+from .vent_workers import WorkerSide
 
 log = logging.getLogger("zq.ventilator")
 
@@ -68,7 +70,7 @@ STALLED_AFTER = 0.05  # a worker that reported nothing for this long may give ta
 RECLAIM_WAIT = 1.0  # a RECLAIM unanswered for this long may be sent again
 
 
-class Ventilator(WorkerMessages, Node):
+class Ventilator(Node):
     role = "ventilator"
 
     def __init__(self, config: Config, journal: Optional[str] = None, policies: Sequence[Policy] = (),
@@ -104,14 +106,16 @@ class Ventilator(WorkerMessages, Node):
             check_bind_allowed(ep, secured=self.keys is not None, insecure=cfg.insecure)
         # separate key lists: a client key cannot register as a worker, nor a worker key submit
         self.start_auth({"clients": ("clients",), "workers": ("workers",)})
-        self.clients, ep_c = router(self.ctx, cfg.ventilator_clients, cfg.max_message_size,
-                                    keys=self.keys, domain="clients")
-        self.wsock, ep_w = router(self.ctx, cfg.ventilator_workers, cfg.max_message_size,
-                                  keys=self.keys, domain="workers")
-        self.endpoints = {"clients": ep_c, "workers": ep_w}
+        # the two RouterEndpoints (nodes/endpoint.py); clients are heartbeated by client_peers
+        self.clients = RouterEndpoint(self.ctx, cfg.ventilator_clients, name="clients", domain="clients",
+                                      peers=self.client_peers, heartbeat=self._heartbeat, **self._ep_args())
+        self.wsock = RouterEndpoint(self.ctx, cfg.ventilator_workers, name="workers", domain="workers",
+                                    **self._ep_args())
+        self.workers_side = WorkerSide(self, self.wsock)
+        self.endpoints = {"clients": self.clients.endpoint, "workers": self.wsock.endpoint}
         self.poller = zmq.Poller()
-        self.poller.register(self.clients, zmq.POLLIN)
-        self.poller.register(self.wsock, zmq.POLLIN)
+        self.clients.register(self.poller)
+        self.wsock.register(self.poller)
         self.poller.register(self._waker.fileno(), zmq.POLLIN)
         self.sink = SinkLink(self, cfg.sink_endpoint, f"ventilator-{self.instance}".encode(), self.poller)
         self.sink_watch = SinkWatch(cfg.sink_endpoint, cfg.heartbeat_timeout, cfg.heartbeat_interval,
@@ -154,11 +158,15 @@ class Ventilator(WorkerMessages, Node):
             self._journaled_fns -= candidates
             self.counters["functions_pruned"] += len(candidates)
 
+    def _ep_args(self) -> dict:
+        return dict(max_message=self.config.max_message_size, counters=self.counters,
+                    on_bad=self.bad_message, keys=self.keys)
+
     def close(self) -> None:
         for s in ("clients", "wsock"):
-            sock = getattr(self, s, None)
-            if sock is not None:
-                sock.close(0)
+            ep = getattr(self, s, None)
+            if ep is not None:
+                ep.close()
         if getattr(self, "sink", None) is not None:
             self.sink.close()
         if self.journal is not None:
@@ -171,10 +179,8 @@ class Ventilator(WorkerMessages, Node):
         while not self.stopping:
             events = dict(self.poller.poll(interval_ms))
             turn_start = time.monotonic()
-            if self.wsock in events:
-                self._drain(self.wsock, self._on_worker)
-            if self.clients in events:
-                self._drain(self.clients, self._on_client)
+            self.wsock.handle(events, self.workers_side.on_message)
+            self.clients.handle(events, self._on_client)
             heard = self.sink.last_recv
             self.sink.handle(events)
             if self.sink.last_recv != heard:  # the sink said something: it is reachable
@@ -194,40 +200,8 @@ class Ventilator(WorkerMessages, Node):
             self.lag.turn(turn_start, time.monotonic())
         self._shutdown()
 
-    def _drain(self, sock: zmq.Socket, handler: Any, budget: float = 0.02) -> None:
-        """Handle what ``sock`` has, for at most ``budget`` seconds: the loop must come
-        round to heartbeats and dispatch however large a burst clients send."""
-        deadline = time.monotonic() + budget
-        for n in itertools.count():
-            # the clock after every message: one SUBMIT may carry 5,000 tasks (~50 ms), so
-            # checking every 16th let one drain hold the loop for most of a second
-            if n and time.monotonic() > deadline:
-                return
-            frames = recv_now(sock, small=4)
-            if frames is None:
-                return
-            ident = frames[0]
-            try:
-                handler(ident, P.unpack(frames[1:]))
-            except ProtocolError as exc:
-                self.bad_message("clients" if sock is self.clients else "workers", exc)
-                self._send(sock, ident, P.error_message("protocol", str(exc)))
-            except Exception as exc:  # a bug must not kill the node; it is counted and logged
-                self.counters["internal_errors"] += 1
-                log.exception("error handling a message: %s", exc)
-
-    def _send(self, sock: zmq.Socket, ident: bytes, frames: list) -> bool:
-        return self._try_send(sock, ident, frames) == 0
-
-    def _try_send(self, sock: zmq.Socket, ident: bytes, frames: list) -> int:
-        """0 if sent, else the errno: EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)."""
-        try:
-            send_now(sock, [ident, *frames])
-            return 0
-        except zmq.ZMQError as exc:
-            self.counters["undeliverable"] += 1
-            log.debug("cannot send to %r: %s", ident, exc)
-            return exc.errno
+    def _send(self, ep: RouterEndpoint, ident: bytes, frames: list) -> bool:
+        return ep.try_send(ident, frames) == 0
 
     def _heartbeat(self) -> list:
         return P.pack(P.HEARTBEAT, {"id": "ventilator", "instance": self.instance,
@@ -265,11 +239,9 @@ class Ventilator(WorkerMessages, Node):
 
     # -- clients ----------------------------------------------------------------------
     def _on_client(self, ident: bytes, msg: P.Message) -> None:
-        cmd = msg.command
-        if self.client_peers.seen(ident, time.monotonic()):
-            self._send(self.clients, ident, self._heartbeat())  # a new client learns our instance
+        cmd = msg.command  # (the endpoint recorded the client in client_peers)
         if cmd == P.SUBMIT:
-            ids = self._on_submit(ident, msg)
+            ids = self.accept_batch(ident, msg)
             req = msg.header.get("req")
             if isinstance(req, int):  # a submit waiting for its answer (de-duplication keys)
                 self._make_durable()  # before we say which task it is
@@ -292,9 +264,9 @@ class Ventilator(WorkerMessages, Node):
         if self.journal is not None and self.journal.dirty:
             self.journal.commit()
 
-    def _on_submit(self, ident: bytes, msg: P.Message, sock: Optional[zmq.Socket] = None) -> list[str]:
+    def accept_batch(self, ident: bytes, msg: P.Message, ep: Optional[RouterEndpoint] = None) -> list[str]:
         """Accept a batch; the id each task goes by (a de-duplicated one: the existing task).
-        ``sock``: where the sender is (clients; a worker's SPAWN comes on the workers socket)."""
+        ``ep``: where the sender is (clients; a worker's SPAWN comes on the workers endpoint)."""
         tasks, fns = P.unpack_tasks(msg)
         for digest, frame in fns.items():
             self.fns[digest] = frame
@@ -310,9 +282,9 @@ class Ventilator(WorkerMessages, Node):
                 continue
             # a follow-up (SPAWN) belongs to its parent's client, "" (none) for a scheduled
             # parent: never to the worker that sent it, whose routing id is no client's
-            ids.append(self._accept(spec, ident if sock is None else spec.client.encode()))
+            ids.append(self._accept(spec, ident if ep is None else spec.client.encode()))
         if missing:
-            self._send(sock if sock is not None else self.clients, ident, P.pack(P.REJECT, {
+            self._send(ep if ep is not None else self.clients, ident, P.pack(P.REJECT, {
                 "ids": missing, "code": "unknown-function",
                 "msg": "the ventilator does not hold this function (it restarted?): send it again"}))
         return ids
@@ -415,9 +387,9 @@ class Ventilator(WorkerMessages, Node):
             self.finished.popitem(last=False)
         self.history.add(spec, state.value, worker, error)
 
-    # -- workers: what they say is handled in nodes/vent_workers.py (WorkerMessages) ----
+    # -- workers: what they say is handled in nodes/vent_workers.py (WorkerSide) --------
 
-    def _requeue(self, rec: TaskRecord, delay: float = 0.0) -> None:
+    def requeue(self, rec: TaskRecord, delay: float = 0.0) -> None:
         """Back to its queue (front), or after ``delay`` (a retry waits out its backoff as
         RETRYING; ``_tick`` queues it when due)."""
         if rec.worker is not None:
@@ -431,6 +403,23 @@ class Ventilator(WorkerMessages, Node):
             self.dispatch.push_later(rec.spec.task_id, time.monotonic() + delay)
         else:
             self.dispatch.push(rec.spec, front=True)
+
+    # what WorkerSide may use besides the public fields (vent_workers.TaskSide)
+    heartbeat, close_task, finish_task, make_durable = _heartbeat, _close, _finish, _make_durable
+
+    def send_client(self, client: bytes, frames: list) -> bool:
+        return self._send(self.clients, client, frames)
+
+    def hold_function(self, digest: bytes, fn: Optional[Any]) -> None:
+        """Keep (``fn``, if given) and journal the function ``digest`` names."""
+        if fn is not None:
+            self.fns[digest] = fn
+        if self.journal is not None and digest not in self._journaled_fns and digest in self.fns:
+            self.journal.put_function(digest, self.fns[digest])
+            self._journaled_fns.add(digest)
+
+    def _drop_worker(self, w: WorkerInfo, cause: Optional[str]) -> None:
+        self.workers_side.drop(w, cause)
 
     def _tick(self, now: float) -> None:
         cfg = self.config
@@ -572,7 +561,7 @@ class Ventilator(WorkerMessages, Node):
             return True
         # numbered (in this run) so that a SYNC can say "everything sent before me"
         seq = self.tasks_seq + 1
-        err = self._try_send(self.wsock, w.ident, P.pack_tasks(P.TASKS, keep, fns))
+        err = self.wsock.try_send(w.ident, P.pack_tasks(P.TASKS, keep, fns))
         if err:
             for spec in reversed(keep):  # not sent: put them back
                 self.dispatch.finished(spec)
