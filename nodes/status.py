@@ -68,7 +68,9 @@ def render(data: dict) -> str:
         f"results: recorded {sc.get('results', 0)}  duplicates dropped {sc.get('duplicates_dropped', 0)}",
         f"bad messages: ventilator {c.get('bad_messages', 0)}  sink {sc.get('bad_messages', 0)}"
         + (f"  refused handshakes: ventilator {c['handshakes_refused']}  sink {sc.get('handshakes_refused', 0)}"
-           if "handshakes_refused" in c else ""),
+           if "handshakes_refused" in c else "")
+        + (f"  failed handshakes: ventilator {c['handshakes_failed']}  sink {sc.get('handshakes_failed', 0)}"
+           if "handshakes_failed" in c else ""),
         "",
         f"{'QUEUE':<20} {'QUEUED':>8} {'RUNNING':>8}  WORKERS",
     ]

@@ -313,3 +313,4 @@ def test_servers_log_refused_keys(secured, keydir):
     out = run_zq("status", "--ventilator", secured.endpoints["clients"], "--sink", secured.endpoints["sink"],
                  "--keys", keydir)
     assert "refused handshakes: ventilator " in out.stdout, out.stdout
+    assert "failed handshakes: ventilator " in out.stdout, out.stdout  # the ROUTER's own monitor
