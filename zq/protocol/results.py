@@ -52,9 +52,8 @@ class ResultRow:
         )
 
 
-def _check_result_row(row: Any) -> ResultFields:
-    """A result row from a peer (or a journal), checked."""
-    return check_result_row(row, STATE_OF)
+#: the old name (``check_result_row``)
+_check_result_row = check_result_row
 
 
 def pack_results(results: Sequence[ResultRow]) -> list:

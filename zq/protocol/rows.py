@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
+from ..envelope import STATE_OF
 from ..errors import ProtocolError
 
 _new = tuple.__new__
@@ -194,8 +195,8 @@ def check_task_row(obj: Any) -> TaskRow:
     return _new(TaskRow, obj)
 
 
-def check_result_row(obj: Any, states: Any) -> ResultFields:
-    """A result row from a peer; ``states``: the valid state names."""
+def check_result_row(obj: Any, states: Any = STATE_OF) -> ResultFields:
+    """A result row from a peer (or a journal); ``states``: the valid state names."""
     if (type(obj) is not list and type(obj) is not ResultFields) or len(obj) != 17:
         raise ProtocolError("result row must be a list of 17 fields")
     r = _new(ResultFields, obj)
@@ -258,8 +259,8 @@ def check_completion(obj: Any) -> Completion:
     if type(c.task_id) is not str or type(c.state) is not str or type(c.attempt) is not int \
             or not (_num(c.started_at) and _num(c.finished_at) and _num(c.run_seconds)):
         raise ProtocolError("a completion has a task id, a state, times and an attempt")
-    if c.error is not None:
-        check_error_row(list(c.error))
+    if c.error is not None and type(c.error) is not ErrorRow:
+        c = c._replace(error=check_error_row(c.error))
     if c.continuation is not None and type(c.continuation) is not Continuation:
         c = c._replace(continuation=check_continuation(c.continuation))
     return c
