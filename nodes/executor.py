@@ -166,7 +166,7 @@ def fn_loader(cache: dict, row: TaskRow, fn_data: Any) -> Callable[[], Callable]
 
 
 def _batch(specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> Batch:
-    return [(s.row(), s.args, fns.get(s.digest)) for s in specs]
+    return [(s.record(), s.args, fns.get(s.digest)) for s in specs]
 
 
 class _InProcess:
@@ -390,7 +390,7 @@ class ProcessExecutor:
             if s.digest != BY_NAME and not child.digests.use(s.digest):
                 fn = fns.get(s.digest)
                 fn = bytes(fn) if fn is not None else None
-            items.append((s.row(), args_blob(s.args), fn))
+            items.append((s.record(), args_blob(s.args), fn))
             child.tasks.append(s.task_id)
         child.conn.send_bytes(pickle.dumps(items, protocol=5))
 
@@ -516,7 +516,7 @@ class AsyncRunner(_InProcess):
 
     def start(self, spec: TaskSpec, fn_data: Any) -> None:
         self.running += 1
-        row, args = spec.row(), spec.args
+        row, args = spec.record(), spec.args
         coro = execute_async(row, args, fn_loader(self._fns, row, fn_data), self.policies,
                              self.max_result, self._emit)
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)

@@ -48,7 +48,7 @@ def _run_chain(client: "Client", fut: TaskFuture, fn: Callable, spec: TaskSpec,
     while True:
         events: list[tuple] = []
         while True:
-            comp = execute(spec.row(), spec.args, lambda f=fn: f, client.policies, 1 << 62, events.append)
+            comp = execute(spec.record(), spec.args, lambda f=fn: f, client.policies, 1 << 62, events.append)
             state = TaskState(comp.state)
             retries_used = spec.attempt - 1
             if state is TaskState.FAILED and comp.error and comp.error.type != "SerializationError" \

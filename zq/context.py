@@ -120,8 +120,8 @@ class TaskContext:
         retain = self.retain if retain_result is None else retain_result
         spec = TaskSpec(child_id, name, q, digest, self.client_id, retain, t.retries if t else 0,
                         t.timeout if t else None, time.time(), opts=opts)
-        TaskSpec.from_row(spec.row(), b"")  # a bad queue name etc. fails here, in the task
-        self._emit(SpawnEvent(SPAWN_EVENT, spec.row(), data, pack_args(args, kwargs)))
+        TaskSpec.from_row(spec.record(), b"")  # a bad queue name etc. fails here, in the task
+        self._emit(SpawnEvent(SPAWN_EVENT, spec.record(), data, pack_args(args, kwargs)))
         return child_id
 
 

@@ -148,7 +148,7 @@ class _Run:
 
 def execute(row: TaskRow, args_data: Any, fn_getter: Callable[[], Callable], policies: Sequence[Policy],
             max_result: int, emit: Callable[[tuple], None] = _NO_EMIT) -> Completion:
-    """Run one task (``row``: ``TaskSpec.row()``); never raises."""
+    """Run one task (``row``: ``TaskSpec.record()``); never raises."""
     run = _Run(row, emit, max_result)
     token = _current.set(run.ctx)
     try:

@@ -48,7 +48,13 @@ class TaskSpec:
         self.opts = opts
         self.args = args
 
-    def row(self) -> TaskRow:
+    def row(self) -> list:
+        """The task's row as it travels (a list: the form a peer's msgpack gives)."""
+        return [self.task_id, self.name, self.queue, self.digest, self.client, self.retain,
+                self.retries, self.timeout, self.submitted_at, self.attempt, self.lost, self.opts]
+
+    def record(self) -> TaskRow:
+        """The same row as a record, read by name (what an executor runs)."""
         return _new(TaskRow, (self.task_id, self.name, self.queue, self.digest, self.client, self.retain,
                               self.retries, self.timeout, self.submitted_at, self.attempt, self.lost,
                               self.opts))
