@@ -147,6 +147,13 @@ def test_checkers_build_records() -> None:
     assert comp.attempt == 1 and comp[P.Completion._fields.index("attempt")] == 1
 
 
+def test_progress_rows_of_a_header() -> None:
+    assert P.progress_rows({"p": [PROGRESS, PROGRESS]}) == [P.ProgressRow(*PROGRESS)] * 2
+    for bad in ({}, {"p": "x"}, {"p": [PROGRESS[:4]]}, {"p": [[1, 2, 3, 4, 5]]}):
+        with pytest.raises(ProtocolError):
+            P.progress_rows(bad)
+
+
 def test_progress_report_takes_an_old_ventilators_row_without_eta() -> None:
     assert P.check_progress_report(None) is None
     assert P.check_progress_report(REPORT) == P.ProgressReport(*REPORT)

@@ -85,7 +85,7 @@ from .rows import (PROGRESS_EVENT, RECORDS, SPAWN_EVENT, ChainLink, Completion, 
                    ErrorRow, ProgressEvent, ProgressReport, ProgressRow, ResultFields, SpawnEvent,
                    TaskRow, check_chain_link, check_completion, check_continuation, check_error_row,
                    check_event, check_progress_report, check_progress_row, check_result_row,
-                   check_task_row)
+                   check_task_row, progress_rows)
 from .tasks import OPTS, TaskSpec, check_opts, pack_tasks, unpack_tasks
 from .wire import (BY_NAME, DEFAULT_MAX_MESSAGE, INLINE_MAX, WATCH_RENEW, Message, batch_limit, field,
                    new_instance_id, pack, str_list, take_batch, unpack)

@@ -231,6 +231,14 @@ def check_progress_row(obj: Any) -> ProgressRow:
     return _new(ProgressRow, obj)
 
 
+def progress_rows(header: dict) -> list[ProgressRow]:
+    """The rows of a ``PROGRESS`` header ("p"), checked."""
+    rows = header.get("p")
+    if type(rows) is not list:
+        raise ProtocolError("PROGRESS header lacks a list 'p'")
+    return [check_progress_row(row) for row in rows]
+
+
 def check_progress_report(obj: Any) -> Optional[ProgressReport]:
     """The ventilator's answer for one id: nil, or [done, total, message, time, eta]
     (an older ventilator sends no ETA)."""
