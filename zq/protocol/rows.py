@@ -20,7 +20,6 @@ from ..envelope import STATE_OF
 from ..errors import ProtocolError
 
 _new = tuple.__new__
-_NUMBER = (int, float)
 
 
 def _num(x: Any) -> bool:
