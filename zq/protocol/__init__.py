@@ -44,7 +44,7 @@ HELD        W -> V      {"upto", "held": [ids], "done": [ids], "states": [...]}:
                         ventilator queues again what it sent before that SYNC and is not held
 STARTED     W -> V      {"ids": [...]}
 DONE        W -> V      {"ids": [...], "states": [...], "credit": int}
-RETRY       W -> V      {"id": str, "delay": float, "credit": int, "lost"?: cause}
+RETRY       W -> V      {"id": str, "delay": float, "credit": 0 (dead: never read), "lost"?: cause}
 CANCEL      V -> W      {"ids": [...], "unstarted"?: bool} stop these tasks if they run (with
                         "unstarted": drop them only if they have not started)
 RECLAIM     V -> W      {"ids"?: [...], "queues"?: [...], "names"?: [...], "n"?: int} give back
