@@ -17,7 +17,7 @@ zq.context): the thread executor appends them to the same deque as
 completions, a child process sends them down its pipe.  ``async def`` tasks
 run on one event loop thread (``AsyncRunner``), many at once.  The code that
 runs a task is ``zq.runner.execute`` / ``execute_async``; each completion an
-executor hands back carries, as its last field (``ATTEMPT``), the attempt it ran.
+executor hands back (a ``zq.protocol.Completion``) carries the attempt it ran.
 
 Unpickled task functions are cached per executor (and per child process) in an
 LRU of ``FN_CACHE`` functions.  One evicted is unpickled again from the bytes
@@ -41,8 +41,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from zq._wake import Waker
 from zq.policy import Policy, load_policies
-from zq.protocol import BY_NAME, TaskSpec
-from zq.runner import Completion, execute, execute_async, load_function
+from zq.errors import ProtocolError
+from zq.protocol import BY_NAME, Completion, TaskRow, TaskSpec, check_completion, check_event
+from zq.runner import execute, execute_async, load_function
 from zq.serialize import ArgFrames, args_blob
 
 log = logging.getLogger("zq.worker")
@@ -51,10 +52,8 @@ log = logging.getLogger("zq.worker")
 Batch = list
 #: functions kept unpickled per executor (and per child process), least recently used out
 FN_CACHE = 1000
-#: index of the attempt in a completion handed back by an executor (the runner's
-#: completion has 9 fields; the executor appends the attempt of the row it ran)
-ATTEMPT = 9
-_ROW_ATTEMPT = 9  # index of the attempt in a task row (TaskSpec.row)
+#: the old name of ``Completion.attempt``'s place (nodes/worker.py reads ``comp[ATTEMPT]``)
+ATTEMPT = Completion._fields.index("attempt")
 
 
 class FnCache:
@@ -149,22 +148,25 @@ def import_tasks(modules: Sequence[str]) -> dict:
     return dict(registry)
 
 
-def fn_loader(cache: dict, row: list, fn_data: Any) -> Callable[[], Callable]:
+def fn_loader(cache: dict, row: TaskRow, fn_data: Any) -> Callable[[], Callable]:
     """How a task's function is found: by digest (shipped), or by name (imported)."""
-    if row[3] == BY_NAME:
+    if row.digest == BY_NAME:
+        name = row.name
+
         def by_name() -> Callable:
             from zq.task import registry
 
             try:
-                return registry[row[1]]
+                return registry[name]
             except KeyError:
-                raise LookupError(f"no task named {row[1]!r} was imported on this worker") from None
+                raise LookupError(f"no task named {name!r} was imported on this worker") from None
         return by_name
-    return lambda: load_function(cache, row[3], fn_data)
+    digest = row.digest
+    return lambda: load_function(cache, digest, fn_data)
 
 
 def _batch(specs: Sequence[TaskSpec], fns: dict[bytes, Any]) -> Batch:
-    return [(s.row(), s.args, fns.get(s.digest)) for s in specs]
+    return [(s.record(), s.args, fns.get(s.digest)) for s in specs]
 
 
 class _InProcess:
@@ -229,7 +231,7 @@ class ThreadExecutor(_InProcess):
                 comp = execute(row, args, fn_loader(self._fns, row, fn_data), self.policies,
                                self.max_result, self._emit)
                 # the last completion of a batch also frees the slot (see collect)
-                out.append((comp + (row[_ROW_ATTEMPT],), i == last))
+                out.append((comp, i == last))
                 self.waker.wake_if_sleeping()
 
     def collect(self, readable: set) -> list[Completion]:
@@ -288,13 +290,13 @@ def _child_main(conn: Any, policy_specs: Sequence[str], max_result: int, imports
         if batch is None:
             return
         for row, args, fn_data in batch:
-            if row[3] != BY_NAME:  # in step with the parent's mirror (_Mirror.use), task by task
-                fn_data = fns.touch(row[3], fn_data)
+            if row.digest != BY_NAME:  # in step with the parent's mirror (_Mirror.use), task by task
+                fn_data = fns.touch(row.digest, fn_data)
             comp = execute(row, args, fn_loader(fns, row, fn_data), policies, max_result, emit)
-            if type(comp[3]) is ArgFrames:  # out-of-band frames cross the pipe as one blob
-                comp = (*comp[:3], args_blob(comp[3]), *comp[4:])
-            comp += (row[_ROW_ATTEMPT],)
-            conn.send_bytes(pickle.dumps(("done", comp), protocol=5))
+            if type(comp.payload) is ArgFrames:  # out-of-band frames cross the pipe as one blob
+                comp = comp._replace(payload=args_blob(comp.payload))
+            # a plain tuple (the parent checks it and makes it a Completion again)
+            conn.send_bytes(pickle.dumps(("done", tuple(comp)), protocol=5))
 
 
 #: a child process's function cache (for inspection by tasks and tests)
@@ -388,7 +390,7 @@ class ProcessExecutor:
             if s.digest != BY_NAME and not child.digests.use(s.digest):
                 fn = fns.get(s.digest)
                 fn = bytes(fn) if fn is not None else None
-            items.append((s.row(), args_blob(s.args), fn))
+            items.append((s.record(), args_blob(s.args), fn))
             child.tasks.append(s.task_id)
         child.conn.send_bytes(pickle.dumps(items, protocol=5))
 
@@ -401,11 +403,19 @@ class ProcessExecutor:
                 while c.conn.poll():
                     kind, item = pickle.loads(c.conn.recv_bytes())
                     if kind == "event":
-                        self._events.append(item)
+                        try:
+                            self._events.append(check_event(item))
+                        except ProtocolError as exc:
+                            log.error("executor process %d sent a malformed event: %s", c.proc.pid, exc)
                         continue
-                    if c.tasks and c.tasks[0] == item[0]:
+                    try:
+                        comp = check_completion(item)
+                    except ProtocolError as exc:  # never fail the loop: the task is lost, with why
+                        self._replace(i, f"executor process {c.proc.pid} sent a malformed completion ({exc})")
+                        break
+                    if c.tasks and c.tasks[0] == comp.task_id:
                         c.tasks.popleft()
-                    out.append(item)
+                    out.append(comp)
             except (EOFError, OSError):
                 self._replace(i, None)
         return out
@@ -506,9 +516,9 @@ class AsyncRunner(_InProcess):
 
     def start(self, spec: TaskSpec, fn_data: Any) -> None:
         self.running += 1
-        row, args = spec.row(), spec.args
-        coro = _with_attempt(execute_async(row, args, fn_loader(self._fns, row, fn_data), self.policies,
-                                           self.max_result, self._emit), row[_ROW_ATTEMPT])
+        row, args = spec.record(), spec.args
+        coro = execute_async(row, args, fn_loader(self._fns, row, fn_data), self.policies,
+                             self.max_result, self._emit)
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         fut.add_done_callback(self._done)
 
@@ -531,6 +541,3 @@ class AsyncRunner(_InProcess):
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(wait)
 
-
-async def _with_attempt(coro: Any, attempt: int) -> Completion:
-    return (await coro) + (attempt,)

@@ -22,6 +22,9 @@ from zq.serialize import args_blob, args_from_blob
 MEMORY_LIMIT = 100_000
 COLUMNS = ("task_id", "name", "queue", "state", "submitted_at", "finished_at", "attempts", "worker",
            "error", "parent", "root", "forgotten")
+# where an in-memory entry (a list in COLUMNS order: local data, not a message row) keeps what
+_NAME, _QUEUE, _STATE, _SUBMITTED, _FINISHED, _FORGOTTEN = (
+    COLUMNS.index(c) for c in ("name", "queue", "state", "submitted_at", "finished_at", "forgotten"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -121,10 +124,11 @@ class History:
         """The task as submitted (failed or cancelled tasks only), for requeue."""
         if self.db is None:
             return self.specs.get(task_id)
-        row = self.db.execute("SELECT row, args FROM history WHERE task_id = ?", (task_id,)).fetchone()
-        if row is None or row[0] is None:
+        hit = self.db.execute("SELECT row, args FROM history WHERE task_id = ?", (task_id,)).fetchone()
+        if hit is None or hit[0] is None:
             return None
-        return TaskSpec.from_row(msgpack.unpackb(row[0], raw=False), args_from_blob(bytes(row[1])))
+        row, args = hit
+        return TaskSpec.from_row(msgpack.unpackb(row, raw=False), args_from_blob(bytes(args)))
 
     def forget(self, task_id: str) -> bool:
         if self.db is None:
@@ -132,7 +136,7 @@ class History:
             if e is None:
                 return False
             self._uncount(e)
-            e[-1] = True
+            e[_FORGOTTEN] = True
             self.groups[_group(e)] += 1
             return True
         cur = self.db.execute("UPDATE history SET forgotten = 1 WHERE task_id = ?", (task_id,))
@@ -175,9 +179,9 @@ class History:
               forgotten: bool) -> Any:
         """Matching in-memory entries (lists), newest first, read lazily."""
         for e in reversed(self.memory.values()):
-            if ((state is None or e[3] == state) and (queue is None or e[2] == queue)
-                    and (name is None or e[1] == name) and (forgotten or not e[11])
-                    and (since is None or (e[5] or e[4]) >= since)):
+            if ((state is None or e[_STATE] == state) and (queue is None or e[_QUEUE] == queue)
+                    and (name is None or e[_NAME] == name) and (forgotten or not e[_FORGOTTEN])
+                    and (since is None or (e[_FINISHED] or e[_SUBMITTED]) >= since)):
                 yield e
 
     def query(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
@@ -221,4 +225,4 @@ class History:
 
 
 def _group(e: list) -> tuple:
-    return (e[3], e[2], e[1], bool(e[11]))
+    return (e[_STATE], e[_QUEUE], e[_NAME], bool(e[_FORGOTTEN]))

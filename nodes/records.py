@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from zq.envelope import TaskState
 from zq.errors import ProtocolError
@@ -57,7 +57,7 @@ class TaskRecord:
         self._state = TaskState.UNKNOWN
         self._worker: Optional[bytes] = None
         self.client = client
-        self.progress: Optional[list] = None  # [done, total, message, time, eta]
+        self.progress: Optional[Sequence] = None  # a zq.protocol.ProgressReport (the latest)
         self.progress_first: Optional[tuple[float, float]] = None  # the ETA's baseline
         self.key: tuple = ()  # (submitted_at, -acceptance number): the table's sort key
         self.group: Any = None  # the table's group (a SortedRecs) holding it

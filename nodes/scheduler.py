@@ -108,7 +108,7 @@ class Scheduler:
         if self.db is not None:
             row = self.db.execute("SELECT last_slot, runs FROM schedules WHERE name = ?", (name,)).fetchone()
             if row is not None:
-                s.last_slot, s.runs = row[0], row[1]
+                s.last_slot, s.runs = row
         self.schedules[name] = s
         log.info("schedule %s registered (%s)", name, f"every {s.every:g}s" if s.every else f"cron {s.cron}")
 

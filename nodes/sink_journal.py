@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import msgpack
 
 from zq.errors import ConfigError
-from zq.protocol import ResultRow, _check_result_row
+from zq.protocol import ResultRow, check_result_row
 from zq.serialize import args_blob, args_from_blob
 
 log = logging.getLogger("zq.sink.journal")
@@ -40,6 +40,17 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
+
+
+class _Put:
+    """A result's row to write at the next commit (``client`` "": acknowledged)."""
+
+    __slots__ = ("client", "expires", "row")
+
+    def __init__(self, client: str, expires: Optional[float], row: Optional[ResultRow]) -> None:
+        self.client = client
+        self.expires = expires
+        self.row = row
 
 class Stored(NamedTuple):
     """A journaled result as read back: ``row`` is None when it was not retained."""
@@ -63,7 +74,7 @@ class SinkJournal:
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open journal {path}: {exc}") from None
         # task id -> [client, expires, ResultRow if retained]: pending inserts, changed in place
-        self._put: dict[str, list] = {}
+        self._put: dict[str, _Put] = {}
         self._acked: list[tuple[str, str]] = []  # (task id, client): that client has it
         self._strip: set[str] = set()  # no longer retained, still remembered
         self._del: set[str] = set()  # forgotten
@@ -71,15 +82,15 @@ class SinkJournal:
     def record(self, r: ResultRow, client: str, expires: Optional[float]) -> None:
         """A newly recorded result; ``expires`` (wall clock) when it is retained."""
         self._del.discard(r.task_id)
-        self._put[r.task_id] = [client, expires, r if expires is not None else None]
+        self._put[r.task_id] = _Put(client, expires, r if expires is not None else None)
 
     def acked(self, task_id: str, client: str) -> None:
         """``client`` acknowledged (or will never take) ``task_id``."""
         p = self._put.get(task_id)
         if p is None:
             self._acked.append((task_id, client))
-        elif p[0] == client:
-            p[0] = ""
+        elif p.client == client:
+            p.client = ""
 
     def unretain(self, task_id: str) -> None:
         """The retained copy expired or was consumed; the id stays in the de-duplication set."""
@@ -87,7 +98,7 @@ class SinkJournal:
         if p is None:
             self._strip.add(task_id)
         else:
-            p[1] = p[2] = None
+            p.expires = p.row = None
 
     def forget(self, task_id: str) -> None:
         self._put.pop(task_id, None)
@@ -109,9 +120,10 @@ class SinkJournal:
                     "INSERT INTO results VALUES (?, ?, ?, ?, ?) ON CONFLICT(task_id) DO UPDATE SET "
                     "client = excluded.client, expires = excluded.expires, row = excluded.row, "
                     "payload = excluded.payload",
-                    [(tid, c, exp, None if r is None else msgpack.packb(r.row, use_bin_type=True),
-                      None if r is None else args_blob(r.payload))
-                     for tid, (c, exp, r) in self._put.items()])
+                    [(tid, p.client, p.expires,
+                      None if p.row is None else msgpack.packb(p.row.row, use_bin_type=True),
+                      None if p.row is None else args_blob(p.row.payload))
+                     for tid, p in self._put.items()])
             if self._acked:
                 cur.executemany("UPDATE results SET client = '' WHERE task_id = ? AND client = ?", self._acked)
             if self._strip:
@@ -144,7 +156,7 @@ class SinkJournal:
             stored: Optional[ResultRow] = None
             if row is not None and expires is not None:
                 try:
-                    stored = ResultRow(_check_result_row(msgpack.unpackb(row, raw=False)),
+                    stored = ResultRow(check_result_row(msgpack.unpackb(row, raw=False)),
                                        args_from_blob(bytes(payload)))
                 except Exception as exc:  # a damaged row must not stop the others
                     log.error("journal: the result of %s could not be read back: %s", tid, exc)

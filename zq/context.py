@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from .protocol.rows import PROGRESS_EVENT, SPAWN_EVENT, ProgressEvent, SpawnEvent, TaskRow
 from .serialize import function_name, pack_args, pickle_function
 
 _current: contextvars.ContextVar[Optional["TaskContext"]] = contextvars.ContextVar("zq_task", default=None)
@@ -56,7 +57,9 @@ def progress_eta(first: Optional[tuple[float, float]], done: Any, total: Any,
     re-run) starts a new baseline; reports that are not numbers give no ETA."""
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (done, total, ts)):
         return first, None
-    if first is None or done < first[1] or ts < first[0]:
+    if first is not None:
+        t0, d0 = first
+    if first is None or done < d0 or ts < t0:
         first = (float(ts), float(done))
     t0, d0 = first
     return first, (estimate_eta(done - d0, total - d0, t0, ts) if ts > t0 else None)
@@ -65,17 +68,17 @@ def progress_eta(first: Optional[tuple[float, float]], done: Any, total: Any,
 class TaskContext:
     """What a running task knows about itself and can do."""
 
-    def __init__(self, row: list, emit: Callable[[tuple], None], started_at: float) -> None:
-        opts = row[11] or {}
-        self.task_id: str = row[0]
-        self.name: str = row[1]
-        self.queue: str = row[2]
-        self.attempt: int = row[9]
+    def __init__(self, row: TaskRow, emit: Callable[[tuple], None], started_at: float) -> None:
+        opts = row.opts or {}
+        self.task_id: str = row.task_id
+        self.name: str = row.name
+        self.queue: str = row.queue
+        self.attempt: int = row.attempt
         self.parent_id: Optional[str] = opts.get("parent")
-        self.root_id: str = opts.get("root") or row[0]
-        self.client_id: str = row[4]
+        self.root_id: str = opts.get("root") or row.task_id
+        self.client_id: str = row.client
         self._hops: int = opts.get("hops", 0)
-        self.retain: Optional[bool] = row[5]
+        self.retain: Optional[bool] = row.retain
         self.started_at = started_at
         self._logger: Optional[logging.LoggerAdapter] = None
         self._emit = emit
@@ -91,8 +94,8 @@ class TaskContext:
 
     def progress(self, done: float, total: float, message: Optional[str] = None) -> None:
         """Report progress; the client sees it as ``future.progress`` (never blocks)."""
-        self._emit(("progress", self.task_id, float(done), float(total),
-                    None if message is None else str(message)[:1000], time.time()))
+        self._emit(ProgressEvent(PROGRESS_EVENT, self.task_id, float(done), float(total),
+                                 None if message is None else str(message)[:1000], time.time()))
 
     def submit(self, fn: Callable, /, *args: Any, queue: Optional[str] = None,
                retain_result: Optional[bool] = None, **kwargs: Any) -> str:
@@ -117,8 +120,8 @@ class TaskContext:
         retain = self.retain if retain_result is None else retain_result
         spec = TaskSpec(child_id, name, q, digest, self.client_id, retain, t.retries if t else 0,
                         t.timeout if t else None, time.time(), opts=opts)
-        TaskSpec.from_row(spec.row(), b"")  # a bad queue name etc. fails here, in the task
-        self._emit(("spawn", spec.row(), data, pack_args(args, kwargs)))
+        TaskSpec.from_row(spec.record(), b"")  # a bad queue name etc. fails here, in the task
+        self._emit(SpawnEvent(SPAWN_EVENT, spec.record(), data, pack_args(args, kwargs)))
         return child_id
 
 

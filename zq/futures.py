@@ -144,7 +144,7 @@ def settle_row(fut: TaskFuture, row: Any) -> None:
     set from the pickled value alone; the envelope is built only if someone asks."""
     if fut.done():
         return
-    if row.row[2] != "SUCCESS":
+    if row.row.state != "SUCCESS":
         settle(fut, row.to_result())
         return
     fut._row = row

@@ -6,9 +6,8 @@ completion: a pickled value, an error as data, or a continuation (the task
 returned a ``zq.Call``, or it is a link of a chain).  ``execute_async`` does the
 same for ``async def`` tasks on an event loop.  Neither ever raises.
 
-A completion is the tuple
-``(task_id, state, error row | None, payload, started_at, finished_at, run_seconds, pid, continuation)``
-with ``continuation = [name, digest, fn bytes, arg bytes, queue, rest of chain]`` or None.
+A completion is a ``zq.protocol.Completion`` (its continuation a
+``zq.protocol.Continuation`` or None); the task comes as its ``zq.protocol.TaskRow``.
 """
 
 from __future__ import annotations
@@ -24,9 +23,9 @@ from .canvas import Call
 from .context import TaskContext, _current
 from .envelope import ErrorInfo, TaskInfo, TaskState
 from .policy import Policy, run_hooks
+from .protocol.rows import ChainLink, Completion, Continuation, ErrorRow, TaskRow, _new
 from .serialize import args_size, loads, loads_args, pack_args, pack_value
 
-Completion = tuple
 _NO_EMIT: Callable[[tuple], None] = lambda event: None  # noqa: E731
 
 _ctx_param: dict[Any, Optional[str]] = {}
@@ -82,24 +81,25 @@ def load_function(cache: dict, digest: bytes, data: Any) -> Callable:
     return fn
 
 
-def _error(exc: BaseException, tb: str = "") -> list:
-    return ErrorInfo.from_exception(exc, tb).to_row()
+def _error(exc: BaseException, tb: str = "") -> ErrorRow:
+    return _new(ErrorRow, ErrorInfo.from_exception(exc, tb).to_row())
 
 
 class _Run:
     """One task's run: timing, context, and turning the outcome into a completion."""
 
-    def __init__(self, row: list, emit: Callable[[tuple], None], max_result: int) -> None:
+    def __init__(self, row: TaskRow, emit: Callable[[tuple], None], max_result: int) -> None:
         self.row = row
         self.max_result = max_result
         self.started_at = time.time()
         self.t0 = time.monotonic()
         self.ctx = TaskContext(row, emit, self.started_at)
 
-    def done(self, state: TaskState, err: Optional[list], payload: bytes = b"",
-             cont: Optional[list] = None) -> Completion:
-        return (self.row[0], state.value, err, payload, self.started_at, time.time(),
-                time.monotonic() - self.t0, os.getpid(), cont)
+    def done(self, state: TaskState, err: Optional[ErrorRow], payload: bytes = b"",
+             cont: Optional[Continuation] = None) -> Completion:
+        row = self.row
+        return _new(Completion, (row.task_id, state.value, err, payload, self.started_at, time.time(),
+                                 time.monotonic() - self.t0, os.getpid(), cont, row.attempt))
 
     def prepare(self, fn_getter: Callable[[], Callable], args_data: Any,
                 policies: Sequence[Policy]) -> tuple[Callable, tuple, dict]:
@@ -114,39 +114,41 @@ class _Run:
                 kwargs[pname] = self.ctx
         if policies:
             row = self.row
-            info = TaskInfo(task_id=row[0], name=row[1], queue=row[2], attempt=row[9], args=args,
-                            kwargs=kwargs, retries=row[6], timeout=row[7], retain_result=row[5])
-            run_hooks(policies, "on_running", info, row[0])
+            info = TaskInfo(task_id=row.task_id, name=row.name, queue=row.queue, attempt=row.attempt,
+                            args=args, kwargs=kwargs, retries=row.retries, timeout=row.timeout,
+                            retain_result=row.retain)
+            run_hooks(policies, "on_running", info, row.task_id)
         return fn, args, kwargs
 
     def outcome(self, value: Any) -> Completion:
-        then = (self.row[11] or {}).get("then") or []
+        task_id = self.row.task_id
+        then = (self.row.opts or {}).get("then") or []
         try:
             if isinstance(value, Call):  # trampoline: continue as that call, chain kept
                 name, digest, data, args, queue = value.link()
-                return self.done(TaskState.SUCCESS, None, b"", [name, digest, data, args, queue, then])
+                return self.done(TaskState.SUCCESS, None, b"", Continuation(name, digest, data, args, queue, then))
             if then:  # a chain link: the next call gets this value first
-                name, digest, data, link_args, queue = then[0]
-                args, kwargs = loads_args(link_args)
-                return self.done(TaskState.SUCCESS, None, b"",
-                                 [name, digest, data, pack_args((value, *args), kwargs), queue, then[1:]])
-            payload = pack_value(value, f"result of task {self.row[0]}")
+                link = _new(ChainLink, then[0])
+                args, kwargs = loads_args(link.args)
+                return self.done(TaskState.SUCCESS, None, b"", Continuation(
+                    link.name, link.digest, link.fn, pack_args((value, *args), kwargs), link.queue, then[1:]))
+            payload = pack_value(value, f"result of task {task_id}")
         except Exception as exc:
             return self.done(TaskState.FAILED, _error(exc))
         if args_size(payload) > self.max_result:
-            return self.done(TaskState.FAILED, [
+            return self.done(TaskState.FAILED, ErrorRow(
                 "SerializationError", "zq.errors",
-                f"result of task {self.row[0]} is {args_size(payload)} bytes pickled, over the cluster's "
-                f"maximum message size of {self.max_result} bytes", ""])
+                f"result of task {task_id} is {args_size(payload)} bytes pickled, over the cluster's "
+                f"maximum message size of {self.max_result} bytes", ""))
         return self.done(TaskState.SUCCESS, None, payload)
 
     def failure(self, exc: BaseException) -> Completion:
         return self.done(TaskState.FAILED, _error(exc, traceback.format_exc()))
 
 
-def execute(row: list, args_data: Any, fn_getter: Callable[[], Callable], policies: Sequence[Policy],
+def execute(row: TaskRow, args_data: Any, fn_getter: Callable[[], Callable], policies: Sequence[Policy],
             max_result: int, emit: Callable[[tuple], None] = _NO_EMIT) -> Completion:
-    """Run one task (``row`` is a TaskSpec row); never raises."""
+    """Run one task (``row``: ``TaskSpec.record()``); never raises."""
     run = _Run(row, emit, max_result)
     token = _current.set(run.ctx)
     try:
@@ -169,7 +171,7 @@ async def _await(aw: Awaitable) -> Any:
     return await aw
 
 
-async def execute_async(row: list, args_data: Any, fn_getter: Callable[[], Callable],
+async def execute_async(row: TaskRow, args_data: Any, fn_getter: Callable[[], Callable],
                         policies: Sequence[Policy], max_result: int,
                         emit: Callable[[tuple], None] = _NO_EMIT) -> Completion:
     """``execute`` for ``async def`` tasks, on the caller's event loop; a time limit
@@ -181,15 +183,15 @@ async def execute_async(row: list, args_data: Any, fn_getter: Callable[[], Calla
             fn, args, kwargs = run.prepare(fn_getter, args_data, policies)
         except Exception as exc:
             return run.done(TaskState.FAILED, _error(exc))
-        timeout = row[7]
+        timeout = row.timeout
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
                 value = await (asyncio.wait_for(value, timeout) if timeout else value)
         except asyncio.TimeoutError:
-            return run.done(TaskState.FAILED, ["TaskTimeout", "zq.errors",
-                                               f"task {row[0]} ({row[1]}) ran longer than its timeout "
-                                               f"of {timeout:g}s (cancelled)", ""])
+            return run.done(TaskState.FAILED, ErrorRow("TaskTimeout", "zq.errors",
+                                                       f"task {row.task_id} ({row.name}) ran longer than "
+                                                       f"its timeout of {timeout:g}s (cancelled)", ""))
         except BaseException as exc:
             return run.failure(exc)
         return run.outcome(value)
