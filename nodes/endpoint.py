@@ -239,7 +239,7 @@ class RouterEndpoint:
                 handler(ident, msg)
             except ProtocolError as exc:
                 self.on_bad(self.name, exc)
-                self.send(ident, P.error_message("protocol", str(exc)))
+                self.send(ident, P.protocol_error(exc))
             except Exception as exc:  # a bug must not kill the node; it is counted and logged
                 self.counters["internal_errors"] += 1
                 log.exception("error handling a message on %s: %s", self.name, exc)

@@ -170,8 +170,7 @@ class Sink(Node):
                 elif tid not in self.recorded:
                     self.watchers.setdefault(tid, {})[client] = time.monotonic()
                 else:  # recorded, delivered, not retained: nothing left to send
-                    self._send(ident, P.pack(P.ERROR, {"code": "gone", "ids": [tid],
-                                                       "msg": f"the result of {tid} was not retained"}))
+                    self._send(ident, P.gone_message(tid))
         elif cmd == P.HEARTBEAT or cmd == P.HELLO:
             self._flush_client(ident.decode("utf-8", "replace"))
         elif cmd == P.REQUEST:

@@ -162,15 +162,12 @@ class WorkerSide:
                 w.done += 1
 
     def _on_progress(self, h: dict) -> None:
-        rows = P.field(h, "p", list, P.PROGRESS)
         by_client: dict[bytes, list] = {}
-        for row in rows:
-            if not (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)):
-                raise ProtocolError("PROGRESS rows are [id, done, total, message, time]")
-            rec = self.v.tasks.get(row[0])
+        for row in P.progress_rows(h):
+            rec = self.v.tasks.get(row.task_id)
             if rec is not None:  # kept with its ETA for get_progress from any client
-                rec.progress_first, eta = progress_eta(rec.progress_first, row[1], row[2], row[4])
-                rec.progress = [*row[1:], eta]
+                rec.progress_first, eta = progress_eta(rec.progress_first, row.done, row.total, row.at)
+                rec.progress = P.ProgressReport(row.done, row.total, row.message, row.at, eta)
                 if rec.spec.client:  # scheduled and follow-up tasks may have no one waiting
                     by_client.setdefault(rec.spec.client.encode(), []).append(row)
         for client, prows in by_client.items():
@@ -181,7 +178,7 @@ class WorkerSide:
         h = msg.header
         tid = P.field(h, "id", str, P.CONTINUE)
         digest = P.field(h, "digest", bytes, P.CONTINUE)
-        then = P.field(h, "then", list, P.CONTINUE)
+        then = [P.check_chain_link(link) for link in P.field(h, "then", list, P.CONTINUE)]
         if len(msg.payload) != 2 or len(digest) != 16:
             raise ProtocolError("CONTINUE carries a 16-byte digest, a function frame and an argument frame")
         w.inflight.pop(tid, None)

@@ -284,9 +284,7 @@ class Ventilator(Node):
             # parent: never to the worker that sent it, whose routing id is no client's
             ids.append(self._accept(spec, ident if ep is None else spec.client.encode()))
         if missing:
-            self._send(ep if ep is not None else self.clients, ident, P.pack(P.REJECT, {
-                "ids": missing, "code": "unknown-function",
-                "msg": "the ventilator does not hold this function (it restarted?): send it again"}))
+            self._send(ep if ep is not None else self.clients, ident, P.unknown_function_message(missing))
         return ids
 
     def _accept(self, spec: TaskSpec, ident: bytes, journal: bool = True) -> str:

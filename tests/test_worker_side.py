@@ -148,3 +148,26 @@ def test_spawn_is_accepted_and_acknowledged_durably():
     side.on_message(b"w1", msg(P.SPAWN, {"req": 3, "t": [], "f": []}))
     assert tasks.calls[-2:] == [("accept", b"w1"), ("durable",)]
     assert ep.sent[-1][1].command == P.REPLY and ep.sent[-1][1].header == {"req": 3, "ok": True}
+
+
+def test_malformed_continue_and_progress_are_refused_before_they_touch_a_task():
+    """CONTINUE's chain and PROGRESS rows are checked when they arrive (a bad chain link was
+    once refused only later, at the worker that ran it)."""
+    import pytest
+
+    from zq.errors import ProtocolError
+
+    tasks, ep = Tasks(), Endpoint()
+    side = WorkerSide(tasks, ep)
+    side.on_message(b"w1", msg(P.READY, {"id": "w1", "queues": ["default"], "credit": 2}))
+    w = tasks.workers[b"w1"]
+    rec = held_task(tasks, w, "a")
+    head = {"id": "a", "name": "g", "digest": b"d" * 16, "queue": "default"}
+    bad = P.Message(P.CONTINUE, {**head, "then": [["h", b"short", b"", b"", None]]}, [b"fn", b"args"])
+    with pytest.raises(ProtocolError, match="chain link"):
+        side.on_message(b"w1", bad)
+    assert rec.worker == w.ident and "a" in tasks.tasks  # untouched
+    with pytest.raises(ProtocolError, match="PROGRESS"):
+        side.on_message(b"w1", msg(P.PROGRESS, {"p": [["a", 1, 2]]}))
+    side.on_message(b"w1", msg(P.PROGRESS, {"p": [["a", 1, 4, "a quarter", 10.0]]}))
+    assert rec.progress.done == 1 and rec.progress.total == 4 and rec.progress.message == "a quarter"
