@@ -1,0 +1,106 @@
+"""Results the ventilator decides itself survive its SIGKILL (``zq ventilator --journal``).
+
+A task cancelled while queued (or failed with WorkerLost, or whose function the
+ventilator no longer holds) gets its result from the ventilator, which sends it to
+the sink through its SinkLink.  With a journal, that result is written in the same
+commit that closes the task and stays in the journal's ``results`` table until
+the sink ACKs it: a ventilator killed in between sends it again when it restarts.
+
+Real nodes on loopback; the sink is made unreachable with SIGSTOP (its process is
+frozen, its connections stay open) and resumed with SIGCONT.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import sqlite3
+from typing import Any, Optional
+
+import pytest
+
+import zq
+
+from .policies import wait_for
+
+
+def identity(x):
+    return x
+
+
+def decided(path: str) -> Optional[list[str]]:
+    """Task ids of the results in the ventilator's journal (what is committed: WAL
+    readers see that); None when the journal has no such table."""
+    db = sqlite3.connect(path)
+    try:
+        return sorted(t for (t,) in db.execute("SELECT task_id FROM results"))
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        db.close()
+
+
+def vent_stats(client: zq.Client) -> dict:
+    return client._request("ventilator", "stats", {}, timeout=10)
+
+
+def queued_task(client: zq.Client, admin: zq.Client) -> Any:
+    """A task on a queue no worker serves: it waits until it is cancelled."""
+    fut = client.submit_task(identity, (1,), queue="nowhere")
+    wait_for(lambda: admin.get_status(fut.task_id) is zq.TaskState.QUEUED, what="the task queued")
+    return fut
+
+
+def start(make_cluster: Any, tmp_path: Any) -> tuple[Any, str]:
+    journal = str(tmp_path / "ventilator.db")
+    return make_cluster(workers=0, ventilator_args=["--journal", journal]), journal
+
+
+def test_a_cancellation_decided_before_a_sigkill_reaches_the_sink_after_the_restart(
+        make_cluster, make_client, tmp_path):
+    cluster, journal = start(make_cluster, tmp_path)
+    client, admin = make_client(cluster), make_client(cluster)  # admin cancels: client's future waits
+    fut = queued_task(client, admin)
+    cluster.sink.signal(signal.SIGSTOP)
+    try:
+        assert admin.cancel(fut.task_id)
+        # the reply came after the commit: the result is in the journal, the sink has not ACKed it
+        assert decided(journal) == [fut.task_id]
+        cluster.restart("ventilator")  # SIGKILL, same endpoints and journal
+        wait_for(lambda: vent_stats(admin)["sink_link"]["waiting"] == 1, what="the result reloaded")
+        assert not fut.done()
+    finally:
+        cluster.sink.signal(signal.SIGCONT)
+    with pytest.raises(concurrent.futures.CancelledError):
+        fut.result(timeout=20)
+    assert fut.cancelled()
+    wait_for(lambda: decided(journal) == [], what="the ACK committed in the journal")
+    sink = admin.stats()["sink"]["counters"]
+    assert sink.get("results", 0) == 1, sink
+    assert vent_stats(admin)["sink_link"]["waiting"] == 0
+
+
+def test_a_result_the_sink_acked_before_the_sigkill_is_not_sent_again(make_cluster, make_client, tmp_path):
+    cluster, journal = start(make_cluster, tmp_path)
+    client, admin = make_client(cluster), make_client(cluster)
+    first = queued_task(client, admin)
+    assert admin.cancel(first.task_id)
+    with pytest.raises(concurrent.futures.CancelledError):
+        first.result(timeout=20)
+    wait_for(lambda: decided(journal) == [], what="the first ACK committed in the journal")
+
+    second = queued_task(client, admin)
+    cluster.sink.signal(signal.SIGSTOP)
+    try:
+        assert admin.cancel(second.task_id)
+        assert decided(journal) == [second.task_id]
+        cluster.restart("ventilator")
+        # only the unacknowledged result came back with the journal
+        wait_for(lambda: vent_stats(admin)["sink_link"]["waiting"] == 1, what="the result reloaded")
+    finally:
+        cluster.sink.signal(signal.SIGCONT)
+    with pytest.raises(concurrent.futures.CancelledError):
+        second.result(timeout=20)
+    wait_for(lambda: decided(journal) == [], what="the second ACK committed in the journal")
+    sink = admin.stats()["sink"]["counters"]
+    assert sink.get("results", 0) == 2, sink
