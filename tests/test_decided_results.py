@@ -104,3 +104,49 @@ def test_a_result_the_sink_acked_before_the_sigkill_is_not_sent_again(make_clust
     wait_for(lambda: decided(journal) == [], what="the second ACK committed in the journal")
     sink = admin.stats()["sink"]["counters"]
     assert sink.get("results", 0) == 2, sink
+
+
+def committed(path: str) -> tuple[int, int, int]:
+    """Rows another connection sees (tasks, history, results): what is committed."""
+    db = sqlite3.connect(path)
+    try:
+        return tuple(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[return-value]
+                     for t in ("tasks", "history", "results"))
+    finally:
+        db.close()
+
+
+def test_a_task_its_history_entry_and_its_result_are_closed_in_one_commit(tmp_path):
+    from nodes.common import result_row
+    from nodes.history import History
+    from nodes.journal import Journal
+    from zq import protocol as P
+    from zq.serialize import pack_args
+
+    path = str(tmp_path / "ventilator.db")
+    journal = Journal(path)
+    history = History(journal.db)
+    spec = P.TaskSpec("t1", "n", "q", P.BY_NAME, "c", True, 0, None, 1.0, opts={}, args=pack_args((), {}))
+    journal.put(spec)
+    journal.commit()
+    # what Ventilator._close and _finish do
+    journal.begin()
+    journal.remove(spec.task_id)
+    history.add(spec, "CANCELED", "ventilator", None)
+    row = result_row(spec, zq.TaskState.CANCELED, None, worker="ventilator")
+    journal.put_result(row)
+    assert journal.dirty and journal.take_committed() == []  # nothing for the sink before the commit
+    assert committed(path) == (1, 0, 0)
+    journal.commit()
+    assert committed(path) == (0, 1, 1)
+    assert [r.task_id for r in journal.take_committed()] == ["t1"]
+    assert journal.take_committed() == []
+    journal.close()
+
+    again = Journal(path)  # a restart
+    [loaded] = again.load_results()
+    assert (loaded.row, bytes(loaded.payload)) == (row.row, bytes(row.payload))
+    again.acked(["t1"])
+    again.commit()
+    assert committed(path) == (0, 1, 0) and again.load_results() == []
+    again.close()
