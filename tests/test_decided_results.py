@@ -114,6 +114,31 @@ def test_a_result_the_sink_acked_before_the_sigkill_is_not_sent_again(make_clust
     assert sink.get("results", 0) == 2, sink
 
 
+def test_a_worker_lost_decided_before_a_sigkill_reaches_the_sink_after_the_restart(make_cluster, make_client,
+                                                                                     tmp_path):
+    from .lifecycle_tasks import lc_env
+    from .vent_fix_tasks import kill_my_worker
+
+    journal = str(tmp_path / "ventilator.db")
+    cluster = make_cluster(workers=3, executor="thread", concurrency=1, env=lc_env(tmp_path),
+                           ventilator_args=["--journal", journal])
+    client, admin = make_client(cluster), make_client(cluster)
+    cluster.sink.signal(signal.SIGSTOP)
+    try:
+        fut = client.submit(kill_my_worker)  # kills each worker it runs on: the 3rd loss is WorkerLost
+        wait_for(lambda: decided(journal) == [fut.task_id], 30, what="WorkerLost decided and journaled")
+        assert all(not w.alive() for w in cluster.workers)
+        cluster.restart("ventilator")
+        wait_for(lambda: waiting(admin) == 1, 20, what="the result reloaded")
+        assert not fut.done()
+    finally:
+        cluster.sink.signal(signal.SIGCONT)
+    with pytest.raises(zq.WorkerLost):
+        fut.result(timeout=20)
+    wait_for(lambda: decided(journal) == [], what="the ACK committed in the journal")
+    assert admin.stats()["sink"]["counters"].get("results", 0) == 1
+
+
 def committed(path: str) -> tuple[int, int, int]:
     """Rows another connection sees (tasks, history, results): what is committed."""
     db = sqlite3.connect(path)
