@@ -89,7 +89,6 @@ class Journal:
 
     def put_result(self, row: ResultRow) -> None:
         """A result the ventilator decided: kept until the sink acknowledges it."""
-        self._acked.discard(row.task_id)
         self._results[row.task_id] = row
 
     def take_committed(self) -> list[ResultRow]:
@@ -99,10 +98,9 @@ class Journal:
         return out
 
     def acked(self, task_ids: Iterable[str]) -> None:
-        """The sink acknowledged these results: deleted in the next commit."""
-        for tid in task_ids:
-            self._results.pop(tid, None)
-            self._acked.add(tid)
+        """The sink acknowledged these results: deleted in the next commit (before it writes
+        the results decided since, so a task id decided again keeps its new row)."""
+        self._acked.update(task_ids)
 
     def load_results(self) -> list[ResultRow]:
         """The decided results the sink has not acknowledged, in the order they were decided."""
@@ -137,12 +135,12 @@ class Journal:
                                  for s in self._put.values()])
             if self._del:
                 cur.executemany("DELETE FROM tasks WHERE task_id = ?", [(t,) for t in self._del])
+            if self._acked:
+                cur.executemany("DELETE FROM results WHERE task_id = ?", [(t,) for t in self._acked])
             if self._results:
                 cur.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
                                 [(tid, msgpack.packb(r.row, use_bin_type=True), bytes(r.payload))
                                  for tid, r in self._results.items()])
-            if self._acked:
-                cur.executemany("DELETE FROM results WHERE task_id = ?", [(t,) for t in self._acked])
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")

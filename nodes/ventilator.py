@@ -135,8 +135,7 @@ class Ventilator(WorkerMessages, Node):
         gone = self.journal.prune_functions(set(self.tasks.digests) | self.history.functions())
         self._journaled_fns.update(d for d in fns if d not in gone)
         self.tasks.unused_digests.clear()
-        # results decided before a stop or a SIGKILL that the sink never acknowledged
-        results = self.journal.load_results()
+        results = self.journal.load_results()  # decided here, never acknowledged: send them again
         for row in results:
             self.sink.add(row)
         self.sink.on_acked = self.journal.acked  # deleted from the journal in the turn's commit

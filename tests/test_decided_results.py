@@ -182,4 +182,9 @@ def test_a_task_its_history_entry_and_its_result_are_closed_in_one_commit(tmp_pa
     again.acked(["t1"])
     again.commit()
     assert committed(path) == (0, 1, 0) and again.load_results() == []
+    # decided again (a requeued task) while the sink's ACK of the old copy comes in: kept
+    again.put_result(row)
+    again.acked(["t1"])
+    again.commit()
+    assert committed(path) == (0, 1, 1)
     again.close()
