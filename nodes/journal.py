@@ -4,6 +4,14 @@ Writes are collected during one turn of the ventilator's loop and committed in
 one transaction before that turn dispatches anything, so a task is durable
 before any worker sees it.  ``synchronous=NORMAL`` in WAL mode survives a
 killed process (SIGKILL), not a power cut.
+
+The results the ventilator decides itself (a task cancelled while queued,
+WorkerLost, a function it no longer holds) wait in ``results`` until the sink
+ACKs them: ``put_result`` joins the commit that closes the task (its deletion
+from ``tasks`` and, after ``begin``, its history entry), ``take_committed``
+hands them to the SinkLink only once that commit is done, ``acked`` deletes them
+in a later turn's commit, and ``load_results`` gives a restarted ventilator
+what it must send again (the sink records a task id once: a resend is safe).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Any, Iterable
 import msgpack
 
 from zq.errors import ConfigError
-from zq.protocol import TaskSpec
+from zq.protocol import ResultRow, TaskSpec
 from zq.serialize import args_blob, args_from_blob
 
 log = logging.getLogger("zq.journal")
@@ -29,6 +37,11 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS functions (
     digest BLOB PRIMARY KEY,
     data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    task_id TEXT PRIMARY KEY,  -- decided here, not yet acknowledged by the sink
+    row BLOB NOT NULL,
+    payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS holds (
     kind TEXT NOT NULL,  -- 'queue' (paused) or 'name' (disabled)
@@ -51,6 +64,16 @@ class Journal:
         self._put: dict[str, TaskSpec] = {}
         self._fns: dict[bytes, Any] = {}
         self._del: set[str] = set()
+        self._results: dict[str, ResultRow] = {}
+        self._acked: set[str] = set()
+        self._committed: list[ResultRow] = []  # decided results now durable: for the sink
+
+    def begin(self) -> None:
+        """Open this turn's transaction now, if it is not open: what is written directly to
+        ``db`` from here (the history entry of a task being closed) is committed by
+        ``commit`` together with the task's deletion and its result, not before them."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN")
 
     def put(self, spec: TaskSpec) -> None:
         """Record (or update: attempt, lost causes) an accepted task."""
@@ -64,15 +87,42 @@ class Journal:
         self._put.pop(task_id, None)
         self._del.add(task_id)
 
+    def put_result(self, row: ResultRow) -> None:
+        """A result the ventilator decided: kept until the sink acknowledges it."""
+        self._results[row.task_id] = row
+
+    def take_committed(self) -> list[ResultRow]:
+        """The decided results committed since the last call: only these may go to the sink
+        (one sent before its commit could be recorded there for a task a restart runs again)."""
+        out, self._committed = self._committed, []
+        return out
+
+    def acked(self, task_ids: Iterable[str]) -> None:
+        """The sink acknowledged these results: deleted in the next commit (before it writes
+        the results decided since, so a task id decided again keeps its new row)."""
+        self._acked.update(task_ids)
+
+    def load_results(self) -> list[ResultRow]:
+        """The decided results the sink has not acknowledged, in the order they were decided."""
+        out = []
+        for tid, row, payload in self.db.execute("SELECT task_id, row, payload FROM results ORDER BY rowid"):
+            try:
+                out.append(ResultRow(msgpack.unpackb(row, raw=False), bytes(payload)))
+            except Exception as exc:  # a damaged row must not stop the others
+                log.error("journal: the result of task %s could not be read back: %s", tid, exc)
+        return out
+
     @property
     def dirty(self) -> bool:
-        return bool(self._put or self._fns or self._del)
+        return bool(self._put or self._fns or self._del or self._results or self._acked
+                    or self.db.in_transaction)
 
     def commit(self) -> None:
         if not self.dirty:
             return
         cur = self.db.cursor()
-        cur.execute("BEGIN")
+        if not self.db.in_transaction:  # else opened by begin(): this turn's direct writes join
+            cur.execute("BEGIN")
         try:
             if self._fns:
                 cur.executemany("INSERT OR IGNORE INTO functions VALUES (?, ?)",
@@ -85,6 +135,12 @@ class Journal:
                                  for s in self._put.values()])
             if self._del:
                 cur.executemany("DELETE FROM tasks WHERE task_id = ?", [(t,) for t in self._del])
+            if self._acked:
+                cur.executemany("DELETE FROM results WHERE task_id = ?", [(t,) for t in self._acked])
+            if self._results:
+                cur.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
+                                [(tid, msgpack.packb(r.row, use_bin_type=True), bytes(r.payload))
+                                 for tid, r in self._results.items()])
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -92,6 +148,9 @@ class Journal:
         self._put.clear()
         self._fns.clear()
         self._del.clear()
+        self._committed.extend(self._results.values())
+        self._results.clear()
+        self._acked.clear()
 
     def load(self) -> tuple[list[TaskSpec], dict[bytes, bytes]]:
         """Every unfinished task (in acceptance order) and the functions they need."""

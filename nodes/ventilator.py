@@ -139,8 +139,13 @@ class Ventilator(Node):
         gone = self.journal.prune_functions(set(self.tasks.digests) | self.history.functions())
         self._journaled_fns.update(d for d in fns if d not in gone)
         self.tasks.unused_digests.clear()
-        if specs or gone:
-            log.info("journal %s: resumed %d task(s), dropped %d unused function(s)", path, len(specs), len(gone))
+        results = self.journal.load_results()  # decided here, never acknowledged: send them again
+        for row in results:
+            self.sink.add(row)
+        self.sink.on_acked = self.journal.acked  # deleted from the journal in the turn's commit
+        if specs or gone or results:
+            log.info("journal %s: resumed %d task(s) and %d unacknowledged result(s), dropped %d unused "
+                     "function(s)", path, len(specs), len(results), len(gone))
 
     def _prune_functions(self) -> None:
         """Delete from the journal the functions no task uses any more (nor a failed or
@@ -261,8 +266,11 @@ class Ventilator(Node):
             raise ProtocolError(f"clients may not send {cmd.decode()}")
 
     def _make_durable(self) -> None:
-        if self.journal is not None and self.journal.dirty:
-            self.journal.commit()
+        if self.journal is not None:
+            if self.journal.dirty:
+                self.journal.commit()
+            for row in self.journal.take_committed():  # the results decided: durable now
+                self.sink.add(row)
 
     def accept_batch(self, ident: bytes, msg: P.Message, ep: Optional[RouterEndpoint] = None) -> list[str]:
         """Accept a batch; the id each task goes by (a de-duplicated one: the existing task).
@@ -366,7 +374,11 @@ class Ventilator(Node):
         """Finish a task that no worker will report on: the result goes to the sink."""
         spec = rec.spec
         self._close(rec, state, "ventilator", error.type if error else None)
-        self.sink.add(result_row(spec, state, error, worker="ventilator", attempts=spec.attempt))
+        row = result_row(spec, state, error, worker="ventilator", attempts=spec.attempt)
+        if self.journal is not None:  # committed with the task's closing, then sent (_make_durable)
+            self.journal.put_result(row)
+        else:
+            self.sink.add(row)
 
     def _close(self, rec: TaskRecord, state: TaskState, worker: str, error: Optional[str]) -> None:
         """A task is finished: forget it here, remember its state and history."""
@@ -379,6 +391,7 @@ class Ventilator(Node):
         if key is not None and self.keyed.get(key) == spec.task_id:
             del self.keyed[key]
         if self.journal is not None:
+            self.journal.begin()  # the history entry below joins the commit that deletes the task
             self.journal.remove(spec.task_id)
         self.finished[spec.task_id] = state
         if len(self.finished) > FINISHED_MEMORY:
