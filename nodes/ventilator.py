@@ -27,6 +27,10 @@ replies to bad input, heartbeats to clients, refused handshakes).  What workers 
 and what losing one means, is in ``nodes/vent_workers.py`` (``WorkerSide``): a
 worker silent for ``heartbeat_timeout`` is lost, every task it held is queued
 again with the cause recorded; after 3 losses the task fails with WorkerLost.
+Results the ventilator decides itself (WorkerLost, a queued task cancelled, a
+function it no longer holds) are journaled with the task's closing, in one commit,
+and kept until the sink ACKs them (``nodes/journal.py``): a SIGKILL between the
+two sends them again at the next start.
 """
 
 from __future__ import annotations
