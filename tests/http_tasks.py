@@ -11,3 +11,8 @@ def add(a: int, b: int = 0) -> int:
 @zq.task(name="http.fail")
 def fail() -> None:
     raise ValueError("on purpose")
+
+
+@zq.task(name="http.echo")
+def echo(text: str = "") -> str:
+    return text
