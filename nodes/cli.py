@@ -365,13 +365,7 @@ def http(config_path: Optional[str], vent: Optional[str], sink: Optional[str], h
          keys: Optional[str], key_name: Optional[str], insecure: Optional[bool],
          exit_with_parent: Optional[int]) -> None:
     """The web dashboard, JSON admin API (/docs) and Prometheus /metrics of the cluster."""
-    try:
-        from .web import auth
-        from .web.app import build
-        from .web.server import serve
-    except ImportError as exc:
-        _fail(f"zq http needs the web extra ({exc.name} is missing): pip install 'zq[web]'")
-    import zq
+    from .web import auth  # stdlib only: a refused bind fails fast
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         _fail("--ssl-certfile and --ssl-keyfile go together")
@@ -380,6 +374,12 @@ def http(config_path: Optional[str], vent: Optional[str], sink: Optional[str], h
         auth.check_bind(host, token, bool(insecure))
     except ZqError as exc:
         _fail(str(exc))
+    try:
+        from .web.app import build
+        from .web.server import serve
+    except ImportError as exc:
+        _fail(f"zq http needs the web extra ({exc.name} is missing): pip install 'zq[web]'")
+    import zq
     cfg = _config(config_path, ventilator_clients=vent, sink_endpoint=sink, keys=keys, key_name=key_name)
     stop = threading.Event()
     if exit_with_parent:
