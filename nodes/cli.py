@@ -355,6 +355,8 @@ def bench(args: Sequence[str]) -> None:
               help="The certificate's private key (PEM).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds one request may wait for the cluster (then 504).")
+@click.option("--sample-interval", type=click.FloatRange(min=0.05), default=1.0, hidden=True,
+              help="Seconds between the dashboard's samples of the cluster (tests use less).")
 @keys_opt
 @key_name_opt
 @click.option("--insecure", is_flag=True, default=None,
@@ -362,7 +364,7 @@ def bench(args: Sequence[str]) -> None:
 @parent_opt
 def http(config_path: Optional[str], vent: Optional[str], sink: Optional[str], host: str, port: int,
          token_file: Optional[str], ssl_certfile: Optional[str], ssl_keyfile: Optional[str], timeout: float,
-         keys: Optional[str], key_name: Optional[str], insecure: Optional[bool],
+         sample_interval: float, keys: Optional[str], key_name: Optional[str], insecure: Optional[bool],
          exit_with_parent: Optional[int]) -> None:
     """The web dashboard, JSON admin API (/docs) and Prometheus /metrics of the cluster."""
     from .web import auth  # stdlib only: a refused bind fails fast
@@ -390,7 +392,8 @@ def http(config_path: Optional[str], vent: Optional[str], sink: Optional[str], h
         _fail(str(exc))
     if token is None and not auth.is_loopback(host):
         log.warning("zq http serves %s with no authentication (--insecure)", host)
-    app = build(client, token, host, tls=bool(ssl_certfile), insecure=bool(insecure), timeout=timeout)
+    app = build(client, token, host, tls=bool(ssl_certfile), insecure=bool(insecure), timeout=timeout,
+                sample_interval=sample_interval)
     try:
         serve(app, host, port, lambda url: click.echo(f"zq http READY url={url} pid={os.getpid()}", err=True),
               ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, stop=stop)

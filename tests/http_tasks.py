@@ -1,4 +1,6 @@
-"""Tasks imported by workers in tests/test_http_api.py (``--import tests.http_tasks``)."""
+"""Tasks imported by the workers of the zq http tests (``--import tests.http_tasks``)."""
+
+import time
 
 import zq
 
@@ -16,3 +18,9 @@ def fail() -> None:
 @zq.task(name="http.echo")
 def echo(text: str = "") -> str:
     return text
+
+
+@zq.task(name="http.nap")
+def nap(seconds: float = 0.01) -> float:
+    time.sleep(seconds)  # sleep-ok: the task's work (a steady load for the dashboard)
+    return seconds

@@ -89,8 +89,9 @@ def browser_opener() -> tuple[urllib.request.OpenerDirector, http.cookiejar.Cook
 
 def web_cluster(**kw: Any) -> Iterator[LocalCluster]:
     """A module-scoped cluster whose worker imports tests.http_tasks (thread slots)."""
+    imports = ["tests.http_tasks", *kw.pop("imports", ())]
     yield from running(workers=1, executor="thread", concurrency=kw.pop("concurrency", 4),
-                       worker_args=["--import", "tests.http_tasks"],
+                       worker_args=[a for m in imports for a in ("--import", m)],
                        env={**FAST_ENV, "PYTHONPATH": REPO, **kw.pop("env", {})}, **kw)
 
 

@@ -8,7 +8,7 @@ latest sample, so however many browsers poll, the cluster sees one query per int
 
 Throughput is the difference of the ventilator's ``done`` counter (and the sink's
 ``results``) between successive samples; latency p50/p99 is submitted -> finished of
-the tasks that finished since the previous latency sample.
+the (at most 200 newest) tasks that succeeded in the last minute.
 """
 
 from __future__ import annotations
@@ -36,17 +36,17 @@ def percentile(values: list[float], q: float) -> Optional[float]:
 
 class Sampler:
     def __init__(self, gateway: Gateway, interval: float = 1.0, keep: float = 900.0,
-                 latency_every: int = 5) -> None:
+                 latency_every: int = 2, latency_window: float = 60.0) -> None:
         self.gw = gateway
         self.interval = interval
         self.latency_every = latency_every
+        self.latency_window = latency_window
         self.latest: Optional[dict] = None     # the last stats() answer
         self.counts: dict[str, int] = {}       # tasks by state
         self.error: Optional[str] = None       # why the last sample failed (None: it did not)
         self.sampled_at: Optional[float] = None
         self.series: collections.deque = collections.deque(maxlen=max(2, int(keep / interval)))
         self._prev: Optional[tuple[float, float, float]] = None
-        self._latency_since = time.time()
         self._n = 0
         self._wake = asyncio.Event()
 
@@ -66,8 +66,7 @@ class Sampler:
             counts = await self.gw.call(self._counts)
             lat: Optional[list[float]] = None
             if self._n % self.latency_every == 0:
-                lat = await self.gw.call(self._latencies, self._latency_since)
-                self._latency_since = now
+                lat = await self.gw.call(self._latencies, now - self.latency_window)
         except ApiError as exc:
             self.error = exc.message
             log.warning("dashboard sample failed: %s", exc.message)

@@ -15,6 +15,7 @@ const ACTIVE = new Set(["QUEUED", "PAUSED", "RESERVED", "RUNNING", "RETRYING"]);
 const main = document.getElementById("main");
 let timer = null;
 let generation = 0;
+let lastKey = "";  // the data last rendered: the page is redrawn only when it changed
 
 // -- helpers ------------------------------------------------------------------------------
 function esc(v) {
@@ -57,6 +58,7 @@ async function act(path, what) {
   try {
     const body = await api(path, "POST");
     toast(`${what}: ${JSON.stringify(body)}`);
+    lastKey = "";
     refresh();
     return body;
   } catch (e) { toast(`${what} failed: ${e.message}`, true); return null; }
@@ -185,7 +187,7 @@ pages.tasks = {
     main.innerHTML = `<h2>Tasks</h2>
     <form class="filters" id="filters">
       <label>state<select id="filter-state" name="state"><option value="">any</option>
-        ${STATES.map((s) => `<option ${s === f.state ? "selected" : ""}>${s}</option>`).join("")}</select></label>
+        ${STATES.map((s) => `<option value="${s}" ${s === f.state ? "selected" : ""}>${s}</option>`).join("")}</select></label>
       <label>queue<input id="filter-queue" name="queue" value="${esc(f.queue)}" size="10"></label>
       <label>name<input id="filter-name" name="name" value="${esc(f.name)}" size="18" placeholder="mod.fn"></label>
       <label>submitted since<input id="filter-since" name="since" type="datetime-local" step="1" value="${esc(f.since)}"></label>
@@ -229,9 +231,9 @@ pages.tasks = {
       <th>submitted</th><th>finished</th><th class="num">took</th><th class="num">attempts</th><th>worker</th><th>error</th></tr>
       ${d.items.map((t) => `<tr data-task-id="${esc(t.task_id)}" data-state="${esc(t.state)}"><td>${taskLink(t.task_id)}</td><td>${esc(t.name)}</td>
         <td>${esc(t.queue)}</td><td>${badge(t.state)}${t.progress ? ` ${Math.round(100 * t.progress[0] / (t.progress[1] || 1))}%` : ""}</td>
-        <td>${localTime(t.submitted_at)}</td><td>${localTime(t.finished_at)}</td>
+        <td class="t">${localTime(t.submitted_at)}</td><td class="t">${localTime(t.finished_at)}</td>
         <td class="num">${dur((t.finished_at || now) - t.submitted_at)}</td><td class="num">${esc(t.attempts)}</td>
-        <td class="mono">${esc(t.worker)}</td><td class="error">${esc(t.error)}</td></tr>`).join("")}
+        <td class="mono">${esc(t.worker)}</td><td class="error">${t.error && t.error !== t.state ? esc(t.error) : ""}</td></tr>`).join("")}
       </table>${d.items.length ? "" : '<p class="muted">no task matches</p>'}`;
   },
 };
@@ -279,7 +281,7 @@ pages.task = {
     ${r && r.lost && r.lost.length ? `<div class="card"><h3>Lost attempts</h3><ul id="lost">${r.lost.map((l) => `<li>${esc(l)}</li>`).join("")}</ul></div>` : ""}
     ${err ? `<div class="card"><h3>Error</h3><p class="error" id="error"><b>${esc(err.type)}</b>: ${esc(err.message)}</p>
       ${err.traceback ? `<pre id="traceback">${esc(err.traceback)}</pre>` : ""}</div>`
-      : (t.error ? `<div class="card"><h3>Error</h3><p class="error" id="error">${esc(t.error)}</p>
+      : (t.error && t.error !== t.state ? `<div class="card"><h3>Error</h3><p class="error" id="error">${esc(t.error)}</p>
          <p class="muted">The traceback is kept with a retained result only (retain_result=True, or the sink's --retain).</p></div>` : "")}
     ${!r && !active ? '<p class="muted">No result retained at the sink for this task: timings shown are the ventilator\'s.</p>' : ""}`;
     const id = encodeURIComponent(t.task_id);
@@ -335,7 +337,9 @@ async function refresh() {
   const gen = generation, page = pages[route()];
   try {
     const data = await page.load();
-    if (gen === generation) page.render(data);
+    const key = JSON.stringify(data);
+    if (gen === generation && key !== lastKey) { lastKey = key; page.render(data); }
+    else if (gen === generation) setLive(true, data.sampled_at);
   } catch (e) {
     if (gen !== generation) return;
     setLive(false);
@@ -347,6 +351,7 @@ async function refresh() {
 
 function navigate() {
   generation += 1;
+  lastKey = "";
   clearInterval(timer);
   main.dataset.rendered = "";
   const name = route();
