@@ -176,3 +176,38 @@ def test_open_mode_guards_host_and_csrf(api):
     hdr = {"Origin": api.url}
     assert api.call("POST", "/names/http.echo/enable", headers={**hdr, "X-CSRF-Token": "wrong"}, opener=opener)[0] == 403
     assert api.call("POST", "/names/http.echo/enable", headers={**hdr, "X-CSRF-Token": csrf}, opener=opener)[0] == 200
+
+
+def test_task_detail_shows_progress_with_eta(api, tmp_path):
+    flag = tmp_path / "go"
+    tid = submit(api, "http.steps", {"flag": str(flag)})
+    try:
+        d = wait_for(lambda: (lambda d: d if (d.get("progress") or {}).get("done") == 2 else None)(
+            api.call("GET", f"/api/tasks/{tid}")[1]), what="the second progress report")
+        p = d["progress"]
+        assert d["task"]["state"] == "RUNNING" and p["total"] == 4 and p["percent"] == 50 and p["message"] == "step 2"
+        assert p["eta"] is not None and p["eta"] >= 0
+        listed = api.call("GET", "/api/tasks?name=http.steps&state=RUNNING")[1]["items"]
+        assert [t["progress"][:2] for t in listed if t["task_id"] == tid] == [[2, 4]]
+    finally:
+        flag.write_text("go")
+    wait_for(lambda: state_of(api, tid) == "SUCCESS")
+
+
+def test_a_cluster_that_does_not_answer_gets_504_not_a_hang(tmp_path):
+    from .conftest import free_port
+    from .web_harness import WebNode
+
+    class Nowhere:
+        endpoints = {"clients": f"tcp://127.0.0.1:{free_port()}", "sink": f"tcp://127.0.0.1:{free_port()}"}
+
+    w = WebNode(Nowhere(), "--timeout", "0.5").start()
+    try:
+        code, body, _ = w.call("GET", "/status")
+        assert code == 504 and "did not answer within 0.5s" in body["error"]
+        assert w.call("GET", "/api/tasks")[0] == 504
+        ov = wait_for(lambda: (lambda o: o if o["error"] else None)(w.call("GET", "/api/overview")[1]))
+        assert ov["stats"] is None and "0.5s" in ov["error"]
+        assert w.call("GET", "/", headers={"Accept": "text/html"})[0] == 200  # the page still loads
+    finally:
+        assert w.stop() == 0

@@ -6,7 +6,10 @@ that say what was wrong.
                     <-- value, or ApiError(status, message)
 
 The pool is bounded: a cluster that stops answering ties up at most ``threads`` threads
-(each for at most the client's own request timeout), never the event loop.
+(each for at most the client's own request timeout), never the event loop.  Its threads
+are daemons: a call stuck on a silent cluster does not hold up the process's exit
+(``concurrent.futures.ThreadPoolExecutor`` joins its threads at exit, and
+``zq.Client.shutdown`` does not fail pending admin requests).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import Any, Callable, TypeVar
+import queue
+import threading
+from typing import Any, Callable, Optional, TypeVar
 
 import zq
 
@@ -58,19 +63,52 @@ def as_api_error(exc: BaseException) -> ApiError:
     return ApiError(500, f"internal error: {type(exc).__name__}: {msg}")
 
 
+class DaemonPool:
+    """A fixed pool of daemon threads running submitted calls (see the module's note)."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._jobs: "queue.SimpleQueue[Optional[tuple[concurrent.futures.Future, Callable[[], Any]]]]" = \
+            queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+                fut.set_exception(exc)
+
+    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fut, fn))
+        return fut
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
 class Gateway:
     """Owns the ``zq.Client`` of ``zq http`` and the pool its blocking calls run in."""
 
     def __init__(self, client: zq.Client, timeout: float = 10.0, threads: int = 8) -> None:
         self.client = client
         self.timeout = timeout
-        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="zq-http-call")
+        self.pool = DaemonPool(threads, "zq-http-call")
 
     async def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None, **kw: Any) -> T:
         """``fn(*args, **kw)`` in the pool; ApiError for what it raised, 504 after ``timeout``."""
-        loop = asyncio.get_running_loop()
         limit = self.timeout if timeout is None else timeout
-        fut = loop.run_in_executor(self.pool, lambda: fn(*args, **kw))
+        fut = asyncio.wrap_future(self.pool.submit(lambda: fn(*args, **kw)))
         try:
             return await asyncio.wait_for(fut, limit)
         except asyncio.TimeoutError:
@@ -81,4 +119,4 @@ class Gateway:
             raise as_api_error(exc) from None
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
