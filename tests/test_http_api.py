@@ -147,6 +147,7 @@ def test_dashboard_reads(api):
 def test_docs_and_openapi(api):
     code, spec, _ = api.call("GET", "/openapi.json")
     paths = spec["paths"]
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     for path, method in [("/status", "get"), ("/tasks", "get"), ("/tasks", "post"), ("/tasks/{task_id}", "get"),
                          ("/tasks/{task_id}", "delete"), ("/tasks/{task_id}/result", "get"),
                          ("/tasks/{task_id}/cancel", "post"), ("/tasks/{task_id}/requeue", "post"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 import urllib.parse
@@ -40,6 +41,11 @@ def test_non_loopback_bind_needs_a_token(cluster, tmp_path):
     assert r.returncode == 3 and "at least 16 characters" in r.stderr
     r = run_zq("http", *eps, "--token-file", str(tmp_path / "missing"))
     assert r.returncode == 3 and "missing" in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run_zq("http", *eps[:4], "--port", str(busy.getsockname()[1]))
+    assert r.returncode == 3 and "cannot serve on 127.0.0.1" in r.stderr and "in use" in r.stderr
 
 
 def test_insecure_serves_open_and_says_so(cluster):

@@ -69,6 +69,21 @@ def create_app(gateway: Gateway, guard: auth.Guard, sample_interval: float = 1.0
     app = FastAPI(title="zq http", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="The admin API and dashboard of a zq cluster. With a token (--token-file), "
                               "send `Authorization: Bearer TOKEN`.")
+    def openapi() -> dict:
+        """The generated description, plus the Bearer scheme (Swagger UI's Authorize button)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+            spec.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "the token of zq http --token-file (open mode: none needed)"}}
+            spec["security"] = [{"bearer": []}, {}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.gateway = gateway
     app.state.guard = guard
     app.state.sampler = sampler
