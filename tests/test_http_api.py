@@ -136,8 +136,10 @@ def test_dashboard_reads(api):
     assert d["result"]["started_at"] >= d["task"]["submitted_at"] and d["result"]["run_time"] >= 0
     code, d, _ = api.call("GET", f"/api/tasks/{ok}")
     assert len(d["result"]["value_repr"]) <= 2001 and "..." in d["result"]["value_repr"]
-    ov = wait_for(lambda: (lambda o: o if o["stats"] and o["counts"].get("FAILED") else None)(
+    ov = wait_for(lambda: (lambda o: o if o["stats"] and "FAILED" in o["counts"] else None)(
         api.call("GET", "/api/overview")[1]))
+    assert set(ov["counts"]) == {"QUEUED", "PAUSED", "RESERVED", "RUNNING", "RETRYING", "SUCCESS", "FAILED",
+                                 "CANCELED"}
     assert ov["security"] == {"auth": "none", "tls": False, "loopback_only": True, "insecure": False}
     assert len(ov["stats"]["ventilator"]["workers"]) == 1 and ov["series"]
     code, sch, _ = api.call("GET", "/api/schedules")

@@ -87,6 +87,7 @@ def create_app(gateway: Gateway, guard: auth.Guard, sample_interval: float = 1.0
     app.state.gateway = gateway
     app.state.guard = guard
     app.state.sampler = sampler
+    app.state.totals = {}  # the Tasks page's totals by filter: (monotonic time, count)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     metrics_registry = registry_for(gateway.client.stats)

@@ -125,7 +125,7 @@ pages.overview = {
       <div class="card"><h3>Loop lag</h3><div class="big">${dur((v.loop || {}).lag)}</div>
         <div class="sub">ventilator, max ${dur((v.loop || {}).lag_max)}</div></div>
     </div>
-    <div class="card" style="margin-bottom:1rem"><h3>Tasks by state</h3><div id="state-counts" class="grid" style="margin:0">
+    <div class="card" style="margin-bottom:1rem"><h3>Tasks by state <span class="sub muted">(finished ones counted every 10 s)</span></h3><div id="state-counts" class="grid" style="margin:0">
       ${STATES.map((st) => `<a href="#/tasks?state=${st}" data-state="${st}">${badge(st)} <b>${num(c[st])}</b></a>`).join("")}
     </div></div>
     <div class="row2">
