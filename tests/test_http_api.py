@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from typing import Iterator
 from urllib.parse import urlsplit
 
@@ -214,3 +215,22 @@ def test_a_cluster_that_does_not_answer_gets_504_not_a_hang(tmp_path):
         assert w.call("GET", "/", headers={"Accept": "text/html"})[0] == 200  # the page still loads
     finally:
         assert w.stop() == 0
+
+
+def test_requeue_every_failed_task_matching_a_filter(api):
+    since = f"{time.time() - 0.001:.3f}"  # only this test's failures
+    ids = [submit(api, "http.fail") for _ in range(3)]
+    wait_for(lambda: all(state_of(api, t) == "FAILED" for t in ids))
+    code, body, _ = api.call("POST", f"/api/tasks/requeue?state=SUCCESS&since={since}")
+    assert code == 400 and "FAILED or CANCELED" in body["error"]
+    code, body, _ = api.call("POST", f"/api/tasks/requeue?state=FAILED&name=http.fail&since={since}&limit=2")
+    first = set(body["requeued"])
+    assert code == 200 and body["errors"] == {} and len(first) == 2 and first < set(ids)  # the 2 newest
+    for old, new in body["requeued"].items():
+        assert api.call("GET", f"/tasks/{new}")[1]["parent"] == old
+        assert api.call("GET", f"/tasks/{old}")[1]["forgotten"] is True
+    # the originals are forgotten: pressing again requeues only what is left (and the new failures)
+    wait_for(lambda: all(state_of(api, t) == "FAILED" for t in body["requeued"].values()))
+    code, again, _ = api.call("POST", f"/api/tasks/requeue?state=FAILED&name=http.fail&since={since}")
+    rest = set(ids) - first
+    assert code == 200 and rest < set(again["requeued"]) and not set(again["requeued"]) & first

@@ -141,6 +141,12 @@ def test_a_submitted_task_appears_and_the_list_filters(web, client, browser, sho
 
     shown = until(browser, lambda d: states(), "the filtered list")
     assert bad.task_id in shown and ok.task_id not in shown and set(shown.values()) == {"FAILED"}
+    # requeue every failed task the filter shows (after a confirmation)
+    click(browser, "#requeue-all", "Requeue the failed tasks")
+    until(browser, lambda d: d.switch_to.alert, "the confirmation").accept()
+    until(browser, lambda d: "requeued" in text_of(d, "#toast"), "the requeue's answer")
+    assert client.show_task(bad.task_id)["forgotten"] is True
+    assert client.show_task(bad.task_id + "~1")["parent"] == bad.task_id
 
 
 def test_a_failed_task_shows_its_traceback_and_requeues(web, client, browser, shots):

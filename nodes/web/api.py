@@ -196,6 +196,38 @@ async def task_page(request: Request, state: Optional[str] = StateQ, queue: Opti
     return {**page, "limit": limit, "offset": offset, "filters": kw}
 
 
+@router.post("/api/tasks/requeue", tags=["actions"],
+             summary="Requeue every failed (or cancelled) task matching the filters, newest first")
+async def requeue_matching(request: Request, state: str = Query(..., description="FAILED or CANCELED"),
+                           queue: Optional[str] = None, name: Optional[str] = None,
+                           since: Optional[str] = SinceQ, limit: int = 100) -> Any:
+    """Each is requeued (a new task whose parent is the old one), then the old one is
+    forgotten (kept in the history, hidden from lists), so pressing twice does not run a
+    task twice; at most ``limit`` tasks per call."""
+    _page(limit, 0)
+    kw = _filters(state, queue, name, since)
+    if kw.get("state") not in ("FAILED", "CANCELED"):
+        raise ApiError(400, "state must be FAILED or CANCELED")
+    c = gw(request).client
+
+    def run() -> dict:
+        done: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        for t in c.list_tasks(limit=limit, **kw):
+            tid = t["task_id"]
+            try:
+                done[tid] = c.requeue(tid)
+                c.forget(tid)
+            except Exception as exc:  # noqa: BLE001 (one task's refusal does not stop the others)
+                errors[tid] = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        return {"requeued": done, "errors": errors}
+
+    out = await gw(request).call(run, timeout=max(gw(request).timeout, 0.2 * limit))
+    request.app.state.totals.clear()
+    poke(request)
+    return out
+
+
 @router.get("/api/tasks/{task_id}", tags=["dashboard"],
             summary="A task with its retained result (timings, traceback, lost attempts) and progress")
 async def task_detail(request: Request, task_id: str) -> Any:

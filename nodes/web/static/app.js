@@ -194,6 +194,7 @@ pages.tasks = {
       <button id="filter-apply" class="primary" type="submit">Filter</button>
       <button id="filter-clear" type="button">Clear</button>
     </form>
+    ${f.state === "FAILED" || f.state === "CANCELED" ? `<p><button id="requeue-all">Requeue the ${f.state === "FAILED" ? "failed" : "cancelled"} tasks shown by this filter (newest ${this.limit})</button></p>` : ""}
     <div class="pager"><button id="page-prev">← newer</button><span id="page-info" class="muted"></span><button id="page-next">older →</button></div>
     <div id="tasks-body"></div>`;
     const form = document.getElementById("filters");
@@ -208,6 +209,19 @@ pages.tasks = {
       const q = new URLSearchParams(location.hash.split("?")[1] || "");
       q.set("offset", String(Math.max(0, tasksQuery().offset + delta)));
       location.hash = "#/tasks?" + q;
+    };
+    const all = document.getElementById("requeue-all");
+    if (all) all.onclick = async () => {
+      if (!window.confirm("Requeue these tasks (and forget the originals)?")) return;
+      const q = new URLSearchParams({ state: f.state, limit: String(this.limit) });
+      for (const k of ["queue", "name"]) if (f[k]) q.set(k, f[k]);
+      if (f.since) q.set("since", String(new Date(f.since).getTime() / 1000));
+      try {
+        const r = await api("/api/tasks/requeue?" + q, "POST");
+        const bad = Object.keys(r.errors).length;
+        toast(`requeued ${Object.keys(r.requeued).length} task(s)` + (bad ? `, ${bad} refused` : ""), bad > 0);
+        lastKey = ""; refresh();
+      } catch (e) { toast("requeue failed: " + e.message, true); }
     };
     document.getElementById("page-prev").onclick = () => move(-this.limit);
     document.getElementById("page-next").onclick = () => move(this.limit);
