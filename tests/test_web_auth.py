@@ -135,3 +135,18 @@ def test_tls_through_uvicorn_options(cluster, tmp_path):
         assert run_zq("http", "--ssl-certfile", str(cert)).returncode == 3  # the key goes with it
     finally:
         assert w.stop() == 0
+
+
+def test_a_secured_cluster_through_keys(make_cluster, tmp_path):
+    from zq.security import generate
+
+    keys = str(tmp_path / "keys")
+    generate(keys)
+    cluster = make_cluster(workers=1, executor="thread", concurrency=1, env={"ZQ_SECURITY_KEYS": keys})
+    w = WebNode(cluster, "--keys", keys).start()
+    try:
+        code, status, _ = w.call("GET", "/status")
+        assert code == 200 and status["ventilator"]["secured"] and status["sink"]["secured"]
+        assert 'zq_node_secured{node="ventilator"} 1.0' in w.call("GET", "/metrics")[1]
+    finally:
+        assert w.stop() == 0
