@@ -12,6 +12,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.lifecycle_tasks import wait_for
+
 from .conftest import run_zq
 from .web_harness import WebNode, browser_opener, token_file, web_cluster
 
@@ -150,3 +152,12 @@ def test_a_secured_cluster_through_keys(make_cluster, tmp_path):
         assert 'zq_node_secured{node="ventilator"} 1.0' in w.call("GET", "/metrics")[1]
     finally:
         assert w.stop() == 0
+
+
+def test_actions_and_refusals_are_logged(secured):
+    w, token = secured
+    assert w.call("POST", "/names/http.add/enable", token=token)[0] == 200
+    assert w.call("GET", "/status")[0] == 401
+    wait_for(lambda: any("POST /names/http.add/enable -> 200" in line for line in w.node.lines)
+             and any("GET /status -> 401" in line for line in w.node.lines), what="the audit lines")
+    assert not any("GET /api/overview -> 200" in line for line in w.node.lines)  # polling is not logged

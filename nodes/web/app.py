@@ -120,6 +120,7 @@ def create_app(gateway: Gateway, guard: auth.Guard, sample_interval: float = 1.0
     async def guard_mw(request: Request, call_next: Any) -> Response:
         h = request.headers
         if not guard.host_ok(h.get("host")):
+            log.warning("refused Host %r from %s", h.get("host"), request.client.host if request.client else "-")
             return JSONResponse({"error": f"Host {h.get('host')!r} refused: zq http on loopback answers "
                                           "only requests to a loopback name"}, status_code=403)
         if int(h.get("content-length") or 0) > MAX_BODY:
@@ -131,15 +132,22 @@ def create_app(gateway: Gateway, guard: auth.Guard, sample_interval: float = 1.0
             if not (guard.open or bearer or session):
                 if _wants_html(request):
                     return RedirectResponse("/login", status_code=303)
+                log.info("%s %s %s -> 401", request.client.host if request.client else "-", request.method, path)
                 return JSONResponse({"error": "authentication required: send Authorization: Bearer TOKEN "
                                               "(the token of zq http --token-file)"},
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
             from_browser = "origin" in h or "sec-fetch-site" in h
             if not auth.Guard.csrf_ok(request.method, bearer, from_browser, session,
                                       request.cookies.get(auth.CSRF_COOKIE), h.get(auth.CSRF_HEADER)):
+                log.warning("%s %s %s -> 403 (CSRF)", request.client.host if request.client else "-",
+                            request.method, path)
                 return JSONResponse({"error": "CSRF check failed: a browser request must carry the page's "
                                               "X-CSRF-Token"}, status_code=403)
         response = await call_next(request)
+        # the audit trail: every action and every refusal at INFO, the polling at DEBUG
+        level = logging.INFO if request.method in auth.UNSAFE or response.status_code >= 400 else logging.DEBUG
+        log.log(level, "%s %s %s -> %d", request.client.host if request.client else "-", request.method,
+                path, response.status_code)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -63,7 +63,8 @@ def serve(app: Any, host: str, port: int, ready: Callable[[str], None],
     scheme = "https" if ssl_certfile else "http"
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     config = uvicorn.Config(app, log_config=None, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                            timeout_graceful_shutdown=5, server_header=False, lifespan="on")
+                            timeout_graceful_shutdown=5, server_header=False, lifespan="on",
+                            access_log=False)  # app.py logs actions and refusals (polling at DEBUG)
     server = _Server(config, lambda: ready(f"{scheme}://{shown}:{bound_port}"))
     if stop is not None:
         def watch() -> None:
