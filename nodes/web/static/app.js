@@ -295,8 +295,8 @@ pages.task = {
     ${r && r.lost && r.lost.length ? `<div class="card"><h3>Lost attempts</h3><ul id="lost">${r.lost.map((l) => `<li>${esc(l)}</li>`).join("")}</ul></div>` : ""}
     ${err ? `<div class="card"><h3>Error</h3><p class="error" id="error"><b>${esc(err.type)}</b>: ${esc(err.message)}</p>
       ${err.traceback ? `<pre id="traceback">${esc(err.traceback)}</pre>` : ""}</div>`
-      : (t.error && t.error !== t.state ? `<div class="card"><h3>Error</h3><p class="error" id="error">${esc(t.error)}</p>
-         <p class="muted">The traceback is kept with a retained result only (retain_result=True, or the sink's --retain).</p></div>` : "")}
+      : (t.state === "FAILED" ? `<div class="card"><h3>Error</h3><p class="error" id="error">${esc(t.error && t.error !== t.state ? t.error : "failed")}</p>
+         <p class="muted">The error's type, message and traceback come with a retained result only (retain_result=True, or the sink's --retain); the sink holds none for this task.</p></div>` : "")}
     ${!r && !active ? '<p class="muted">No result retained at the sink for this task: timings shown are the ventilator\'s.</p>' : ""}`;
     const id = encodeURIComponent(t.task_id);
     document.getElementById("btn-cancel").onclick = () => act(`/tasks/${id}/cancel`, "cancel");
