@@ -42,7 +42,7 @@ def percentile(values: list[float], q: float) -> Optional[float]:
 
 
 class Sampler:
-    def __init__(self, gateway: Gateway, interval: float = 1.0, keep: float = 900.0,
+    def __init__(self, gateway: Gateway, interval: float = 1.0, keep: float = 600.0,
                  latency_every: int = 2, latency_window: float = 60.0) -> None:
         self.gw = gateway
         self.interval = interval
@@ -101,7 +101,7 @@ class Sampler:
             point["latency_p99"] = percentile(lat, 0.99)
             point["latency_n"] = len(lat)
         self._prev = (now, done, results)
-        self.series.append(point)
+        self.series.append({k: round(v, 4) if isinstance(v, float) and k != "t" else v for k, v in point.items()})
 
     async def run(self) -> None:
         """Sample until cancelled."""

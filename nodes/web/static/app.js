@@ -160,7 +160,7 @@ pages.overview = {
 };
 
 pages.workers = {
-  async load() { return api("/api/overview"); },
+  async load() { return api("/api/overview?series=false"); },
   render(d) {
     setLive(!d.error && d.stats, d.sampled_at);
     const workers = ((d.stats || {}).ventilator || {}).workers || [];
@@ -313,7 +313,7 @@ pages.task = {
 
 pages.schedules = {
   async load() {
-    const [reg, ov] = await Promise.all([api("/api/schedules"), api("/api/overview")]);
+    const [reg, ov] = await Promise.all([api("/api/schedules"), api("/api/overview?series=false")]);
     return { reg, disabled: new Set((((ov.stats || {}).ventilator) || {}).disabled || []) };
   },
   render(d) {
