@@ -17,7 +17,7 @@ import zq
 from tests.lifecycle_tasks import wait_for
 
 from .conftest import free_port
-from .web_harness import WebNode, web_cluster
+from .web_harness import WebNode, token_file, web_cluster
 
 prom_parser = pytest.importorskip("prometheus_client.parser")
 
@@ -82,12 +82,16 @@ def test_metrics_after_a_known_workload(cluster, web, make_client):
 
 @pytest.mark.skipif(shutil.which("prometheus") is None,
                     reason="Debian's prometheus is not installed (apt-get install prometheus; .ci/run does)")
-def test_a_real_prometheus_scrapes_it(web, tmp_path):
+def test_a_real_prometheus_scrapes_it_with_the_token(cluster, tmp_path):
+    """Prometheus reads the token from a file, as README says; zq http refuses it otherwise."""
+    path, _ = token_file(tmp_path)
+    web = WebNode(cluster, "--token-file", path).start()
     port = free_port()
     target = urllib.parse.urlsplit(web.url).netloc
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: zq\n    static_configs: [{{targets: ['{target}']}}]\n")
+        f"scrape_configs:\n  - job_name: zq\n    authorization: {{credentials_file: '{path}'}}\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n")
     log = open(tmp_path / "prometheus.log", "w")
     prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
@@ -115,4 +119,5 @@ def test_a_real_prometheus_scrapes_it(web, tmp_path):
             prom.kill()
             prom.wait(5)
         log.close()
+        assert web.stop() == 0
     assert os.path.isdir(tmp_path / "data")
