@@ -357,35 +357,64 @@ def bench(args: Sequence[str]) -> None:
 @config_opt
 @click.option("--ventilator", "vent", help="The ventilator's clients endpoint.")
 @click.option("--sink", help="The sink's endpoint.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; any non-loopback address needs --token-file (or --insecure).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the access token: API calls send 'Authorization: Bearer TOKEN', "
+                   "browsers log in with it.")
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Serve HTTPS with this certificate (PEM), as uvicorn's option.")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The certificate's private key (PEM).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds one request may wait for the cluster (then 504).")
+@click.option("--sample-interval", type=click.FloatRange(min=0.05), default=1.0, hidden=True,
+              help="Seconds between the dashboard's samples of the cluster (tests use less).")
 @keys_opt
 @key_name_opt
-@insecure_opt
+@click.option("--insecure", is_flag=True, default=None,
+              help="Serve a non-loopback address without a token (not recommended).")
 @parent_opt
 def http(config_path: Optional[str], vent: Optional[str], sink: Optional[str], host: str, port: int,
-         keys: Optional[str], key_name: Optional[str], insecure: Optional[bool],
+         token_file: Optional[str], ssl_certfile: Optional[str], ssl_keyfile: Optional[str], timeout: float,
+         sample_interval: float, keys: Optional[str], key_name: Optional[str], insecure: Optional[bool],
          exit_with_parent: Optional[int]) -> None:
-    """A JSON-over-HTTP admin API for the cluster (see nodes/http_api.py for the routes)."""
+    """The web dashboard, JSON admin API (/docs) and Prometheus /metrics of the cluster."""
+    from .web import auth  # stdlib only: a refused bind fails fast
+
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        _fail("--ssl-certfile and --ssl-keyfile go together")
+    try:
+        token = auth.read_token(token_file) if token_file else None
+        auth.check_bind(host, token, bool(insecure))
+    except ZqError as exc:
+        _fail(str(exc))
+    try:
+        from .web.app import build
+        from .web.server import serve
+    except ImportError as exc:
+        _fail(f"zq http needs the web extra ({exc.name} is missing): pip install 'zq[web]'")
     import zq
-
-    from .http_api import run
-
     cfg = _config(config_path, ventilator_clients=vent, sink_endpoint=sink, keys=keys, key_name=key_name)
     stop = threading.Event()
-    _install_signals(stop.set)
     if exit_with_parent:
         _watch_parent(exit_with_parent, stop.set)
     try:
         client = zq.Client(cfg, unreachable_timeout=30.0)
     except ConfigError as exc:  # keys
         _fail(str(exc))
+    if token is None and not auth.is_loopback(host):
+        log.warning("zq http serves %s with no authentication (--insecure)", host)
+    app = build(client, token, host, tls=bool(ssl_certfile), insecure=bool(insecure), timeout=timeout,
+                sample_interval=sample_interval)
     try:
-        run(client, host, port, bool(insecure), stop,
-            lambda url: click.echo(f"zq http READY url={url} pid={os.getpid()}", err=True))
-    except (ZqError, OSError) as exc:
-        _fail(str(exc))
+        serve(app, host, port, lambda url: click.echo(f"zq http READY url={url} pid={os.getpid()}", err=True),
+              ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, stop=stop)
+    except OSError as exc:
+        _fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
     finally:
+        app.state.gateway.close()
         client.shutdown(wait=False)
     sys.exit(EXIT_OK)
 

@@ -1,4 +1,7 @@
-"""Tasks imported by workers in tests/test_http_api.py (``--import tests.http_tasks``)."""
+"""Tasks imported by the workers of the zq http tests (``--import tests.http_tasks``)."""
+
+import os
+import time
 
 import zq
 
@@ -11,3 +14,26 @@ def add(a: int, b: int = 0) -> int:
 @zq.task(name="http.fail")
 def fail() -> None:
     raise ValueError("on purpose")
+
+
+@zq.task(name="http.echo")
+def echo(text: str = "") -> str:
+    return text
+
+
+@zq.task(name="http.nap")
+def nap(seconds: float = 0.01) -> float:
+    time.sleep(seconds)  # sleep-ok: the task's work (a steady load for the dashboard)
+    return seconds
+
+
+@zq.task(name="http.steps")
+def steps(flag: str, ctx: zq.TaskContext) -> int:
+    """Reports 1/4 then 2/4, and finishes once the file ``flag`` exists (20 s at most)."""
+    ctx.progress(1, 4, "step 1")
+    time.sleep(0.05)  # sleep-ok: the second report must come later (a rate, then an ETA)
+    ctx.progress(2, 4, "step 2")
+    deadline = time.monotonic() + 20
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)  # sleep-ok: a poll of the test's signal, with a deadline
+    return 4
