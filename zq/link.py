@@ -96,6 +96,8 @@ class Link:
         self.heard = False  # any message from the peer yet
         self.warned = False  # the current silence was logged
         self.peer_instance: Optional[str] = None
+        #: why the peer refused our handshake (keys?: ``describe_refusal``), until one succeeds
+        self.refused: Optional[str] = None
         self.deferred = 0  # messages that had to wait (high-water mark, peer away)
         self.replaced = 0  # fresh sockets made for a silent peer
 
@@ -104,11 +106,6 @@ class Link:
     def heard_at(self) -> float:
         """When the peer was last heard (monotonic), for the node's watchdog."""
         return self.last_recv
-
-    @property
-    def refused(self) -> Optional[str]:
-        """Why the peer refused our handshake (keys?), None unless it did."""
-        return self.monitor.refused if self.monitor is not None else None
 
     def open(self) -> "Link":
         """Connect and run ``on_reconnect("connected")``."""
@@ -145,10 +142,13 @@ class Link:
         if self.socket in events:
             self.drain()
         mon = self.monitor
-        if mon is not None and mon.socket in events and mon.reconnected():
-            self.log.info("connection to the %s at %s re-established: sending again", self.name, self.endpoint)
-            self.peer_instance = None
-            self._reconnected(RECONNECTED)
+        if mon is not None and mon.socket in events:
+            back = mon.reconnected()
+            self.refused = mon.refused
+            if back:
+                self.log.info("connection to the %s at %s re-established: sending again", self.name, self.endpoint)
+                self.peer_instance = None
+                self._reconnected(RECONNECTED)
 
     def drain(self, limit: int = 1000) -> None:
         """Handle up to ``limit`` waiting messages (``on_message``; ``on_bad`` if one fails)."""
