@@ -201,6 +201,7 @@ class ClientIO:
         link = Link(ctx, endpoint, identity=self.id.encode(), server=node, poller=self.poller,
                     heartbeat={"id": self.id, "client": self.id}, interval=cfg.heartbeat_interval,
                     timeout=cfg.heartbeat_timeout, keys=self.keys, name=node, logger=log)
+        link.warn_once = True  # one line per silence, whatever the number of new sockets
         link.silence_note = f"; pending tasks fail with NodeUnreachable after {self.unreachable_timeout:g}s"
         link.on_message = lambda msg: self._on_message(node, msg)
         link.on_reconnect = lambda why: self._resync(node, why)

@@ -81,6 +81,8 @@ class Link:
         self.on_bad: Callable[[BaseException], None] = self._bad
         #: said after the warning that the peer is silent (what the owner does about it)
         self.silence_note = ""
+        #: warn once per silence (later reconnections: debug), not at every fresh socket
+        self.warn_once = False
         self.socket: Optional[zmq.Socket] = None
         self.monitor: Optional[LinkMonitor] = None
         #: key -> item, sent and not acknowledged yet, in ``put`` order
@@ -288,9 +290,9 @@ class Link:
             self.backoff = self.interval
             self.reconnect_at = 0.0
         elif now >= self.reconnect_at:
-            if self.warned:
+            if self.warned and self.warn_once:
                 self.log.debug("%s at %s silent for %.1fs: reconnecting", self.name, self.endpoint, silent)
-            else:  # once per silence, whatever the number of reconnections
+            else:  # at every fresh socket, or once per silence (``warn_once``)
                 self.warned = True
                 what = ("has not answered since it was connected (wrong endpoint, or not running?)"
                         if not self.heard else f"silent for {silent:.1f}s")
