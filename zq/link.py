@@ -116,10 +116,17 @@ class Link:
         return self
 
     def _connect(self) -> None:
-        s = dealer(self.ctx, self.endpoint, self.identity, self.max_message, keys=self.keys, server=self.server)
+        s = dealer(self.ctx, self.endpoint, self.identity, self.max_message, keys=self.keys, server=self.server,
+                   connect=False)
         self.socket = s
+        self.monitor = LinkMonitor(s, self.endpoint)  # before connecting: it sees every handshake
+        try:
+            s.connect(self.endpoint)
+        except zmq.ZMQError:
+            close_link(s, self.monitor)
+            self.socket = self.monitor = None
+            raise
         self.poller.register(s, zmq.POLLIN)
-        self.monitor = LinkMonitor(s)
         self.poller.register(self.monitor.socket, zmq.POLLIN)
 
     def reconnect(self) -> None:
