@@ -18,13 +18,14 @@ from typing import Callable, Optional
 import zmq
 
 from zq import protocol as P
-from zq._sockets import LinkMonitor, close_link, dealer, recv_now, send_now
 from zq._wake import Waker
 from zq.config import Config
 from zq.envelope import ErrorInfo, TaskState
 from zq.errors import ZqError
+from zq.link import Link
 from zq.protocol import ResultRow, TaskSpec
 from zq.security import Authenticator, Keys
+from zq.serialize import args_size
 
 from .endpoint import Peers  # the watchdog reads every Peers of a node (Node.last_heard)
 
@@ -150,19 +151,19 @@ class Node:
         self.keys: Optional[Keys] = (  # every key file this node needs, checked now
             Keys.load(config.keys, config.key_name or self.role, servers, lists) if config.keys else None)
         self.auth: Optional[Authenticator] = None
-        #: newest message from a peer outside SinkLinks and Peers (monotonic; the worker's
-        #: ventilator, the ventilator's workers), for the watchdog
+        #: newest message from a peer outside Links and Peers (monotonic; the ventilator's
+        #: workers), for the watchdog
         self.heard_at = time.monotonic()
         self.watchdog = Watchdog(self)
         self.stuck: Optional[str] = None  # why the watchdog stopped the node
 
     def last_heard(self) -> Optional[float]:
-        """When a peer was last heard (monotonic: the newest of ``heard_at``, its SinkLinks'
+        """When a peer was last heard (monotonic: the newest of ``heard_at``, its Links'
         and its Peers'), or None when no peer is expected to heartbeat it: it has no
-        SinkLink (every worker and the ventilator have one) and its Peers know nobody."""
+        Link (every worker and the ventilator have one) and its Peers know nobody."""
         times, expected = [self.heard_at], False
         for v in list(vars(self).values()):  # the node's own links, whatever its role
-            if isinstance(v, SinkLink) or (isinstance(v, Peers) and v.last_seen):
+            if isinstance(v, Link) or (isinstance(v, Peers) and v.last_seen):
                 times.append(v.heard_at)
                 expected = True
         return max(times) if expected else None
@@ -245,120 +246,55 @@ def result_row(spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], *, 
     return ResultRow(row, payload)
 
 
-class SinkLink:
-    """A DEALER to the sink that keeps every result until the sink acknowledges it.
-
-    Heartbeats both ways; when the sink is silent past the liveness timeout the
-    socket is replaced (Paranoid Pirate) and every unacknowledged result is sent
-    again.  A sink that restarted (new instance id) gets them again at once.  The
-    sink records each task id once, so resending is harmless.
-    """
+class SinkLink(Link):
+    """The ``Link`` to the sink of a worker or the ventilator: it keeps every result until
+    the sink acknowledges it (``unacked``: task id -> ResultRow), sends them in batches
+    (``flush``, each turn of the owner's loop) and again after a reconnection or a sink
+    restart; the sink records each task id once, so resending is harmless.  The owner's
+    ``on_acked(ids)`` is told the ids the sink acknowledged."""
 
     MAX_BATCH = 2000
 
     def __init__(self, node: Node, endpoint: str, identity: bytes, poller: zmq.Poller) -> None:
+        assert node.ctx is not None
+        cfg = node.config
+        super().__init__(node.ctx, endpoint, identity=identity, server="sink", poller=poller,
+                         heartbeat={"id": identity.decode(), "instance": node.instance},
+                         interval=cfg.heartbeat_interval, timeout=cfg.heartbeat_timeout, keys=node.keys,
+                         max_message=cfg.max_message_size, small=1 << 30, name="sink", logger=log)
         self.node = node
-        self.endpoint = endpoint
-        self.identity = identity
-        self.poller = poller
-        self.unacked: dict[str, ResultRow] = {}
-        self.pending: collections.deque[ResultRow] = collections.deque()
+        self.unacked: dict[str, ResultRow] = {}  # type: ignore[assignment]
         #: told the ids of results the sink acknowledged (the worker's DONEs wait for it)
-        self.on_acked: Optional[Callable[[list[str]], None]] = None
-        self.sink_instance: Optional[str] = None
-        self.heard = False  # any heartbeat from the sink yet
-        self.socket: zmq.Socket = self._connect()
-        now = time.monotonic()
-        self.last_recv = now
-        self.heard_at = now  # like last_recv, but only ever moved by a message (watchdog)
-        self.last_send = 0.0
-        self.backoff = node.config.heartbeat_interval
+        self.on_acked: Optional[Callable[[list[str]], None]] = None  # type: ignore[assignment]
+        self.on_message = self._on_sink
+        self.on_bad = lambda exc: node.bad_message("sink link", exc)
+        self._limit = P.batch_limit(cfg.max_message_size)
+        self.open()
 
-    def _connect(self) -> zmq.Socket:
-        assert self.node.ctx is not None
-        s = dealer(self.node.ctx, self.endpoint, self.identity, self.node.config.max_message_size,
-                   keys=self.node.keys, server="sink")
-        self.monitor = LinkMonitor(s)
-        self.poller.register(s, zmq.POLLIN)
-        self.poller.register(self.monitor.socket, zmq.POLLIN)
-        return s
-
-    def reconnect(self) -> None:
-        # the old link goes first, monitor before socket (see close_link)
-        close_link(self.socket, self.monitor, self.poller)
-        self.socket = self._connect()
-        self.resend_all()
-
-    def handle(self, events: dict) -> None:
-        """The owner's loop hands us its poll events."""
-        if self.socket in events:
-            self.on_readable()
-        if self.monitor.socket in events and self.monitor.reconnected():
-            # the connection broke and came back (libzmq dropped what was queued on it)
-            self.resend_all()
-
-    def resend_all(self) -> None:
-        self.pending = collections.deque(self.unacked.values())
+    @property
+    def sink_instance(self) -> Optional[str]:
+        return self.peer_instance
 
     def add(self, row: ResultRow) -> None:
-        self.unacked[row.task_id] = row
-        self.pending.append(row)
+        """Keep ``row`` until the sink acknowledges it; it goes with the next ``flush``."""
+        self.put(row.task_id, row, flush=False)
 
-    def flush(self) -> None:
-        limit = P.batch_limit(self.node.config.max_message_size)
-        while self.pending:
-            n = P.take_batch(self.pending, limit, self.MAX_BATCH)
-            batch = [self.pending[i] for i in range(n)]
-            try:
-                send_now(self.socket, P.pack_results(batch))
-            except zmq.Again:
-                return  # the sink is slow or away: keep them, try again next turn
-            for _ in range(n):
-                self.pending.popleft()
-            self.last_send = time.monotonic()
+    def resend_all(self) -> None:
+        self.resend()
 
     def on_readable(self) -> None:
-        while True:
-            frames = recv_now(self.socket, small=1 << 30)
-            if frames is None:
-                return
-            self.last_recv = self.heard_at = time.monotonic()
-            self.backoff = self.node.config.heartbeat_interval
-            try:
-                msg = P.unpack(frames)
-                if msg.command == P.ACK:
-                    acked = [tid for tid in P.str_list(msg.header, "ids", msg.command)
-                             if self.unacked.pop(tid, None) is not None]
-                    if acked and self.on_acked is not None:
-                        self.on_acked(acked)
-                elif msg.command == P.HEARTBEAT:
-                    inst = msg.header.get("instance")
-                    self.heard = True
-                    if self.sink_instance is not None and inst != self.sink_instance:
-                        log.info("sink %s restarted: resending %d result(s)", self.endpoint, len(self.unacked))
-                        self.resend_all()
-                    self.sink_instance = inst
-                elif msg.command == P.ERROR:
-                    log.warning("sink refused a message: %s", msg.header.get("msg"))
-            except Exception as exc:
-                self.node.bad_message("sink link", exc)
+        self.drain(1 << 30)
 
-    def tick(self, now: float) -> None:
-        cfg = self.node.config
-        if now - self.last_send >= cfg.heartbeat_interval:
-            try:
-                self.socket.send_multipart(P.pack(P.HEARTBEAT, {"id": self.identity.decode(),
-                                                              "instance": self.node.instance}),
-                                           flags=zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-            self.last_send = now
-        if now - self.last_recv > max(cfg.heartbeat_timeout, self.backoff):
-            log.warning("sink %s silent for %.1fs: reconnecting", self.endpoint, now - self.last_recv)
-            self.backoff = min(self.backoff * 2, 30.0)
-            self.last_recv = now
-            self.reconnect()
-        self.flush()
+    def _pack(self, pending: collections.deque) -> tuple[int, list]:
+        n = P.take_batch(pending, self._limit, self.MAX_BATCH, size=_row_size)
+        return n, P.pack_results([pending[i][1] for i in range(n)])
 
-    def close(self) -> None:
-        close_link(self.socket, self.monitor, self.poller)
+    def _on_sink(self, msg: P.Message) -> None:
+        if msg.command == P.ACK:
+            self.ack(P.str_list(msg.header, "ids", msg.command))
+        elif msg.command == P.ERROR:
+            log.warning("sink refused a message: %s", msg.header.get("msg"))
+
+
+def _row_size(entry: tuple) -> int:
+    return args_size(entry[1].payload)

@@ -19,8 +19,8 @@ answered by RETURN: a paused queue, another worker idle) or are cancelled.
 Hand-off (``_start_tasks``): each free executor slot gets the next task, or a
 batch of the next tasks when they are short, so short tasks do not pay a thread
 or process hand-off each.  Results stay in the SinkLink until the sink
-acknowledges them.  A ventilator silent for the liveness timeout means a new
-socket and a fresh READY (capped exponential backoff).
+acknowledges them.  Both sockets are ``zq.link.Link``s: a ventilator silent for the
+liveness timeout means a new socket and a fresh READY (capped exponential backoff).
 
 Stop (SIGTERM): stop taking work, hand back unstarted tasks (BYE), let running
 ones finish within ``grace`` seconds, hand back the rest, deliver results, exit.
@@ -39,10 +39,10 @@ from typing import Any, Optional, Sequence
 import zmq
 
 from zq import protocol as P
-from zq._sockets import LinkMonitor, close_link, dealer, recv_now, send_now
 from zq.config import Config
 from zq.envelope import STATE_OF, ErrorInfo, TaskState
 from zq.errors import ProtocolError
+from zq.link import RESTARTED, Link
 from zq.options import retry_delay
 from zq.policy import Policy, load_policies
 from zq.protocol import TaskSpec
@@ -103,12 +103,10 @@ class Worker(Node):
         self.imports = list(imports)
         self.registry = import_tasks(self.imports)  # tasks that can be submitted by name
         self.progress_out: dict[str, list] = {}  # task id -> latest progress, sent each turn
-        # what the ventilator must get (RETRY, CONTINUE, SPAWN, BYE) but could not be sent
-        # yet (EAGAIN: link down or full); kept in order with the ids each concerns
-        self.outbox: collections.deque[tuple[list, list[str]]] = collections.deque()
-        # follow-up tasks (SPAWN) the ventilator has not confirmed yet (REPLY to their req):
-        # sent again after every READY; the ventilator ignores an id it already has
-        self.spawned: collections.OrderedDict[int, list] = collections.OrderedDict()
+        # what the ventilator must get (RETRY, CONTINUE, SPAWN, BYE, ...) waits in order in
+        # the link (``self.vent``) when it cannot go yet, with the ids each concerns; follow-up
+        # tasks (SPAWN) stay in its outbox until the ventilator confirms them (REPLY to their
+        # req), sent again after every READY; the ventilator ignores an id it already has
         self.spawned_bytes = 0
         self._spawn_req = 0
         self.ready_pending = False  # a READY that could not be sent yet
@@ -129,9 +127,12 @@ class Worker(Node):
         self.aio = AsyncRunner(self.async_concurrency, policies, self._waker, max_result)
         self.sink = SinkLink(self, cfg.sink_endpoint, f"worker-{self.id}".encode(), self.poller)
         self.sink.on_acked = self._acked
-        self.backoff = cfg.heartbeat_interval
-        self.reconnect_at = 0.0
-        self._connect_ventilator()
+        self.vent = Link(self.ctx, cfg.ventilator_workers, identity=self.id.encode(), server="ventilator",
+                         poller=self.poller, heartbeat={"id": self.id, "instance": self.instance},
+                         interval=cfg.heartbeat_interval, timeout=cfg.heartbeat_timeout, keys=self.keys,
+                         max_message=cfg.max_message_size, name="ventilator", logger=log)
+        self._wire_ventilator(self.vent)
+        self.vent.open()
         self.endpoints = {"ventilator": cfg.ventilator_workers, "sink": cfg.sink_endpoint}
 
     def _sync_fds(self) -> None:
@@ -144,23 +145,21 @@ class Worker(Node):
         self._fds = now
         self.executor.fds_changed = False
 
-    def _connect_ventilator(self) -> None:
-        assert self.ctx is not None
-        self.vent = dealer(self.ctx, self.config.ventilator_workers, self.id.encode(),
-                           self.config.max_message_size, keys=self.keys, server="ventilator")
-        self.poller.register(self.vent, zmq.POLLIN)
-        # libzmq reconnects by itself after a reset and drops what was queued on the old
-        # connection: a reconnect it reports is handled like ours (READY says what we hold)
-        self.vent_monitor = LinkMonitor(self.vent)
-        self.poller.register(self.vent_monitor.socket, zmq.POLLIN)
-        self.vent_last_recv = time.monotonic()
-        self.vent_last_send = 0.0
-        self._send_ready()
+    def _wire_ventilator(self, link: Link) -> None:
+        link.on_message = self._on_ventilator_safely
+        link.on_bad = lambda exc: self.bad_message("ventilator", exc)
+        link.on_reconnect = self._vent_reconnected
+
+    def _vent_reconnected(self, why: str) -> None:
+        """A new connection to the ventilator (ours, or libzmq's after a drop: what was
+        queued on the old one is gone): register again; the link then sends the unconfirmed
+        follow-ups again.  A restarted ventilator that does not know us says UNKNOWN."""
+        if why != RESTARTED:
+            self._send_ready()
 
     def _send_ready(self) -> None:
         """Register (again), with the tasks that finished here whose DONE was not sent.  A
-        ventilator that knew us answers SYNC (what do you hold?), see ``_on_ventilator``;
-        unconfirmed follow-ups go again (a fresh connection may have lost them)."""
+        ventilator that knew us answers SYNC (what do you hold?), see ``_on_ventilator``."""
         self.promised = 0
         credit = max(0, self._wanted(time.monotonic()))
         self.ready_pending = not self._to_vent(P.READY, {
@@ -173,13 +172,11 @@ class Worker(Node):
             return
         self.promised = credit
         self.done_ids, self.done_states = [], []
-        for frames in self.spawned.values():
-            self._to_vent_surely(frames, [])
 
     def _held(self) -> list[str]:
         """Every task this worker has: queued here, running, abandoned, or in the outbox."""
         return [*self.running, *(s.task_id for s in self.local), *(tid for tid, _ in self.abandoned),
-                *(tid for _, ids in self.outbox for tid in ids), *self.awaiting]
+                *(tid for ids in self.vent.unsent() for tid in ids), *self.awaiting]
 
     def _acked(self, ids: list[str]) -> None:
         """The sink has these results: now the ventilator may close their tasks (DONE)."""
@@ -190,26 +187,12 @@ class Worker(Node):
                 self.done_states.append(state)
 
     def _to_vent(self, cmd: bytes, header: dict) -> bool:
-        """Send now or not at all (heartbeats, progress); False if it could not be sent."""
-        return self._send_vent(P.pack(cmd, header))
-
-    def _send_vent(self, frames: list) -> bool:
-        try:
-            send_now(self.vent, frames)
-        except zmq.Again:
-            self.counters["ventilator_send_deferred"] += 1
-            return False
-        self.vent_last_send = time.monotonic()
-        return True
+        """Send now or not at all (progress, DONE kept here); False if it could not be sent."""
+        return self.vent.send(P.pack(cmd, header))
 
     def _to_vent_surely(self, frames: list, ids: list[str]) -> None:
-        """Send what must reach the ventilator: now, or from the outbox once it can be."""
-        if self.outbox or not self._send_vent(frames):
-            self.outbox.append((frames, ids))
-
-    def _flush_outbox(self) -> None:
-        while self.outbox and self._send_vent(self.outbox[0][0]):
-            self.outbox.popleft()
+        """Send what must reach the ventilator: now, or in order once it can be."""
+        self.vent.queue(frames, ids)
 
     def close(self) -> None:
         ex = getattr(self, "executor", None)
@@ -219,7 +202,7 @@ class Worker(Node):
             self.aio.close(1.0)
         if getattr(self, "vent", None) is not None:
             # a graceful stop waited for its last messages (_stop_step); give libzmq a moment
-            close_link(self.vent, self.vent_monitor, self.poller, linger=500 if self.stopping else 0)
+            self.vent.close(linger=500 if self.stopping else 0)
         if getattr(self, "sink", None) is not None:
             self.sink.close()
 
@@ -287,11 +270,7 @@ class Worker(Node):
                     timeout = max(1, min(timeout, math.ceil((due - time.monotonic()) * 1000)))
             events = dict(self.poller.poll(timeout))
             waker.sleeping = False
-            if self.vent in events:
-                self._drain_ventilator()
-            if self.vent_monitor.socket in events and self.vent_monitor.reconnected():
-                log.info("connection to the ventilator re-established: registering again")
-                self._send_ready()
+            self.vent.handle(events)
             self.sink.handle(events)
             if waker.fileno() in events:
                 waker.drain()
@@ -306,20 +285,14 @@ class Worker(Node):
             self._start_tasks(now)
             self._report()
 
-    def _drain_ventilator(self, limit: int = 1000) -> None:
-        for _ in range(limit):
-            frames = recv_now(self.vent, small=3)
-            if frames is None:
-                return
-            self.vent_last_recv = self.heard_at = time.monotonic()
-            self.backoff = self.config.heartbeat_interval
-            try:
-                self._on_ventilator(P.unpack(frames))
-            except ProtocolError as exc:
-                self.bad_message("ventilator", exc)
-            except Exception as exc:
-                self.counters["internal_errors"] += 1
-                log.exception("error handling a ventilator message: %s", exc)
+    def _on_ventilator_safely(self, msg: P.Message) -> None:
+        try:
+            self._on_ventilator(msg)
+        except ProtocolError as exc:
+            self.bad_message("ventilator", exc)
+        except Exception as exc:
+            self.counters["internal_errors"] += 1
+            log.exception("error handling a ventilator message: %s", exc)
 
     def _on_ventilator(self, msg: P.Message) -> None:
         cmd = msg.command
@@ -344,7 +317,7 @@ class Worker(Node):
             self._give_back(msg.header)
         elif cmd == P.UNKNOWN:
             log.info("ventilator does not know this worker (it restarted?): registering again")
-            self._send_ready()
+            self.vent.resync("unknown")  # READY, then the unconfirmed follow-ups
         elif cmd == P.SYNC:  # everything sent before it has arrived: say what we hold
             upto = P.field(msg.header, "upto", int, cmd)
             self._to_vent_surely(P.pack(P.HELD, {"upto": upto, "held": self._held(),
@@ -352,8 +325,9 @@ class Worker(Node):
             self.done_ids, self.done_states = [], []
         elif cmd == P.REPLY:  # a follow-up task is safe at the ventilator
             req = msg.header.get("req")
-            frames = self.spawned.pop(req, None) if type(req) is int else None
+            frames = self.vent.unacked.get(req) if type(req) is int else None
             if frames is not None:
+                self.vent.ack([req])
                 self.spawned_bytes -= _size(frames)
         elif cmd == P.ERROR:
             log.warning("ventilator refused a message: %s", msg.header.get("msg"))
@@ -505,11 +479,12 @@ class Worker(Node):
                 return
             self._spawn_req += 1
             frames = P.pack_tasks(P.SPAWN, [spec], {spec.digest: fn_data}, req=self._spawn_req)
-            self._to_vent_surely(frames, [])
-            self.spawned[self._spawn_req] = frames
+            self.vent.put(self._spawn_req, frames)
             self.spawned_bytes += _size(frames)
-            while len(self.spawned) > SPAWN_MEMORY or self.spawned_bytes > SPAWN_BYTES:
-                _, old = self.spawned.popitem(last=False)
+            spawned = self.vent.unacked
+            while len(spawned) > SPAWN_MEMORY or self.spawned_bytes > SPAWN_BYTES:
+                req, old = next(iter(spawned.items()))
+                self.vent.ack([req])
                 self.spawned_bytes -= _size(old)
                 self.counters["spawn_unconfirmed_dropped"] += 1
                 log.error("too many follow-up tasks unconfirmed by the ventilator: the oldest "
@@ -549,7 +524,7 @@ class Worker(Node):
     def _report(self) -> None:
         if self.ready_pending:
             self._send_ready()
-        self._flush_outbox()
+        self.vent.flush()
         if self.progress_out:
             self._to_vent(P.PROGRESS, {"p": list(self.progress_out.values())})
             self.progress_out.clear()
@@ -563,7 +538,6 @@ class Worker(Node):
             self.done_ids, self.done_states = [], []
 
     def _tick(self, now: float) -> None:
-        cfg = self.config
         for tid, (spec, deadline, _) in list(self.running.items()):
             if deadline is not None and now > deadline:
                 del self.running[tid]
@@ -574,20 +548,7 @@ class Worker(Node):
                 self._finish(spec, TaskState.FAILED, err, retryable=True)
         if self.executor.kind == "process" and self.executor.fds_changed:
             self._sync_fds()
-        if now - self.vent_last_send >= cfg.heartbeat_interval:
-            self._to_vent(P.HEARTBEAT, {"id": self.id, "instance": self.instance})
-        silent = now - self.vent_last_recv
-        if silent <= cfg.heartbeat_timeout:
-            self.backoff = cfg.heartbeat_interval
-        elif now >= self.reconnect_at:
-            # Paranoid Pirate: a fresh socket and READY, then wait longer (capped) next time
-            log.warning("ventilator %s silent for %.1fs: reconnecting", cfg.ventilator_workers, silent)
-            self.reconnect_at = now + self.backoff
-            self.backoff = min(self.backoff * 2, 30.0)
-            close_link(self.vent, self.vent_monitor, self.poller)  # monitor first, then socket
-            last = self.vent_last_recv
-            self._connect_ventilator()
-            self.vent_last_recv = last  # still silent until it answers
+        self.vent.tick(now)  # heartbeat; a silent ventilator: a fresh socket and READY
         self.sink.tick(now)
 
     # -- graceful stop ----------------------------------------------------------------
@@ -628,11 +589,11 @@ class Worker(Node):
             self.done_ids, self.done_states = [], []
         self._to_vent_surely(P.pack(P.BYE, {"ids": ids + unacked, "final": True}), [])
         deadline = time.monotonic() + 1.0  # and to the ventilator what it must get (bounded)
-        while self.outbox and time.monotonic() < deadline:
+        while self.vent.waiting and time.monotonic() < deadline:
             self._report()
-            if self.vent.poll(20):
-                self._drain_ventilator()
-        if self.outbox or self.done_ids:
+            if self.vent.socket.poll(20):
+                self.vent.drain()
+        if self.vent.waiting or self.done_ids:
             log.warning("ventilator unreachable at exit: %d message(s) not sent (it will re-queue "
-                        "this worker's tasks when it declares it lost)", len(self.outbox) + bool(self.done_ids))
+                        "this worker's tasks when it declares it lost)", self.vent.waiting + bool(self.done_ids))
         return False

@@ -82,7 +82,7 @@ def test_watches_of_results_that_never_come_are_forgotten(make_cluster, make_cli
     # the watching client renews its watches on a schedule (every WATCH_RENEW seconds, made
     # due at once here): a renewal after the watch lapsed still finds the retained result
     def renewed_and_done():
-        other._next_rewatch = 1.0
+        other._io._next_rewatch = 1.0
         return watcher.done()
 
     wait_for(renewed_and_done, what="the watcher's result after a renewal")

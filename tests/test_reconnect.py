@@ -162,65 +162,69 @@ class FlakySocket:
         self.sent.append(P.unpack([bytes(f) for f in frames]))
 
 
-def test_worker_keeps_what_it_could_not_send_and_sends_it_in_order(monkeypatch):
+def _worker_on_a_flaky_link(monkeypatch):
+    """A Worker whose ventilator Link sends into a FlakySocket (no loop, no sockets)."""
     from types import SimpleNamespace
 
     from nodes.worker import Worker
+    from zq.link import Link
 
-    monkeypatch.setattr("nodes.worker.send_now", lambda sock, frames: sock.send_multipart(frames))
+    monkeypatch.setattr("zq.link.send_now", lambda sock, frames: sock.send_multipart(frames))
     w = Worker(zq.load_config(None, {}), worker_id="w")
-    w.vent = FlakySocket()
+    w.vent = Link(None, "tcp://127.0.0.1:9", identity=b"w", server="ventilator", poller=None,
+                  heartbeat={"id": "w"}, interval=0.5, timeout=3.0)
+    w._wire_ventilator(w.vent)
+    w.vent.socket = FlakySocket()
     w.aio = SimpleNamespace(running=0)
+    w.executor = SimpleNamespace(kind="thread")
+    return w, w.vent.socket
+
+
+def test_worker_keeps_what_it_could_not_send_and_sends_it_in_order(monkeypatch):
+    w, sock = _worker_on_a_flaky_link(monkeypatch)
     w.accepting = False  # no credit to grant: only what we queue below is sent
     spec = P.TaskSpec("t-retry", "f", "default", b"d" * 16, "", None, 1, None, 0.0, args=b"")
     w._retry(spec, delay=0.5)
     w.done_ids, w.done_states = ["t-done"], ["SUCCESS"]
     w._report()  # link full: nothing goes, nothing is dropped
-    assert w.vent.sent == [] and len(w.outbox) == 1 and w.done_ids == ["t-done"]
+    assert sock.sent == [] and w.vent.waiting == 1 and w.done_ids == ["t-done"]
+    assert "t-retry" in w._held()  # not sent yet: still ours
     w._continue(spec, ["g", b"e" * 16, b"", b"", "default", []])
-    w.vent.full = False
+    sock.full = False
     w._report()
-    assert [m.command for m in w.vent.sent] == [P.RETRY, P.CONTINUE, P.DONE]
-    assert w.vent.sent[2].header["ids"] == ["t-done"]
-    assert not w.outbox and not w.done_ids
+    assert [m.command for m in sock.sent] == [P.RETRY, P.CONTINUE, P.DONE]
+    assert sock.sent[2].header["ids"] == ["t-done"]
+    assert not w.vent.waiting and not w.done_ids
 
 
 def test_worker_ready_says_what_it_finished_and_held_says_what_it_holds(monkeypatch):
-    from types import SimpleNamespace
-
-    from nodes.worker import Worker
-
-    monkeypatch.setattr("nodes.worker.send_now", lambda sock, frames: sock.send_multipart(frames))
-    w = Worker(zq.load_config(None, {}), worker_id="w")
-    w.vent = FlakySocket()
-    w.aio = SimpleNamespace(running=0)
-    w.executor = SimpleNamespace(kind="thread")
+    w, sock = _worker_on_a_flaky_link(monkeypatch)
     spec = P.TaskSpec("t-retry", "f", "default", b"d" * 16, "", None, 1, None, 0.0, args=b"")
-    w._retry(spec, delay=0.5)  # stays in the outbox: the link is full
+    w._retry(spec, delay=0.5)  # stays queued: the link is full
     w._send_ready()
     assert w.ready_pending  # could not go: sent again by the next turn's _report
     w.running["t-run"] = (spec, None, 0.0)  # (spec, deadline, started)
     w.done_ids, w.done_states = ["t-done"], ["FAILED"]
-    w.vent.full = False
+    sock.full = False
     w._report()
-    ready = w.vent.sent[0]
+    ready = sock.sent[0]
     assert ready.command == P.READY and not w.ready_pending
     assert (ready.header["done"], ready.header["states"]) == (["t-done"], ["FAILED"])
     assert not w.done_ids  # reported by READY, not again by DONE
-    w.vent.sent.clear()
+    sock.sent.clear()
     w.done_ids, w.done_states = ["t-late"], ["SUCCESS"]
     w._on_ventilator(P.unpack(P.pack(P.SYNC, {"upto": 7})))
-    held = w.vent.sent[-1]
+    held = sock.sent[-1]
     assert held.command == P.HELD and held.header["upto"] == 7
     assert sorted(held.header["held"]) == ["t-run"] and held.header["done"] == ["t-late"]
     # a follow-up task is kept (and sent again after each READY) until the ventilator confirms it
     child = P.TaskSpec("t-child", "f", "default", b"d" * 16, "", None, 0, None, 0.0, args=b"")
     w._on_event(("spawn", child.row(), b"fn", b""))
-    req = w.vent.sent[-1].header["req"]
-    w.vent.sent.clear()
-    w._send_ready()
-    assert [m.command for m in w.vent.sent] == [P.READY, P.SPAWN]
+    req = sock.sent[-1].header["req"]
+    sock.sent.clear()
+    w._on_ventilator(P.unpack(P.pack(P.UNKNOWN, {})))  # a ventilator that forgot us
+    assert [m.command for m in sock.sent] == [P.READY, P.SPAWN]
     w._on_ventilator(P.unpack(P.pack(P.REPLY, {"req": req, "ok": True})))
-    w.vent.sent.clear()
-    w._send_ready()
-    assert [m.command for m in w.vent.sent] == [P.READY] and not w.spawned and w.spawned_bytes == 0
+    sock.sent.clear()
+    w.vent.resync("reconnected")
+    assert [m.command for m in sock.sent] == [P.READY] and not w.vent.unacked and w.spawned_bytes == 0

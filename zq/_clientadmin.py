@@ -1,11 +1,15 @@
-"""Admin calls of ``zq.Client`` (a mixin): listing and counting tasks, history,
-queues and task names.  Each is one request to the ventilator."""
+"""Admin calls of ``zq.Client``: listing and counting tasks, history, queues and task
+names.  Each is one request to the ventilator.
+
+``Admin`` is a part of the client that uses it through three callables only: ``request``
+(one round trip to a node), ``final_state`` (how a task of this client ended, if it saw
+it end) and ``known_progress`` (the progress its future already holds)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from .context import Progress
 from .envelope import TaskState
@@ -17,9 +21,12 @@ def _since(value: Union[None, float, dt.datetime]) -> Optional[float]:
     return value.timestamp() if isinstance(value, dt.datetime) else float(value)
 
 
-class AdminMixin:
-    def _request(self, node: str, op: str, header: dict, **kw: Any) -> Any:  # pragma: no cover
-        raise NotImplementedError
+class Admin:
+    def __init__(self, request: Callable[..., Any], final_state: Callable[[str], Optional[TaskState]],
+                 known_progress: Callable[[str], Optional[Progress]]) -> None:
+        self._request = request
+        self._final_state = final_state
+        self._known_progress = known_progress
 
     def _filters(self, state: Any, queue: Optional[str], name: Optional[str], since: Any,
                  forgotten: bool) -> dict:
@@ -62,8 +69,7 @@ class AdminMixin:
             try:
                 return self._request("ventilator", "requeue", {"id": task_id})
             except Exception as exc:
-                with self._lock:
-                    seen = self._finished.get(task_id)
+                seen = self._final_state(task_id)
                 if (seen not in (TaskState.FAILED, TaskState.CANCELED) or "no failed or cancelled" not in str(exc)
                         or time.monotonic() > deadline):
                     raise
@@ -95,9 +101,9 @@ class AdminMixin:
     def get_progress(self, task_id: str) -> Optional[Progress]:
         """The latest progress a running task reported (None if none, or not running), with
         its ETA; from any client (the ventilator keeps it)."""
-        fut = self._futures.get(task_id) if hasattr(self, "_futures") else None  # type: ignore[attr-defined]
-        if fut is not None and fut.progress is not None:
-            return fut.progress
+        known = self._known_progress(task_id)
+        if known is not None:
+            return known
         row = self._request("ventilator", "progress", {"ids": [task_id]})[0]
         if row is None:
             return None

@@ -1,140 +1,231 @@
 """The client's IO thread: the only code that touches the client's sockets.
 
-    caller threads ──submit(): TaskSpec──▶ outbox deque + Waker ──┐
-                                                                   ▼
-    ClientIO._io_loop ── DEALER ──SUBMIT/REQUEST/HEARTBEAT──▶ ventilator
-                      │          ◀──REPLY/REJECT/PROGRESS/HEARTBEAT──
-                      └─ DEALER ──HELLO/ACK/WATCH/REQUEST/HEARTBEAT──▶ sink
-                                 ◀──RESULT/REPLY/HEARTBEAT── ──▶ settle(future)
+    caller threads ──submit(): TaskSpec──▶ ClientIO.outbox deque + Waker ──┐
+                                                                            ▼
+    ClientIO._loop ── Link ──SUBMIT/REQUEST/HEARTBEAT──▶ ventilator
+                   │       ◀──REPLY/REJECT/PROGRESS/HEARTBEAT──
+                   └─ Link ──HELLO/ACK/WATCH/REQUEST/HEARTBEAT──▶ sink
+                           ◀──RESULT/REPLY/HEARTBEAT── ──▶ settle(future)
 
-Sends never block: a node that is away or not reading (high-water mark) gets
-its messages later, in order, from a backlog.  Heartbeats go out on a fixed
-schedule; a node silent past the liveness timeout gets a fresh socket (capped
-exponential backoff, Paranoid Pirate), and one silent past the client's
-``unreachable_timeout`` fails every pending future with NodeUnreachable.
-A node that restarted (new instance id) gets the unfinished tasks again.
+Both sockets are ``zq.link.Link``s: sends never block (a node that is away or not
+reading gets its messages later, in order), heartbeats go out when a link is idle, a
+node silent past the liveness timeout gets a fresh socket (capped exponential backoff),
+and one silent past the client's ``unreachable_timeout`` fails every pending future
+with NodeUnreachable.  A request (admin calls, status, a keyed submit, a cancel) stays
+in its link's outbox until it is answered, so a node that restarted or a socket that
+was replaced gets it again; a ventilator that restarted also gets the unfinished tasks
+again (``_resync``).
+
+``TaskBook`` is what the caller threads and the IO thread share (under its lock); the
+client owns the rest of its state, the IO thread everything here.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import itertools
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import zmq
 
 from . import protocol as P
-from ._sockets import LinkMonitor, close_link, dealer, recv_now, send_now
+from ._wake import Waker
 from .context import Progress, progress_eta
 from .envelope import STATE_OF, TaskState
-from .errors import NodeUnreachable, SerializationError, ZqError
+from .errors import ClientClosed, NodeUnreachable, SerializationError, ZqError
 from .futures import settle_row
+from .link import CONNECTED, REPLACED, Link
 from .protocol import ResultRow, TaskSpec
 from .serialize import args_size
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
     from .futures import TaskFuture
+    from .security import Keys
 
 log = logging.getLogger("zq.client")
 
 FINISHED_MEMORY = 100_000
+REQUEST_TIMEOUT = 10.0
+
+
+class TaskBook:
+    """The client's tasks, shared by the caller threads and the IO thread (``lock``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.futures: dict[str, "TaskFuture"] = {}
+        #: specs (with pickled arguments) until their result arrives, to submit again
+        self.unfinished: dict[str, TaskSpec] = {}
+        #: the final states of the latest FINISHED_MEMORY tasks (``get_status`` without a round trip)
+        self.finished: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
+        self.fn_bytes: dict[bytes, bytes] = {}  # digest -> pickled function
+
+    def remember(self, task_id: str, state: TaskState) -> None:
+        with self.lock:
+            self.finished[task_id] = state
+            if len(self.finished) > FINISHED_MEMORY:
+                self.finished.popitem(last=False)
+
+    def forget(self, task_id: str, state: TaskState) -> None:
+        with self.lock:
+            self.futures.pop(task_id, None)
+            self.unfinished.pop(task_id, None)
+        self.remember(task_id, state)
+
+
+def set_progress(fut: "TaskFuture", row: Sequence[Any]) -> None:
+    """``row``: [task id, done, total, message, time] as a task reported it."""
+    _, done, total, message, ts = row[:5]
+    fut._progress_first, eta = progress_eta(fut._progress_first, done, total, ts)
+    fut.progress = Progress(done, total, message, ts, eta)
 
 
 class ClientIO:
-    """Mixin of ``zq.Client``: its IO thread.  Everything here runs on that thread."""
+    """The IO thread of a ``zq.Client`` and what it owns.  Callers use ``outbox`` (append,
+    then ``waker``), ``request``, ``cancel_later`` and ``watch``; the rest runs on the thread."""
 
-    _futures: dict[str, "TaskFuture"]
-    _unfinished: dict[str, TaskSpec]
-    _requests: dict[int, concurrent.futures.Future]
-    _req_ids: Iterator[int]
+    def __init__(self, config: "Config", client_id: str, keys: Optional["Keys"], book: TaskBook,
+                 unreachable_timeout: float) -> None:
+        self.config = config
+        self.id = client_id
+        self.keys = keys
+        self.book = book
+        self.unreachable_timeout = unreachable_timeout
+        #: what callers ask the IO thread to send, in their order
+        self.outbox: collections.deque[Any] = collections.deque()
+        self.waker = Waker()
+        self.requests: dict[int, concurrent.futures.Future] = {}
+        self._req_ids = itertools.count(1)
+        #: the smallest maximum message size of this client and its nodes (from heartbeats)
+        self.max_message = config.max_message_size
+        self._peer_max: dict[str, int] = {}
+        self._next_rewatch = 0.0  # when to renew WATCHes (protocol.WATCH_RENEW)
+        self.stopping = False
+        self._error: Optional[BaseException] = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name=f"zq-client-{client_id[:6]}", daemon=True)
 
-    def _io_main(self) -> None:
+    # -- the callers' side ------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+        self._ready.wait(10.0)
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Send what is queued (cancels), close the sockets, end the thread."""
+        self.stopping = True
+        self.waker.wake()
+        self.thread.join(10.0)
+
+    def request(self, node: str, op: str, header: dict, timeout: Optional[float] = None,
+                with_payload: bool = False, submit: Optional[TaskSpec] = None) -> Any:
+        """One request to ``node``, answered (or raising) within ``timeout`` seconds."""
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("zq.Client requests cannot be made from a future's done-callback")
+        if self.stopping:
+            raise ClientClosed("client is shut down")
+        req = next(self._req_ids)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self.book.lock:
+            self.requests[req] = fut
+            if submit is not None:  # a SUBMIT that waits for its answer
+                self.outbox.append(("submit", req, submit))
+            else:
+                self.outbox.append(("request", node, {"req": req, "op": op, **header}))
+        self.waker.wake()
+        try:
+            data, payload = fut.result(REQUEST_TIMEOUT if timeout is None else timeout)
+        except concurrent.futures.TimeoutError:
+            with self.book.lock:
+                self.requests.pop(req, None)  # the IO thread drops it from the outbox
+            ep = self.config.ventilator_clients if node == "ventilator" else self.config.sink_endpoint
+            raise TimeoutError(f"{node} at {ep} did not answer {op!r} in time") from None
+        return (data, payload) if with_payload else data
+
+    def cancel_later(self, task_ids: Sequence[str]) -> None:
+        """Ask the ventilator to drop or stop these tasks (callers hold ``book.lock``)."""
+        self.outbox.extend(("cancel", tid) for tid in task_ids)
+
+    def watch(self, task_id: str) -> None:
+        """Ask the sink for this task's result (callers hold ``book.lock``)."""
+        self.outbox.append(("watch", task_id))
+
+    # -- the thread -------------------------------------------------------------------
+    def _main(self) -> None:
         ctx = zmq.Context()
         try:
-            self._io_setup(ctx)
+            self._setup(ctx)
         except BaseException as exc:
-            self._io_error = exc
+            self._error = exc
             self._ready.set()
             ctx.destroy(0)
             return
         self._ready.set()
         linger = 0
         try:
-            self._io_loop()
+            self._loop()
             # what shutdown queued last (cancels of pending tasks) still goes out
             self._send_outbox()
-            self._flush_backlog()
+            self.vent.flush()
+            self.sink.flush()
             if self._cancelling:
                 linger = 500  # ms: let the cancels reach a ventilator that is there
         except Exception:
             log.exception("zq client IO thread failed")
             self._fail_all(ZqError("the client's IO thread failed; see the log"))
         finally:
-            close_link(self.vsock, self._monitors.get("ventilator"), linger=linger)
-            close_link(self.ssock, self._monitors.get("sink"))
+            self.vent.close(linger)
+            self.sink.close()
             ctx.destroy(0)
 
-    def _io_setup(self, ctx: zmq.Context) -> None:
-        self.ctx = ctx
+    def _setup(self, ctx: zmq.Context) -> None:
         self.poller = zmq.Poller()
-        self.poller.register(self._waker.fileno(), zmq.POLLIN)
-        now = time.monotonic()
-        self._nodes = {
-            "ventilator": {"endpoint": self.config.ventilator_clients, "last_recv": now, "last_send": 0.0,
-                           "instance": None, "backoff": self.config.heartbeat_interval},
-            "sink": {"endpoint": self.config.sink_endpoint, "last_recv": now, "last_send": 0.0,
-                     "instance": None, "backoff": self.config.heartbeat_interval},
-        }
-        self._monitors: dict[str, LinkMonitor] = {}
-        self.vsock = self._connect("ventilator")
-        self.ssock = self._connect("sink")
+        self.poller.register(self.waker.fileno(), zmq.POLLIN)
         self._sent_fns: set[bytes] = set()
-        self._backlog: dict[str, collections.deque[list]] = {
-            "ventilator": collections.deque(), "sink": collections.deque()}
-        #: ids of futures cancelled here whose cancel the ventilator has not answered yet
-        #: (sent again to a ventilator that restarted), and the requests carrying them
+        #: ids of futures cancelled here whose cancel the ventilator has not answered yet,
+        #: and the requests carrying them (in the ventilator link's outbox until answered)
         self._cancelling: dict[str, None] = {}
         self._cancel_reqs: dict[int, list[str]] = {}
+        self.links: dict[str, Link] = {}
+        self.vent = self._link(ctx, "ventilator", self.config.ventilator_clients)
+        self.sink = self._link(ctx, "sink", self.config.sink_endpoint)
 
-    def _connect(self, node: str) -> zmq.Socket:
-        s = dealer(self.ctx, self._nodes[node]["endpoint"], self.id.encode(), keys=self._keys, server=node)
-        self.poller.register(s, zmq.POLLIN)
-        mon = self._monitors[node] = LinkMonitor(s)
-        self.poller.register(mon.socket, zmq.POLLIN)
-        try:
-            s.send_multipart(P.pack(P.HELLO if node == "sink" else P.HEARTBEAT,
-                                    {"id": self.id, "client": self.id}), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # our regular heartbeat follows
-        self._nodes[node]["last_send"] = time.monotonic()
-        return s
+    def _link(self, ctx: zmq.Context, node: str, endpoint: str) -> Link:
+        cfg = self.config
+        link = Link(ctx, endpoint, identity=self.id.encode(), server=node, poller=self.poller,
+                    heartbeat={"id": self.id, "client": self.id}, interval=cfg.heartbeat_interval,
+                    timeout=cfg.heartbeat_timeout, keys=self.keys, name=node, logger=log)
+        link.warn_once = True  # one line per silence, whatever the number of new sockets
+        link.silence_note = f"; pending tasks fail with NodeUnreachable after {self.unreachable_timeout:g}s"
+        link.on_message = lambda msg: self._on_message(node, msg)
+        link.on_reconnect = lambda why: self._resync(node, why)
+        self.links[node] = link
+        return link.open()
 
-    def _io_loop(self) -> None:
+    def _loop(self) -> None:
         interval = self.config.heartbeat_interval
         next_tick = 0.0
-        waker = self._waker
-        while not self._stop_io:
+        waker = self.waker
+        while not self.stopping:
             waker.sleeping = True
             # submitters skip the wake-up system call unless we sleep, so look at the
             # outbox after announcing it and before blocking
-            events = dict(self.poller.poll(0 if self._outbox else int(interval * 500) or 1))
+            events = dict(self.poller.poll(0 if self.outbox else int(interval * 500) or 1))
             waker.sleeping = False
             if waker.fileno() in events:
                 waker.drain()
-            if self.vsock in events:
-                self._drain(self.vsock, "ventilator")
-            if self.ssock in events:
-                self._drain(self.ssock, "sink")
-            for node, mon in self._monitors.items():
-                if mon.socket in events:
-                    if mon.reconnected():
-                        # the connection broke and came back: what was queued on it is gone
-                        log.info("connection to the %s re-established: sending again", node)
-                        self._node_restarted(node)
-                    self._note_refusal(node, mon.refused)
-            self._flush_backlog()
+            for node, link in self.links.items():
+                link.handle(events)
+                if link.refused:
+                    self._note_refusal(node, link.refused)
+            self.vent.flush()
+            self.sink.flush()
             self._send_outbox()
             now = time.monotonic()
             if now >= next_tick:
@@ -144,8 +235,9 @@ class ClientIO:
     def _send_outbox(self) -> None:
         tasks: list[TaskSpec] = []
         cancels: list[str] = []
-        while self._outbox:
-            item = self._outbox.popleft()
+        outbox = self.outbox
+        while outbox:
+            item = outbox.popleft()
             if isinstance(item, TaskSpec):
                 if cancels:
                     self._send_cancels(cancels)
@@ -164,13 +256,15 @@ class ClientIO:
             if item[0] == "request":
                 _, node, header = item
                 self._request_to(header["req"], node)
-                sock = self.vsock if node == "ventilator" else self.ssock
-                self._send(sock, node, P.pack(P.REQUEST, header))
+                self.links[node].put(header["req"], P.pack(P.REQUEST, header))
             elif item[0] == "watch":
-                self._send(self.ssock, "sink", P.pack(P.WATCH, {"ids": [item[1]]}))
-            elif item[0] == "submit":
-                self._request_to(item[1], "ventilator")
-                self._send_tasks([item[2]], req=item[1])
+                self.sink.queue(P.pack(P.WATCH, {"ids": [item[1]]}))
+            elif item[0] == "submit":  # keyed: with its function, whatever the ventilator holds
+                _, req, spec = item
+                self._request_to(req, "ventilator")
+                fns = {} if spec.digest == P.BY_NAME else {spec.digest: self.book.fn_bytes[spec.digest]}
+                self.vent.put(req, P.pack_tasks(P.SUBMIT, [spec], fns, req))
+                self._sent_fns.update(fns)
         if tasks:
             self._send_tasks(tasks)
         if cancels:
@@ -184,96 +278,48 @@ class ClientIO:
             req = next(self._req_ids)
             self._cancel_reqs[req] = part
             self._cancelling.update(dict.fromkeys(part))
-            self._send(self.vsock, "ventilator", P.pack(P.REQUEST, {"req": req, "op": "cancel", "ids": part}))
+            self.vent.put(req, P.pack(P.REQUEST, {"req": req, "op": "cancel", "ids": part}))
 
     def _request_to(self, req: int, node: str) -> None:
         """Remember which node a request went to (a refused handshake fails it at once)."""
-        with self._lock:
-            fut = self._requests.get(req)
+        with self.book.lock:
+            fut = self.requests.get(req)
         if fut is not None:
             fut.zq_node = node  # type: ignore[attr-defined]
 
-    def _note_refusal(self, node: str, why: Optional[str]) -> None:
-        """The node's CURVE handshake failed (``why``), or succeeded (None): the requests
-        waiting for it fail now, saying so, rather than time out as unanswered."""
-        info = self._nodes[node]
-        info["refused"] = why
-        if why is None:
-            return
-        with self._lock:
-            mine = [r for r, f in self._requests.items() if getattr(f, "zq_node", None) == node]
-            futs = [self._requests.pop(r) for r in mine]
+    def _note_refusal(self, node: str, why: str) -> None:
+        """The node's CURVE handshake failed (``why``): the requests waiting for it fail
+        now, saying so, rather than time out as unanswered."""
+        with self.book.lock:
+            mine = [r for r, f in self.requests.items() if getattr(f, "zq_node", None) == node]
+            futs = [self.requests.pop(r) for r in mine]
+        ep = self.links[node].endpoint
         for f in futs:
             if not f.done():
-                f.set_exception(NodeUnreachable(f"the {node} at {info['endpoint']} refused the handshake "
-                                                f"(keys?): {why}"))
+                f.set_exception(NodeUnreachable(f"the {node} at {ep} refused the handshake (keys?): {why}"))
 
-    def _send_tasks(self, tasks: list[TaskSpec], force_fns: bool = False, req: Optional[int] = None) -> None:
+    def _send_tasks(self, tasks: list[TaskSpec], force_fns: bool = False) -> None:
         """SUBMIT ``tasks`` in as few messages as the size limit allows."""
-        limit = P.batch_limit(self._max_message)
+        limit = P.batch_limit(self.max_message)
+        fn_bytes = self.book.fn_bytes
         start = 0
         while start < len(tasks):
             # count each new function once, with the first task that needs it
             seen: set[bytes] = set()
 
-            def new_fn(t: TaskSpec) -> bool:
-                return (t.digest != P.BY_NAME and (force_fns or t.digest not in self._sent_fns)
-                        and t.digest not in seen)
-
             def size(t: TaskSpec) -> int:
-                if new_fn(t):
+                if (t.digest != P.BY_NAME and (force_fns or t.digest not in self._sent_fns)
+                        and t.digest not in seen):
                     seen.add(t.digest)
-                    return args_size(t.args) + len(self._fn_bytes[t.digest])
+                    return args_size(t.args) + len(fn_bytes[t.digest])
                 return args_size(t.args)
 
             n = P.take_batch(tasks[start:start + 5000], limit, size=size)
             batch = tasks[start:start + n]
             start += n
-            fns = {d: self._fn_bytes[d] for d in seen if any(t.digest == d for t in batch)}
-            self._send(self.vsock, "ventilator", P.pack_tasks(P.SUBMIT, batch, fns, req))
+            fns = {d: fn_bytes[d] for d in seen if any(t.digest == d for t in batch)}
+            self.vent.queue(P.pack_tasks(P.SUBMIT, batch, fns))
             self._sent_fns.update(fns)
-
-    def _send(self, sock: zmq.Socket, node: str, frames: list, droppable: bool = False) -> None:
-        """Send without ever blocking the IO thread: a node that is away or not reading
-        (high-water mark) gets the message later, in order; heartbeats are dropped."""
-        backlog = self._backlog[node]
-        if not backlog:
-            try:
-                send_now(sock, frames)
-                self._nodes[node]["last_send"] = time.monotonic()
-                return
-            except zmq.Again:
-                pass
-        if not droppable:
-            backlog.append(frames)
-
-    def _flush_backlog(self) -> None:
-        for node, sock in (("ventilator", self.vsock), ("sink", self.ssock)):
-            backlog = self._backlog[node]
-            while backlog:
-                try:
-                    send_now(sock, backlog[0])
-                except zmq.Again:
-                    break
-                backlog.popleft()
-                self._nodes[node]["last_send"] = time.monotonic()
-
-    def _drain(self, sock: zmq.Socket, node: str, limit: int = 1000) -> None:
-        info = self._nodes[node]
-        for _ in range(limit):
-            frames = recv_now(sock, small=3)
-            if frames is None:
-                return
-            info["last_recv"] = time.monotonic()
-            info["backoff"] = self.config.heartbeat_interval
-            if info.get("warned"):
-                info["warned"] = False
-                log.info("%s at %s answers again", node, info["endpoint"])
-            info["heard"] = True
-            try:
-                self._on_message(node, P.unpack(frames))
-            except Exception as exc:
-                log.warning("bad message from %s: %s", node, exc)
 
     def _on_message(self, node: str, msg: P.Message) -> None:
         cmd = msg.command
@@ -282,54 +328,28 @@ class ClientIO:
             self._on_results(rows)  # the waiting callers first, then the acknowledgement
             # acknowledge every result received, even one already settled (a resend):
             # only then may its worker forget it
-            self._send(self.ssock, "sink", P.pack(P.ACK, {"ids": [r.task_id for r in rows]}))
+            self.sink.queue(P.pack(P.ACK, {"ids": [r.task_id for r in rows]}))
         elif cmd == P.REPLY:
-            req = msg.header.get("req")
-            cancelled = self._cancel_reqs.pop(req, None) if type(req) is int else None
-            if cancelled is not None:
-                answers = msg.header.get("data") if msg.header.get("ok") else None
-                if not isinstance(answers, list) or len(answers) != len(cancelled):
-                    log.warning("the ventilator did not cancel %d task(s): %s", len(cancelled),
-                                msg.header.get("error"))
-                    answers = [""] * len(cancelled)
-                for tid, answer in zip(cancelled, answers):
-                    self._cancelling.pop(tid, None)
-                    if answer == "canceled":
-                        self._remember(tid, TaskState.CANCELED)
-                return
-            with self._lock:
-                fut = self._requests.pop(req, None)
-            if fut is None:
-                return
-            if msg.header.get("ok"):
-                fut.set_result((msg.header.get("data"), msg.payload[0].bytes if msg.payload else b""))
-            else:
-                fut.set_exception(ZqError(str(msg.header.get("error"))))
+            self._on_reply(node, msg)
         elif cmd == P.HEARTBEAT:
-            info = self._nodes[node]
-            inst = msg.header.get("instance")
-            if info["instance"] is not None and inst != info["instance"]:
-                log.warning("%s restarted (new instance %s)", node, inst)
-                self._node_restarted(node)
-            info["instance"] = inst
             peer_max = msg.header.get("max")
             if isinstance(peer_max, int) and peer_max >= 1024:
                 self._peer_max[node] = peer_max
-                before = self._max_message
-                self._max_message = min(self.config.max_message_size, *self._peer_max.values())
-                if self._max_message < before:
+                before = self.max_message
+                self.max_message = min(self.config.max_message_size, *self._peer_max.values())
+                if self.max_message < before:
                     self._limit_lowered()
         elif cmd == P.PROGRESS:
             for row in msg.header.get("p") or ():
-                with self._lock:
-                    fut = self._futures.get(row[0])
+                with self.book.lock:
+                    fut = self.book.futures.get(row[0])
                 if fut is not None:
-                    self._set_progress(fut, row)
+                    set_progress(fut, row)
         elif cmd == P.REJECT:
             ids = msg.header.get("ids") or []
             if msg.header.get("code") == "unknown-function":
-                with self._lock:
-                    specs = [self._unfinished[i] for i in ids if i in self._unfinished]
+                with self.book.lock:
+                    specs = [self.book.unfinished[i] for i in ids if i in self.book.unfinished]
                 self._sent_fns.clear()
                 if specs:
                     self._send_tasks(specs, force_fns=True)
@@ -337,12 +357,38 @@ class ClientIO:
             self._unreachable_elsewhere(msg.header)
         elif cmd == P.ERROR and msg.header.get("code") == "gone":
             for tid in msg.header.get("ids") or ():  # future_for() a result nobody kept
-                with self._lock:
-                    fut = self._futures.pop(tid, None)
+                with self.book.lock:
+                    fut = self.book.futures.pop(tid, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(ZqError(str(msg.header.get("msg"))))
         elif cmd == P.ERROR:
             log.warning("%s refused a message: %s", node, msg.header.get("msg"))
+
+    def _on_reply(self, node: str, msg: P.Message) -> None:
+        req = msg.header.get("req")
+        if type(req) is not int:
+            return
+        self.links[node].ack([req])  # answered: not to be sent again
+        cancelled = self._cancel_reqs.pop(req, None)
+        if cancelled is not None:
+            answers = msg.header.get("data") if msg.header.get("ok") else None
+            if not isinstance(answers, list) or len(answers) != len(cancelled):
+                log.warning("the ventilator did not cancel %d task(s): %s", len(cancelled),
+                            msg.header.get("error"))
+                answers = [""] * len(cancelled)
+            for tid, answer in zip(cancelled, answers):
+                self._cancelling.pop(tid, None)
+                if answer == "canceled":
+                    self.book.remember(tid, TaskState.CANCELED)
+            return
+        with self.book.lock:
+            fut = self.requests.pop(req, None)
+        if fut is None:
+            return
+        if msg.header.get("ok"):
+            fut.set_result((msg.header.get("data"), msg.payload[0].bytes if msg.payload else b""))
+        else:
+            fut.set_exception(ZqError(str(msg.header.get("error"))))
 
     def _unreachable_elsewhere(self, h: dict) -> None:
         """The ventilator cannot get these tasks' results (WorkerLost, cancellations it
@@ -353,11 +399,11 @@ class ClientIO:
             return
         exc = NodeUnreachable(f"{h.get('msg')} (client unreachable_timeout={self.unreachable_timeout:g}s)")
         failed = []
-        with self._lock:
+        with self.book.lock:
             for tid in h.get("ids") or ():
-                fut = self._futures.pop(tid, None) if isinstance(tid, str) else None
+                fut = self.book.futures.pop(tid, None) if isinstance(tid, str) else None
                 if fut is not None:
-                    self._unfinished.pop(tid, None)
+                    self.book.unfinished.pop(tid, None)
                     failed.append(fut)
         for fut in failed:
             try:
@@ -369,59 +415,64 @@ class ClientIO:
         """A node takes smaller messages than we assumed: fail the tasks over the limit (the
         node may have dropped our connection for them, and what followed) and send the
         others again (duplicates are ignored by the ventilator)."""
-        limit = self._max_message - 4096
+        limit = self.max_message - 4096
         too_big = []
-        with self._lock:
-            for tid, spec in list(self._unfinished.items()):
-                if args_size(spec.args) + len(self._fn_bytes.get(spec.digest, b"")) > limit:
-                    del self._unfinished[tid]
-                    fut = self._futures.pop(tid, None)
+        book = self.book
+        with book.lock:
+            for tid, spec in list(book.unfinished.items()):
+                if args_size(spec.args) + len(book.fn_bytes.get(spec.digest, b"")) > limit:
+                    del book.unfinished[tid]
+                    fut = book.futures.pop(tid, None)
                     if fut is not None:
                         too_big.append((fut, args_size(spec.args)))
         for fut, size in too_big:
             try:
                 fut.set_exception(SerializationError(
                     f"task {fut.task_id} is {size} bytes pickled, over the cluster's maximum message "
-                    f"size of {self._max_message} bytes"))
+                    f"size of {self.max_message} bytes"))
             except concurrent.futures.InvalidStateError:
                 pass
-        self._node_restarted("ventilator")
+        self.vent.resync("limit lowered")
 
-    def _node_restarted(self, node: str, quiet: bool = False) -> None:
-        """Send ``node`` again what it may have lost: it restarted or our connection (and
-        what was queued on it) was replaced.  ``quiet``: a reconnection to a node that is not
-        answering, where the resend is routine (logged once by ``_tick``)."""
+    def _resync(self, node: str, why: str) -> None:
+        """A new connection to ``node`` (``why``: see ``zq.link``): say hello, and send again
+        what it may have lost; its link then sends the unanswered requests again."""
+        link = self.links[node]
         if node == "ventilator":
+            link.heartbeat()  # it answers with its instance and limit
+            if why == CONNECTED:
+                return
             self._sent_fns.clear()
-            with self._lock:
-                specs = list(self._unfinished.values())
-            if specs:
-                (log.debug if quiet else log.warning)("submitting %d unfinished task(s) again", len(specs))
-            self._send_tasks(specs)
-            self._cancel_reqs.clear()  # their answers will not come: ask again
-            if self._cancelling:
-                self._send_cancels(list(self._cancelling))
+            with self.book.lock:
+                specs = list(self.book.unfinished.values())
+            if specs:  # a routine resend when we replaced the socket of a silent node
+                (log.debug if why == REPLACED else log.warning)(
+                    "submitting %d unfinished task(s) again", len(specs))
+                self._send_tasks(specs)
         else:
-            self._send(self.ssock, "sink", P.pack(P.HELLO, {"client": self.id}))
-            self._rewatch()
+            link.queue(P.pack(P.HELLO, {"id": self.id, "client": self.id}))
+            if why != CONNECTED:
+                self._rewatch()
 
     def _rewatch(self) -> None:
         """Tell the sink (again) which other clients' results we wait for: after it
         restarted, and every WATCH_RENEW seconds (it forgets watches not renewed)."""
-        with self._lock:
-            watched = [tid for tid in self._futures if tid not in self._unfinished]
+        with self.book.lock:
+            watched = [tid for tid in self.book.futures if tid not in self.book.unfinished]
         if watched:
-            self._send(self.ssock, "sink", P.pack(P.WATCH, {"ids": watched}))
+            self.sink.queue(P.pack(P.WATCH, {"ids": watched}))
 
     def _on_results(self, rows: list[ResultRow]) -> None:
         settled = []
         states = STATE_OF
-        with self._lock:
-            finished = self._finished
+        book = self.book
+        with book.lock:
+            finished = book.finished
+            futures, unfinished = book.futures, book.unfinished
             for r in rows:
                 tid = r.row[0]
-                fut = self._futures.pop(tid, None)
-                self._unfinished.pop(tid, None)
+                fut = futures.pop(tid, None)
+                unfinished.pop(tid, None)
                 if fut is not None:
                     settled.append((fut, r))
                     finished[tid] = states[r.row[2]]
@@ -430,78 +481,39 @@ class ClientIO:
         for fut, r in settled:
             settle_row(fut, r)
 
-    def _set_progress(self, fut: "TaskFuture", row: Sequence[Any]) -> None:
-        """``row``: [task id, done, total, message, time] as a task reported it."""
-        _, done, total, message, ts = row[:5]
-        fut._progress_first, eta = progress_eta(fut._progress_first, done, total, ts)
-        fut.progress = Progress(done, total, message, ts, eta)
-
-    def _forget(self, task_id: str, state: TaskState) -> None:
-        with self._lock:
-            self._futures.pop(task_id, None)
-            self._unfinished.pop(task_id, None)
-        self._remember(task_id, state)
-
-    def _remember(self, task_id: str, state: TaskState) -> None:
-        """The final state of a task of ours, for ``get_status`` without a round trip."""
-        with self._lock:
-            self._finished[task_id] = state
-            if len(self._finished) > FINISHED_MEMORY:
-                self._finished.popitem(last=False)
-
     def _tick(self, now: float) -> None:
-        cfg = self.config
         if now >= self._next_rewatch:
             if self._next_rewatch:
                 self._rewatch()
             self._next_rewatch = now + P.WATCH_RENEW
-        for node, sock_attr in (("ventilator", "vsock"), ("sink", "ssock")):
-            info = self._nodes[node]
-            # heartbeat on a fixed schedule, busy or not: the nodes answer heartbeats,
-            # not submissions, and their answers are how we know they are alive
-            if now - info.get("last_hb", 0.0) >= cfg.heartbeat_interval:
-                info["last_hb"] = now
-                self._send(getattr(self, sock_attr), node,
-                           P.pack(P.HEARTBEAT, {"id": self.id, "client": self.id}), droppable=True)
-            silent = now - info["last_recv"]
-            if info.get("refused"):
-                self._note_refusal(node, info["refused"])  # requests made since
-            if silent <= cfg.heartbeat_timeout:
-                info["backoff"] = cfg.heartbeat_interval
-                info["reconnect_at"] = 0.0
-                continue
-            if now >= info.get("reconnect_at", 0.0):
-                # Paranoid Pirate: a fresh socket, then wait longer (capped) before the next
-                if info.get("warned"):
-                    log.debug("%s at %s silent for %.1fs: reconnecting", node, info["endpoint"], silent)
-                else:  # once per silence, whatever the number of reconnections
-                    info["warned"] = True
-                    what = ("has not answered since the client started (wrong endpoint, or not running?)"
-                            if not info.get("heard") else f"silent for {silent:.1f}s")
-                    log.warning("%s at %s %s: reconnecting; pending tasks fail with NodeUnreachable "
-                                "after %gs", node, info["endpoint"], what, self.unreachable_timeout)
-                info["reconnect_at"] = now + info["backoff"]
-                info["backoff"] = min(info["backoff"] * 2, 30.0)
-                # monitor first, then the socket (see close_link); closing drops what was
-                # still queued on it: hence the resend below
-                close_link(getattr(self, sock_attr), self._monitors.pop(node), self.poller)
-                setattr(self, sock_attr, self._connect(node))
-                self._node_restarted(node, quiet=True)
-            if silent > self.unreachable_timeout and (self._futures or self._requests):
-                why = f"; it refused the handshake (keys?): {info['refused']}" if info.get("refused") else ""
+        with self.book.lock:
+            waiting = set(self.requests)
+            pending = bool(self.book.futures or self.requests)
+        for node, link in self.links.items():
+            # requests nobody waits for any more (timed out, failed) leave the outbox
+            stale = [r for r in link.unacked if r not in waiting and r not in self._cancel_reqs]
+            if stale:
+                link.ack(stale)
+            if link.refused:
+                self._note_refusal(node, link.refused)  # requests made since
+            link.tick(now)
+            silent = now - link.last_recv
+            if silent > self.unreachable_timeout and pending:
+                why = f"; it refused the handshake (keys?): {link.refused}" if link.refused else ""
                 self._fail_all(NodeUnreachable(
-                    f"the {node} at {info['endpoint']} has been unreachable for {silent:.0f}s "
+                    f"the {node} at {link.endpoint} has been unreachable for {silent:.0f}s "
                     f"(client unreachable_timeout={self.unreachable_timeout:g}s){why}"))
+                pending = False
 
     def _fail_all(self, exc: ZqError) -> None:
-        for backlog in self._backlog.values():
-            backlog.clear()  # nobody waits for these any more
-        with self._lock:
-            futs = list(self._futures.values())
-            self._futures.clear()
-            self._unfinished.clear()
-            reqs = list(self._requests.values())
-            self._requests.clear()
+        for link in getattr(self, "links", {}).values():
+            link.clear()  # nobody waits for these any more
+        with self.book.lock:
+            futs = list(self.book.futures.values())
+            self.book.futures.clear()
+            self.book.unfinished.clear()
+            reqs = list(self.requests.values())
+            self.requests.clear()
         for f in futs + reqs:
             if not f.done():
                 try:

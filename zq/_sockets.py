@@ -114,8 +114,11 @@ def router(ctx: zmq.Context, endpoint: str, max_message: int, mandatory: bool = 
 
 
 def dealer(ctx: zmq.Context, endpoint: str, identity: Optional[bytes] = None,
-           max_message: Optional[int] = None, keys: Optional["Keys"] = None, server: str = "") -> zmq.Socket:
-    """A connected DEALER; a CURVE client of ``server`` when ``keys`` are given."""
+           max_message: Optional[int] = None, keys: Optional["Keys"] = None, server: str = "",
+           connect: bool = True) -> zmq.Socket:
+    """A connected DEALER; a CURVE client of ``server`` when ``keys`` are given.
+    ``connect=False``: not connected yet (attach a ``LinkMonitor`` first, then connect, so
+    that the monitor sees the first handshake: a refused one may not be retried)."""
     s = ctx.socket(zmq.DEALER)
     if keys is not None:
         keys.make_client(s, server)
@@ -128,7 +131,8 @@ def dealer(ctx: zmq.Context, endpoint: str, identity: Optional[bytes] = None,
     s.setsockopt(zmq.RCVHWM, HWM)
     s.setsockopt(zmq.RECONNECT_IVL, 100)
     s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    s.connect(endpoint)
+    if connect:
+        s.connect(endpoint)
     return s
 
 
@@ -168,10 +172,10 @@ class LinkMonitor:
     REFUSED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    def __init__(self, sock: zmq.Socket, endpoint: Optional[str] = None) -> None:
         self.socket = sock.get_monitor_socket(self.EVENTS | self.REFUSED)
         self._watched = sock
-        self.endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode(errors="replace")
+        self.endpoint = endpoint or sock.getsockopt(zmq.LAST_ENDPOINT).decode(errors="replace")
         self._dropped = False
         #: why the last handshake failed (see ``describe_refusal``); None once one succeeds
         self.refused: Optional[str] = None

@@ -1,12 +1,16 @@
 """``zq.Client``: a ``concurrent.futures.Executor`` backed by a zq cluster.
 
-    caller threads ──submit(): pickle, TaskSpec, future──▶ outbox deque + Waker
+    caller threads ──submit(): pickle, TaskSpec, future──▶ ClientIO.outbox + Waker
                                                               │
-    IO thread (Client._loop) ── owns both sockets ────────────┘
-        DEALER ──SUBMIT/REQUEST/HEARTBEAT──▶ ventilator (clients ROUTER)
-               ◀──REPLY/REJECT/HEARTBEAT──
-        DEALER ──HELLO/REQUEST/HEARTBEAT──▶ sink
-               ◀──RESULT/REPLY/HEARTBEAT── ──▶ settle(future)
+    IO thread (ClientIO, zq/_clientio.py) ── owns both links ─┘
+        Link ──SUBMIT/REQUEST/HEARTBEAT──▶ ventilator (clients ROUTER)
+             ◀──REPLY/REJECT/HEARTBEAT──
+        Link ──HELLO/REQUEST/HEARTBEAT──▶ sink
+             ◀──RESULT/REPLY/HEARTBEAT── ──▶ settle(future)
+
+The client is built from parts: ``TaskBook`` (its tasks, shared with the IO thread
+under one lock), ``ClientIO`` (the IO thread and its sockets, ``self._io``) and
+``Admin`` (the admin calls, ``self._admin``, given three callables).
 
 Both DEALERs carry the client id as routing id, so the sink routes results by
 the client id in each result's header.  Arguments are pickled in the caller's
@@ -20,19 +24,18 @@ arrives, so they can be submitted again to a ventilator that restarted.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 import logging
 import os
-import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from ._wake import Waker
 from .config import Config, load_config
+from .context import Progress
 from .envelope import Result, TaskInfo, TaskState
 from .errors import ClientClosed, SerializationError, ZqError
 from .futures import TaskFuture
@@ -41,8 +44,8 @@ from .protocol import ResultRow, TaskSpec
 from .security import Keys
 from .serialize import FunctionCache, args_size, function_name, pack_args
 from . import protocol as P
-from ._clientadmin import AdminMixin
-from ._clientio import ClientIO
+from ._clientadmin import Admin
+from ._clientio import REQUEST_TIMEOUT, ClientIO, TaskBook, set_progress
 from ._local import run_locally
 from .canvas import Call, Chain, Group
 from .errors import UnknownTask
@@ -52,15 +55,24 @@ from .task import Task, _pop_client, _push_client
 
 log = logging.getLogger("zq.client")
 
-REQUEST_TIMEOUT = 10.0
-
 
 def _run_chunk(fn: Callable, items: list) -> list:
     """Runs on a worker for ``map(chunksize>1)``: one task, many calls."""
     return [fn(*args) for args in items]
 
 
-class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
+def _admin(name: str) -> Any:
+    """A ``Client`` method that is ``Admin``'s (same signature and docstring)."""
+    fn = getattr(Admin, name)
+
+    @functools.wraps(fn)
+    def call(self: "Client", *args: Any, **kwargs: Any) -> Any:
+        return fn(self._admin, *args, **kwargs)
+
+    return call
+
+
+class Client(concurrent.futures.Executor):
     """Submit Python callables to a zq cluster.
 
     ``Client()`` with no config and no endpoints starts an embedded local cluster
@@ -112,28 +124,59 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
         self.id = os.urandom(8).hex()
         self._ids = itertools.count(1)
         self._fns = FunctionCache()
-        self._fn_bytes: dict[bytes, bytes] = {}
-        self._lock = threading.Lock()
-        self._futures: dict[str, TaskFuture] = {}
-        self._unfinished: dict[str, TaskSpec] = {}
-        self._finished: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
-        self._outbox: collections.deque[Any] = collections.deque()
-        self._requests: dict[int, concurrent.futures.Future] = {}
-        self._req_ids = itertools.count(1)
-        self._waker = Waker()
-        #: the smallest maximum message size of this client and its nodes (from heartbeats)
-        self._max_message = cfg.max_message_size
-        self._peer_max: dict[str, int] = {}
-        self._next_rewatch = 0.0  # when to renew WATCHes (protocol.WATCH_RENEW)
+        self._book = book = TaskBook()
+        # the book's parts, by their names here (the same objects, under book.lock)
+        self._lock, self._futures, self._unfinished = book.lock, book.futures, book.unfinished
+        self._finished, self._fn_bytes = book.finished, book.fn_bytes
         self._closed = False
-        self._stop_io = False
-        self._io_error: Optional[BaseException] = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._io_main, name=f"zq-client-{self.id[:6]}", daemon=True)
-        self._thread.start()
-        self._ready.wait(10.0)
-        if self._io_error is not None:
-            raise self._io_error
+        self._io = ClientIO(cfg, self.id, self._keys, book, self.unreachable_timeout)
+        self._waker = self._io.waker
+        self._enqueue = self._io.outbox.append  # what submit hands the IO thread
+        self._admin = Admin(self._request, self._final_state, self._known_progress)
+        self._io.start()
+
+    # -- the parts' interfaces ---------------------------------------------------------
+    @property
+    def _thread(self) -> Any:
+        """The IO thread (done-callbacks run on it)."""
+        return self._io.thread
+
+    @property
+    def _max_message(self) -> int:
+        """The smallest maximum message size of this client and its nodes."""
+        return self._io.max_message
+
+    def _final_state(self, task_id: str) -> Optional[TaskState]:
+        with self._lock:
+            return self._finished.get(task_id)
+
+    def _known_progress(self, task_id: str) -> Optional[Progress]:
+        with self._lock:
+            fut = self._futures.get(task_id)
+        return fut.progress if fut is not None else None
+
+    def _set_progress(self, fut: TaskFuture, row: Sequence[Any]) -> None:
+        set_progress(fut, row)
+
+    def _forget(self, task_id: str, state: TaskState) -> None:
+        self._book.forget(task_id, state)
+
+    def _request(self, node: str, op: str, header: dict, timeout: Optional[float] = None,
+                 with_payload: bool = False, submit: Optional[TaskSpec] = None) -> Any:
+        return self._io.request(node, op, header, timeout, with_payload, submit)
+
+    # -- admin calls (zq/_clientadmin.py) -------------------------------------------------
+    list_tasks = _admin("list_tasks")
+    count_tasks = _admin("count_tasks")
+    show_task = _admin("show_task")
+    requeue = _admin("requeue")
+    forget = _admin("forget")
+    pause = _admin("pause")
+    resume = _admin("resume")
+    disable_task = _admin("disable_task")
+    enable_task = _admin("enable_task")
+    registry = _admin("registry")
+    get_progress = _admin("get_progress")
 
     # -- context manager / task stack -------------------------------------------------
     def __enter__(self) -> "Client":
@@ -234,7 +277,7 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
                 self._fn_bytes.setdefault(digest, fn_data)
             self._futures[task_id] = fut
             self._unfinished[task_id] = spec
-            self._outbox.append(spec)
+            self._enqueue(spec)
         self._waker.wake_if_sleeping()
         return fut
 
@@ -265,7 +308,7 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
             fut = self._futures.get(task_id)
             if fut is None:
                 fut = self._futures[task_id] = TaskFuture(task_id, self)
-            self._outbox.append(("watch", task_id))
+            self._io.watch(task_id)
         self._waker.wake()
         return fut
 
@@ -417,8 +460,8 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
                 if self._futures.get(tid) is f:
                     del self._futures[tid]
                     self._unfinished.pop(tid, None)  # not to be submitted again
-                self._outbox.append(("cancel", tid))
-        if not self._stop_io:  # after shutdown the waker's descriptors are closed
+            self._io.cancel_later([f.task_id for f in futs])
+        if not self._io.stopping:  # after shutdown the waker's descriptors are closed
             self._waker.wake()
 
     def _cancel_futures(self, futs: Sequence[TaskFuture]) -> list[bool]:
@@ -442,30 +485,6 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
             out.append(f.cancelled())
         return out
 
-    def _request(self, node: str, op: str, header: dict, timeout: Optional[float] = None,
-                 with_payload: bool = False, submit: Optional[TaskSpec] = None) -> Any:
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("zq.Client requests cannot be made from a future's done-callback")
-        if self._stop_io:
-            raise ClientClosed("client is shut down")
-        req = next(self._req_ids)
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        with self._lock:
-            self._requests[req] = fut
-            if submit is not None:  # a SUBMIT that waits for its answer
-                self._outbox.append(("submit", req, submit))
-            else:
-                self._outbox.append(("request", node, {"req": req, "op": op, **header}))
-        self._waker.wake()
-        try:
-            data, payload = fut.result(REQUEST_TIMEOUT if timeout is None else timeout)
-        except concurrent.futures.TimeoutError:
-            with self._lock:
-                self._requests.pop(req, None)
-            ep = self.config.ventilator_clients if node == "ventilator" else self.config.sink_endpoint
-            raise TimeoutError(f"{node} at {ep} did not answer {op!r} in time") from None
-        return (data, payload) if with_payload else data
-
     # -- shutdown ---------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop submitting; optionally cancel this client's pending tasks; wait for the
@@ -475,7 +494,7 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
         with self._lock:
             already = self._closed
             self._closed = True
-        if already and self._stop_io:
+        if already and self._io.stopping:
             return
         with self._lock:  # the tasks this client submitted (not future_for watches)
             own = [f for tid, f in self._futures.items() if tid in self._unfinished]
@@ -484,9 +503,7 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
                 f.cancel()  # sent by the IO thread before it stops
         if wait:
             self._wait_for(own)
-        self._stop_io = True
-        self._waker.wake()
-        self._thread.join(10.0)
+        self._io.stop()
         with self._lock:
             left = list(self._futures.items())
             self._futures.clear()
@@ -507,7 +524,7 @@ class Client(ClientIO, AdminMixin, concurrent.futures.Executor):
         """Wait for ``futs``: they finish, or the IO thread fails them (a node unreachable
         for ``unreachable_timeout``), or the IO thread is gone (nothing can finish them)."""
         pending = set(futs)
-        while pending and self._thread.is_alive():
+        while pending and self._io.thread.is_alive():
             pending = concurrent.futures.wait(pending, timeout=1.0).not_done
 
     def close(self) -> None:
