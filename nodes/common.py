@@ -236,13 +236,13 @@ def result_row(spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], *, 
                attempts: Optional[int] = None, pid: Optional[int] = None,
                payload: bytes = b"") -> ResultRow:
     """A result for ``spec`` as the sink will route it."""
-    row = [
+    row = P.ResultFields._make((
         spec.task_id, spec.name, state._value_, error.to_row() if error else None,
         spec.attempt if attempts is None else attempts, worker, HOST,
         os.getpid() if pid is None else pid, spec.queue, spec.submitted_at, started_at,
         finished_at or time.time(), run_seconds, spec.client, spec.retain, list(spec.lost),
         (spec.opts or {}).get("ttl"),
-    ]
+    ))
     return ResultRow(row, payload)
 
 

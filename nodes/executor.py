@@ -52,8 +52,6 @@ log = logging.getLogger("zq.worker")
 Batch = list
 #: functions kept unpickled per executor (and per child process), least recently used out
 FN_CACHE = 1000
-#: the old name of ``Completion.attempt``'s place (nodes/worker.py reads ``comp[ATTEMPT]``)
-ATTEMPT = Completion._fields.index("attempt")
 
 
 class FnCache:

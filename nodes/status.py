@@ -16,8 +16,9 @@ from zq.security import Keys
 
 
 def _ask(ctx: zmq.Context, endpoint: str, node: str, timeout: float, keys: Any = None) -> Any:
-    s = dealer(ctx, endpoint, f"status-{os.urandom(4).hex()}".encode(), keys=keys, server=node)
-    mon = LinkMonitor(s)  # says why a secured node will not talk to us
+    s = dealer(ctx, endpoint, f"status-{os.urandom(4).hex()}".encode(), keys=keys, server=node, connect=False)
+    mon = LinkMonitor(s, endpoint)  # says why a secured node will not talk to us: attached before
+    s.connect(endpoint)  # connecting, so that it sees the first handshake (a refusal is not retried)
     try:
         s.send_multipart(P.pack(P.REQUEST, {"req": 1, "op": "stats"}))
         deadline = time.monotonic() + timeout

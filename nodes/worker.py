@@ -49,7 +49,7 @@ from zq.protocol import TaskSpec
 from zq.serialize import args_from_blob
 
 from .common import HOST, Node, SinkLink, result_row
-from .executor import ATTEMPT, AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
+from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
 
 log = logging.getLogger("zq.worker")
 
@@ -418,27 +418,27 @@ class Worker(Node):
             self.last_done = time.monotonic()
         abandoned = self.abandoned
         for comp in comps:
-            tid = comp[0]
-            if abandoned and (tid, comp[ATTEMPT]) in abandoned:
+            tid = comp.task_id
+            if abandoned and (tid, comp.attempt) in abandoned:
                 # timed out or cancelled earlier: only now is it gone (a later attempt of the
                 # same task may be running here meanwhile: its completion is not this one)
-                abandoned.discard((tid, comp[ATTEMPT]))
+                abandoned.discard((tid, comp.attempt))
                 continue
             entry = self.running.get(tid)
-            if entry is None or entry[0].attempt != comp[ATTEMPT]:
+            if entry is None or entry[0].attempt != comp.attempt:
                 continue
             del self.running[tid]
             spec = entry[0]
-            run = comp[6]
+            run = comp.run_seconds
             self.avg_run = run if self.avg_run is None else 0.9 * self.avg_run + 0.1 * run
-            state = STATE_OF[comp[1]]
-            error = ErrorInfo.from_row(comp[2])
-            if comp[8] is not None and state is TaskState.SUCCESS:
-                self._continue(spec, comp[8])
+            state = STATE_OF[comp.state]
+            error = ErrorInfo.from_row(comp.error)
+            if comp.continuation is not None and state is TaskState.SUCCESS:
+                self._continue(spec, comp.continuation)
                 continue
-            payload = args_from_blob(comp[3])  # a blob (from a process's pipe) becomes frames again
-            row = result_row(spec, state, error, worker=self.id, started_at=comp[4], finished_at=comp[5],
-                             run_seconds=run, pid=comp[7], payload=payload)
+            payload = args_from_blob(comp.payload)  # a blob (from a process's pipe) becomes frames again
+            row = result_row(spec, state, error, worker=self.id, started_at=comp.started_at,
+                             finished_at=comp.finished_at, run_seconds=run, pid=comp.pid, payload=payload)
             self._complete(spec, state, error, row)
         for tid, reason in ex.lost():
             if abandoned:
@@ -465,14 +465,19 @@ class Worker(Node):
 
     def _on_event(self, event: tuple) -> None:
         """What a running task asked for: progress to report, a follow-up task to queue."""
-        kind = event[0]
-        if kind == "progress":
-            _, tid, done, total, message, ts = event
-            self.progress_out[tid] = [tid, done, total, message, ts]
-        elif kind == "spawn":
-            _, row, fn_data, args = event
+        try:
+            event = P.check_event(event)
+        except ProtocolError as exc:  # a bad event must never stop this loop
+            self.counters["event_refused"] += 1
+            log.warning("event from a task refused: %s", exc)
+            return
+        if event.kind == P.PROGRESS_EVENT:
+            self.progress_out[event.task_id] = P.ProgressRow(event.task_id, event.done, event.total,
+                                                             event.message, event.at)
+        elif event.kind == P.SPAWN_EVENT:
+            fn_data = event.fn
             try:  # checked in the task already; a bad row must never stop this loop
-                spec = TaskSpec.from_row(row, args)
+                spec = TaskSpec.from_row(event.row, event.args)
             except ProtocolError as exc:
                 self.counters["spawn_refused"] += 1
                 log.warning("follow-up task refused: %s", exc)
@@ -510,7 +515,7 @@ class Worker(Node):
         self.awaiting[spec.task_id] = state._value_  # (not .value: an Enum property call)
 
     def _retry(self, spec: TaskSpec, delay: float, lost: bool = False) -> None:
-        header: dict = {"id": spec.task_id, "delay": delay, "credit": 0}
+        header: dict = {"id": spec.task_id, "delay": delay}
         if lost:
             header["lost"] = spec.lost[-1]
         self._to_vent_surely(P.pack(P.RETRY, header), [spec.task_id])

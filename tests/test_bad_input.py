@@ -119,9 +119,9 @@ def not_a_map(rng: random.Random) -> bytes:
 # ---------------------------------------------------------------------- generators
 
 NODE_ONLY = [P.TASKS, P.READY, P.DONE, P.STARTED, P.RETRY, P.BYE, P.CANCEL, P.UNKNOWN, P.ACK, P.RESULT,
-             P.REJECT, P.REPLY, P.CANCELED]  # never valid from a client to the ventilator
+             P.REJECT, P.REPLY, b"CANCELED"]  # never valid from a client to the ventilator
 NOT_FOR_SINK = [P.SUBMIT, P.TASKS, P.READY, P.DONE, P.STARTED, P.RETRY, P.BYE, P.CANCEL, P.UNKNOWN,
-                P.REJECT, P.REPLY, P.CANCELED]
+                P.REJECT, P.REPLY, b"CANCELED"]
 
 
 def envelope_garbage(rng: random.Random) -> tuple[str, list[bytes]]:

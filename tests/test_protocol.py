@@ -215,9 +215,10 @@ def test_error_helpers_format_the_messages_nodes_send() -> None:
 
 # ---------------------------------------------------------- rows are read by name
 
-#: modules that read rows by name only (the rest are listed in issue 9's report)
-BY_NAME_ONLY = ["zq/runner.py", "zq/context.py", "zq/_local.py", "zq/futures.py", "nodes/executor.py",
-                "nodes/sink_journal.py"]
+ROOT = Path(__file__).resolve().parent.parent
+#: every module outside zq/protocol/ reads rows by name only (issue 9)
+BY_NAME_ONLY = sorted(str(p.relative_to(ROOT)) for d in ("zq", "nodes") for p in (ROOT / d).rglob("*.py")
+                      if "protocol" not in p.parts)
 ROW_INDEX = re.compile(r"\b(comp|row|r\.row|row\.row|event|cont|link|err|p|e)\[[0-9]+\]")
 
 

@@ -11,6 +11,7 @@ import datetime as dt
 import time
 from typing import Any, Callable, Optional, Union
 
+from . import protocol as P
 from .context import Progress
 from .envelope import TaskState
 
@@ -104,12 +105,9 @@ class Admin:
         known = self._known_progress(task_id)
         if known is not None:
             return known
-        row = self._request("ventilator", "progress", {"ids": [task_id]})[0]
-        if row is None:
+        # the ventilator estimates the ETA as the task's client does, from the reports it saw
+        report = P.check_progress_report(self._request("ventilator", "progress", {"ids": [task_id]})[0])
+        if report is None:
             return None
-        # [done, total, message, time, eta]: the ventilator estimates the ETA as the task's
-        # client does, from the reports it saw (an older ventilator sends no ETA)
-        done, total, message, ts = row[:4]
-        eta = row[4] if len(row) > 4 and isinstance(row[4], (int, float)) else None
-        return Progress(done, total, message, ts, eta)
+        return Progress(report.done, report.total, report.message, report.at, report.eta)
 

@@ -78,11 +78,10 @@ class TaskBook:
         self.remember(task_id, state)
 
 
-def set_progress(fut: "TaskFuture", row: Sequence[Any]) -> None:
-    """``row``: [task id, done, total, message, time] as a task reported it."""
-    _, done, total, message, ts = row[:5]
-    fut._progress_first, eta = progress_eta(fut._progress_first, done, total, ts)
-    fut.progress = Progress(done, total, message, ts, eta)
+def set_progress(fut: "TaskFuture", row: P.ProgressRow) -> None:
+    """``row``: a task's progress as it reported it."""
+    fut._progress_first, eta = progress_eta(fut._progress_first, row.done, row.total, row.at)
+    fut.progress = Progress(row.done, row.total, row.message, row.at, eta)
 
 
 class ClientIO:
@@ -340,22 +339,22 @@ class ClientIO:
                 if self.max_message < before:
                     self._limit_lowered()
         elif cmd == P.PROGRESS:
-            for row in msg.header.get("p") or ():
+            for row in P.progress_rows(msg.header):
                 with self.book.lock:
-                    fut = self.book.futures.get(row[0])
+                    fut = self.book.futures.get(row.task_id)
                 if fut is not None:
                     set_progress(fut, row)
         elif cmd == P.REJECT:
             ids = msg.header.get("ids") or []
-            if msg.header.get("code") == "unknown-function":
+            if msg.header.get("code") == P.ERR_UNKNOWN_FUNCTION:
                 with self.book.lock:
                     specs = [self.book.unfinished[i] for i in ids if i in self.book.unfinished]
                 self._sent_fns.clear()
                 if specs:
                     self._send_tasks(specs, force_fns=True)
-        elif cmd == P.ERROR and msg.header.get("code") == P.UNREACHABLE:
+        elif cmd == P.ERROR and msg.header.get("code") == P.ERR_UNREACHABLE:
             self._unreachable_elsewhere(msg.header)
-        elif cmd == P.ERROR and msg.header.get("code") == "gone":
+        elif cmd == P.ERROR and msg.header.get("code") == P.ERR_GONE:
             for tid in msg.header.get("ids") or ():  # future_for() a result nobody kept
                 with self.book.lock:
                     fut = self.book.futures.pop(tid, None)
@@ -470,12 +469,12 @@ class ClientIO:
             finished = book.finished
             futures, unfinished = book.futures, book.unfinished
             for r in rows:
-                tid = r.row[0]
+                tid = r.task_id
                 fut = futures.pop(tid, None)
                 unfinished.pop(tid, None)
                 if fut is not None:
                     settled.append((fut, r))
-                    finished[tid] = states[r.row[2]]
+                    finished[tid] = states[r.state]
             while len(finished) > FINISHED_MEMORY:
                 finished.popitem(last=False)
         for fut, r in settled:

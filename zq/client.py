@@ -155,7 +155,7 @@ class Client(concurrent.futures.Executor):
             fut = self._futures.get(task_id)
         return fut.progress if fut is not None else None
 
-    def _set_progress(self, fut: TaskFuture, row: Sequence[Any]) -> None:
+    def _set_progress(self, fut: TaskFuture, row: P.ProgressRow) -> None:
         set_progress(fut, row)
 
     def _forget(self, task_id: str, state: TaskState) -> None:

@@ -243,7 +243,7 @@ class Link:
 
     def resend(self) -> None:
         """Send everything unacknowledged again, in ``put`` order, before what is queued."""
-        keep = [e for e in self._pending if e[0] is None]
+        keep = [(k, item, about) for k, item, about in self._pending if k is None]
         self._pending = collections.deque((k, item, ()) for k, item in self.unacked.items())
         self._pending.extend(keep)
         self.flush()
@@ -258,7 +258,7 @@ class Link:
         if self.on_reconnect is not None:
             self.on_reconnect(why)  # what the peer must hear first (READY, HELLO, ...)
         self._pending.extend(again)
-        self._pending.extend(e for e in old if e[0] is None)
+        self._pending.extend((k, item, about) for k, item, about in old if k is None)
         self.flush()
 
     def _pack(self, pending: collections.deque) -> tuple[int, list]:

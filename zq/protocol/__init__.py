@@ -32,7 +32,6 @@ SUBMIT      C -> V      {"t": [task rows], "f": [digests], "req"?: int, "n"?: [i
                         "n": how many argument frames each task has, when one has more than
                         one: a pickle and its out-of-band buffers, see zq.serialize)
 REJECT      V -> C      {"ids": [...], "code": str, "msg": str}
-CANCELED    (reserved)  cancellations travel as CANCELED results through the sink
 REQUEST     C -> V/S    {"req": int, "op": str, ...}
 REPLY       V/S -> C    {"req": int, "ok": bool, "data"|"error": ...} (V -> W: a SPAWN with "req"
                         was accepted)
@@ -44,7 +43,7 @@ HELD        W -> V      {"upto", "held": [ids], "done": [ids], "states": [...]}:
                         ventilator queues again what it sent before that SYNC and is not held
 STARTED     W -> V      {"ids": [...]}
 DONE        W -> V      {"ids": [...], "states": [...], "credit": int}
-RETRY       W -> V      {"id": str, "delay": float, "credit": 0 (dead: never read), "lost"?: cause}
+RETRY       W -> V      {"id": str, "delay": float, "lost"?: cause}
 CANCEL      V -> W      {"ids": [...], "unstarted"?: bool} stop these tasks if they run (with
                         "unstarted": drop them only if they have not started)
 RECLAIM     V -> W      {"ids"?: [...], "queues"?: [...], "names"?: [...], "n"?: int} give back
@@ -76,7 +75,7 @@ No module outside this package reads a row by position.
 from .codes import (ERR_GONE, ERR_PROTOCOL, ERR_UNKNOWN_FUNCTION, ERR_UNREACHABLE, ERROR_CODES,
                     UNREACHABLE, error_message, gone_message, protocol_error, unknown_function_message,
                     unreachable_message)
-from .commands import (ACK, BYE, CANCEL, CANCELED, COMMAND_TABLE, COMMANDS, CONTINUE, DONE, ERROR,
+from .commands import (ACK, BYE, CANCEL, COMMAND_TABLE, COMMANDS, CONTINUE, DONE, ERROR,
                        HEARTBEAT, HELD, HELLO, PROGRESS, PROTOCOL, READY, RECLAIM, REJECT, REPLY,
                        REQUEST, RESULT, RETRY, RETURN, SPAWN, STARTED, SUBMIT, SYNC, TASKS, UNKNOWN,
                        WATCH, Command)

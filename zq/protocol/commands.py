@@ -19,8 +19,6 @@ class Command(NamedTuple):
 
 SUBMIT = b"SUBMIT"
 REJECT = b"REJECT"
-#: reserved, never sent: cancellations travel as CANCELED results through the sink
-CANCELED = b"CANCELED"
 REQUEST = b"REQUEST"
 REPLY = b"REPLY"
 READY = b"READY"
@@ -48,7 +46,6 @@ RETURN = b"RETURN"
 COMMAND_TABLE: dict[bytes, Command] = {c.name: c for c in (
     Command(SUBMIT, "C -> V", '{"t": [TaskRow], "f": [digests], "req"?, "n"?, "a"?}; fn frames, arg frames'),
     Command(REJECT, "V -> C", '{"ids", "code": ERR_UNKNOWN_FUNCTION, "msg"}'),
-    Command(CANCELED, "reserved", "never sent: cancellations travel as CANCELED results"),
     Command(REQUEST, "C -> V/S", '{"req": int, "op": str, ...}'),
     Command(REPLY, "V/S -> C, V -> W", '{"req", "ok", "data"|"error"}'),
     Command(READY, "W -> V", '{"id", "queues", "credit", "host", "pid", "executor", "concurrency", '
@@ -58,7 +55,7 @@ COMMAND_TABLE: dict[bytes, Command] = {c.name: c for c in (
     Command(HELD, "W -> V", '{"upto", "held", "done", "states"}'),
     Command(STARTED, "W -> V", '{"ids"}'),
     Command(DONE, "W -> V", '{"ids", "states", "credit": int}'),
-    Command(RETRY, "W -> V", '{"id", "delay", "credit" (always 0, unread), "lost"?}'),
+    Command(RETRY, "W -> V", '{"id", "delay", "lost"?}'),
     Command(CANCEL, "V -> W", '{"ids", "unstarted"?}'),
     Command(RECLAIM, "V -> W", '{"ids"?, "queues"?, "names"?, "n"?}'),
     Command(RETURN, "W -> V", '{"ids"}'),
