@@ -191,6 +191,10 @@ def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[b
               help="Seconds running tasks may take to finish on SIGTERM.")
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
               help="Import MODULE: its @zq.task functions can be submitted by name (and scheduled).")
+@click.option("--death-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop (gracefully) when the ventilator has been unreachable this many seconds.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop (gracefully) after this many seconds without a task.")
 @click.option("--async-concurrency", type=click.IntRange(min=1), default=100, show_default=True,
               help="async def tasks running at once on the worker's event loop.")
 @policy_opt
@@ -199,7 +203,8 @@ def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[b
 @parent_opt
 def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str], executor: Optional[str],
            concurrency: Optional[int], prefetch: Optional[int], queues: Sequence[str], grace: float,
-           imports: Sequence[str], async_concurrency: int, policies: Sequence[str], keys: Optional[str],
+           imports: Sequence[str], death_timeout: Optional[float], idle_timeout: Optional[float],
+           async_concurrency: int, policies: Sequence[str], keys: Optional[str],
            key_name: Optional[str], exit_with_parent: Optional[int]) -> None:
     """Run tasks from the ventilator; send results to the sink."""
     from zq.policy import load_policies
@@ -215,7 +220,8 @@ def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str],
         _fail(str(exc))
     try:
         node = Worker(cfg, cfg.worker_policies, grace=grace, imports=imports,
-                      async_concurrency=async_concurrency)
+                      async_concurrency=async_concurrency, death_timeout=death_timeout,
+                      idle_timeout=idle_timeout)
     except ImportError as exc:
         _fail(f"--import: {exc}")
     except ConfigError as exc:  # keys

@@ -50,6 +50,7 @@ from zq.serialize import args_from_blob
 
 from .common import HOST, Node, SinkLink, result_row
 from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
+from .worker_lifetime import Lifetime
 
 log = logging.getLogger("zq.worker")
 
@@ -71,9 +72,14 @@ class Worker(Node):
 
     def __init__(self, config: Config, policy_specs: Sequence[str] = (), *, grace: float = 30.0,
                  worker_id: Optional[str] = None, async_concurrency: int = 100,
-                 imports: Sequence[str] = ()) -> None:
+                 imports: Sequence[str] = (), death_timeout: Optional[float] = None,
+                 idle_timeout: Optional[float] = None) -> None:
         super().__init__(config)
-        self.id = worker_id or f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # a Slurm job's worker says which job it is (zq.SlurmWorkers scales down idle jobs)
+        job = os.environ.get("SLURM_JOB_ID", "")
+        prefix = f"slurm{job}-" if job.isdigit() else ""
+        self.id = worker_id or f"{prefix}{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lifetime = Lifetime(death_timeout, idle_timeout, time.monotonic())
         self.policy_specs = list(policy_specs)
         self.grace = grace
         self.slots = config.worker_concurrency or os.cpu_count() or 1
@@ -555,6 +561,12 @@ class Worker(Node):
             self._sync_fds()
         self.vent.tick(now)  # heartbeat; a silent ventilator: a fresh socket and READY
         self.sink.tick(now)
+        if not self.stopping:  # --death-timeout / --idle-timeout
+            why = self.lifetime.why_stop(now, self.vent.last_recv if self.vent.heard else None,
+                                         bool(self.running or self.local))
+            if why:
+                log.warning("%s", why)
+                self.stop()
 
     # -- graceful stop ----------------------------------------------------------------
     def _stop_step(self, now: float) -> bool:

@@ -62,14 +62,18 @@ class Slurm:
             "ReturnToService=2", "MpiDefault=none",
             "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
             "KillWait=30", "MinJobAge=2",
+            # more CPUs than this machine has (jobs sleep, mostly): believe slurm.conf, not the hardware
+            "SlurmdParameters=config_overrides",
             f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN",
             f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
         ]) + "\n")
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.procs: list[subprocess.Popen] = []
+        self.outs: list = []
 
     def _daemon(self, argv: list[str], name: str) -> None:
         out = open(self.root / "logs" / f"{name}.out", "w")
+        self.outs.append(out)
         self.procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                            stdin=subprocess.DEVNULL))
 
@@ -110,7 +114,13 @@ class Slurm:
         return "\n".join(out)
 
     def stop(self) -> None:
+        """Cancel every job and wait until Slurm has none (their workers stop gracefully and
+        leave), then stop the daemons: no job process outlives the test."""
         subprocess.run([_bin("scancel"), "--user=root"], env=self.env, capture_output=True, timeout=30)
+        try:
+            self._wait(lambda: not self.squeue(), 60, "jobs still in squeue after scancel")
+        except RuntimeError:
+            pass  # stop the daemons anyway; the log says which job stayed
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()
@@ -120,3 +130,5 @@ class Slurm:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+        for out in self.outs:
+            out.close()

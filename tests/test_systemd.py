@@ -10,7 +10,6 @@ inside its TimeoutStopSec — the worker while a task runs, finishing it within 
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -18,13 +17,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
 import zq
 
 from .conftest import free_port, run_zq, zq_script
+from .lifecycle_tasks import wait_for
 from .test_cli import Zq
 
 UNITS = Path(__file__).resolve().parent.parent / "configs" / "systemd"
@@ -124,9 +123,7 @@ def test_the_units_command_lines_run_a_secured_cluster_and_stop_cleanly(tmp_path
                        unreachable_timeout=30) as client:
             assert client.submit(pow, 2, 10).result(timeout=30) == 1024
             fut = client.submit(time.sleep, 1.5)
-            deadline = time.monotonic() + 30
-            while client.get_status(fut.task_id) is not zq.TaskState.RUNNING:
-                assert time.monotonic() < deadline, "the task never started"
+            wait_for(lambda: client.get_status(fut.task_id) is zq.TaskState.RUNNING, 30, what="the task started")
             stop_within(worker, "zq-worker@.service")  # finishes the running task within --grace
             assert fut.result(timeout=30) is None
             assert fut.envelope.attempts == 1

@@ -310,7 +310,13 @@ class Adaptive:
         active = self.workers.active()
         if wanted > len(active):
             self._below = 0
-            self.workers.submit(wanted - len(active), self.idle_timeout)
+            # jobs that fill the minimum stay (no --idle-timeout): an idle one would leave,
+            # be submitted again, and wait in Slurm's queue once work comes
+            floor = max(0, self.minimum - len(active))
+            if floor:
+                self.workers.submit(floor)
+            if wanted - len(active) - floor > 0:
+                self.workers.submit(wanted - len(active) - floor, self.idle_timeout)
         elif wanted < len(active):
             self._below += 1
             if self._below >= self.wait_count:
