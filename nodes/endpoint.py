@@ -17,7 +17,10 @@ frame under it and a batch's payload under half of it (``P.batch_limit``), but d
 count the batch's header row frame, so a legitimate batch may total up to about 1.5
 times the maximum.  The socket reads frames up to twice the maximum, so that a single
 frame over it can be answered too; beyond that libzmq disconnects the peer (an ERROR
-would mean reading it).
+would mean reading it).  These checks protect the handlers, not memory: libzmq hands
+over a multipart message only once it is whole, so a peer can make it buffer one huge
+message of small frames before we see it.  What bounds that is who may connect at all
+(CURVE keys, and loopback-only binds without them).
 """
 
 from __future__ import annotations

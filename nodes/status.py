@@ -115,19 +115,19 @@ def view(data: dict, interval: float, error: Optional[str] = None) -> Any:
     queues = Table(title="queues", expand=True)
     for col in ("queue", "queued", "running", "paused", "served"):
         queues.add_column(col, justify="right" if col in ("queued", "running") else "left")
-    for q, info in v.get("queues", {}).items():
-        queues.add_row(q, str(info["queued"]), str(info["running"]), "PAUSED" if info.get("paused") else "",
-                       "yes" if info["served"] else "[red]NONE[/red]")
+    for q, info in v.get("queues", {}).items():  # names come from clients and workers: never markup
+        queues.add_row(Text(q), str(info["queued"]), str(info["running"]), "PAUSED" if info.get("paused") else "",
+                       "yes" if info["served"] else Text("NONE", style="red"))
     workers = Table(title=f"workers ({len(v.get('workers', []))})", expand=True)
     for col in ("worker", "host", "pid", "executor", "load", "done", "queues"):
         workers.add_column(col, justify="right" if col in ("pid", "load", "done") else "left")
     for w in v.get("workers", []):
-        workers.add_row(w["id"], w["host"], str(w.get("pid", "")), w["executor"],
-                        f"{w['running']}/{w['concurrency']}", str(w["done"]), ",".join(w["queues"]))
+        workers.add_row(Text(str(w["id"])), Text(str(w["host"])), str(w.get("pid", "")), Text(str(w["executor"])),
+                        f"{w['running']}/{w['concurrency']}", str(w["done"]), Text(",".join(w["queues"])))
     lag = v.get("loop", {}).get("lag")
     foot = Text(f"every {interval:g}s · ventilator loop lag {lag * 1000:.1f} ms · Ctrl-C to stop"
                 if isinstance(lag, (int, float)) else f"every {interval:g}s · Ctrl-C to stop", style="dim")
-    return Group(Panel(summary, title="zq status"), queues, workers, foot)
+    return Group(Panel(Text(summary), title="zq status"), queues, workers, foot)
 
 
 def watch(cfg: Config, interval: float, timeout: float, count: Optional[int] = None) -> None:

@@ -37,3 +37,18 @@ def steps(flag: str, ctx: zq.TaskContext) -> int:
     while not os.path.exists(flag) and time.monotonic() < deadline:
         time.sleep(0.01)  # sleep-ok: a poll of the test's signal, with a deadline
     return 4
+
+
+@zq.task(name="http.nan")
+def nan() -> float:
+    return float("nan")
+
+
+@zq.task(name="http.endless")
+def endless(flag: str, ctx: zq.TaskContext) -> int:
+    """Reports progress toward an infinite total, and finishes once ``flag`` exists."""
+    ctx.progress(1, float("inf"), "no end in sight")
+    deadline = time.monotonic() + 20
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)  # sleep-ok: a poll of the test's signal, with a deadline
+    return 1

@@ -112,8 +112,9 @@ CHECKERS: dict[str, tuple[Callable, list, dict[int, list]]] = {
               7: [0, -1.0, "5"], 8: ["now"], 9: [0, "1"], 10: [None, [1]], 11: ["x", {"nope": 1}]}),
     "result": (P.check_result_row, RESULT,
                {0: [1], 1: [None], 2: ["NOT_A_STATE", 1], 3: ["boom", ["a", "b"]], 4: ["1", True],
-                5: [1], 6: [None], 7: [None, 1.5], 8: [b"q"], 9: ["t"], 12: [None], 13: [1],
-                14: [1, "yes"], 15: [None], 16: [0, -1, "60"]}),
+                5: [1], 6: [None], 7: [None, 1.5], 8: [b"q"], 9: ["t", float("nan")], 10: [float("inf")],
+                11: [float("-inf")], 12: [None, float("nan")], 13: [1], 14: [1, "yes"], 15: [None],
+                16: [0, -1, "60", float("nan"), float("inf")]}),  # a NaN ttl once wedged the sink's expiry heap
     "progress": (P.check_progress_row, PROGRESS, {0: [1, None, b"t-1"]}),
     "continuation": (P.check_continuation, CONT, {0: [1], 1: [b"short"], 4: [1], 5: [None, [["bad"]]]}),
     "completion": (P.check_completion, COMPLETION,

@@ -47,3 +47,16 @@ def test_watch_shows_a_node_that_does_not_answer_and_keeps_asking(cluster):
                             "--watch", "--count", "2", "--interval", "0.2", "--timeout", "0.5"])
     assert code == 0, out
     assert out.count("did not answer") >= 2 and "retrying" in out, out
+
+
+def test_watch_shows_names_with_brackets_as_text(cluster, make_client):
+    """Queue names come from any client: rich must not read them as markup (a review
+    found ``[/x]`` crashed the view)."""
+    client = make_client(cluster)
+    client.submit_task(abs, (-1,), {}, queue="[/x]")
+    client.submit_task(abs, (-1,), {}, queue="[bold]q")
+    eps = cluster.endpoints
+    code, out = run_in_pty(["status", "--ventilator", eps["clients"], "--sink", eps["sink"], "--watch",
+                            "--count", "1"])
+    assert code == 0, out
+    assert "[/x]" in out and "[bold]q" in out, out

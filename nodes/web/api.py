@@ -106,12 +106,12 @@ async def show_task(request: Request, task_id: str) -> Any:
 async def get_result(request: Request, task_id: str) -> Any:
     g = gw(request)
     try:
-        r = await g.call(g.client.get_result, task_id, timeout=g.timeout)
+        # unpickling and encoding a value (up to max_message_size) stay off the event loop
+        return await g.call(lambda: result_body(g.client.get_result(task_id, timeout=g.timeout)))
     except ApiError as exc:
         if exc.status == 404:
             raise ApiError(404, f"the sink holds no result for task {task_id}") from None
         raise
-    return result_body(r)
 
 
 @router.post("/tasks/{task_id}/cancel", tags=["actions"], summary="Cancel a task")

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import auth
 from .api import error_response, router
+from .views import finite
 from .gateway import ApiError, Gateway
 from .metrics import registry_for
 from .sampler import Sampler
@@ -34,6 +35,14 @@ log = logging.getLogger("zq.http")
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 1 << 20
+
+
+class FiniteJSONResponse(JSONResponse):
+    """JSON without NaN or infinities (a task's progress may hold them): those become null
+    instead of an error 500 for every page that lists the task."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(finite(content))
 
 
 def _page(name: str, **values: str) -> str:
@@ -67,6 +76,7 @@ def create_app(gateway: Gateway, guard: auth.Guard, sample_interval: float = 1.0
                 await task
 
     app = FastAPI(title="zq http", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  default_response_class=FiniteJSONResponse,
                   description="The admin API and dashboard of a zq cluster. With a token (--token-file), "
                               "send `Authorization: Bearer TOKEN`.")
     def openapi() -> dict:
@@ -125,6 +135,10 @@ def create_app(gateway: Gateway, guard: auth.Guard, sample_interval: float = 1.0
                                           "only requests to a loopback name"}, status_code=403)
         if int(h.get("content-length") or 0) > MAX_BODY:
             return JSONResponse({"error": "request body over 1 MiB"}, status_code=413)
+        if "transfer-encoding" in h and "content-length" not in h:
+            # a chunked body has no length to check first: /login is public, so it would let
+            # anyone fill this process's memory
+            return JSONResponse({"error": "a request body needs a Content-Length"}, status_code=411)
         path = request.url.path
         if not path.startswith(auth.PUBLIC_PREFIXES) and path != "/logout":
             bearer = guard.bearer_ok(h.get("authorization"))

@@ -15,11 +15,23 @@ REPR_LIMIT = 2000
 
 
 def jsonable(value: Any) -> Any:
+    """``value`` if JSON can carry it exactly (NaN and infinities cannot), else its repr."""
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)
         return value
     except (TypeError, ValueError):
         return repr(value)
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (a task's progress, say) as None: JSON has none."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
@@ -31,9 +43,16 @@ def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
 
 
 def result_body(r: Any) -> dict:
-    """A ``zq.Result`` as the JSON API has always answered it."""
+    """A ``zq.Result`` as the JSON API has always answered it (a value that cannot be
+    unpickled here is said, not raised)."""
+    value = None
+    if r.ok:
+        try:
+            value = jsonable(r.value)
+        except Exception as exc:  # noqa: BLE001 (an unimportable class must not break the API)
+            value = f"<cannot unpickle here: {type(exc).__name__}: {exc}>"
     return {"task_id": r.task_id, "state": r.state.value,
-            "value": jsonable(r.value) if r.ok else None,
+            "value": value,
             "error": r.error.__dict__ if r.error else None,
             "attempts": r.attempts, "worker": r.worker, "run_time": r.run_time}
 
@@ -70,9 +89,13 @@ def parse_time(value: Optional[str], what: str = "since") -> Optional[float]:
     if value in (None, ""):
         return None
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(t):
+            raise ValueError(f"{what} must be a finite time, not {value!r}")
+        return t
     try:
         d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

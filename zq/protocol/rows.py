@@ -14,6 +14,8 @@ constructor, with keywords, is for everywhere else.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, NamedTuple, Optional
 
 from ..envelope import STATE_OF
@@ -25,6 +27,11 @@ _new = tuple.__new__
 def _num(x: Any) -> bool:
     """A number as msgpack gives it (a bool is not one)."""
     return type(x) is int or type(x) is float
+
+
+def _finite(x: Any) -> bool:
+    """A number that is neither NaN nor infinite (a NaN deadline would wedge a heap)."""
+    return type(x) is int or (type(x) is float and math.isfinite(x))
 
 
 class TaskRow(NamedTuple):
@@ -209,15 +216,16 @@ def check_result_row(obj: Any, states: Any = STATE_OF) -> ResultFields:
         raise ProtocolError("result row: error must be nil or 4 strings")
     if type(r.attempts) is not int or type(r.pid) is not int:
         raise ProtocolError("result row: attempts and pid must be ints")
-    if not (_num(r.submitted_at) and _num(r.started_at) and _num(r.finished_at) and _num(r.run_seconds)):
-        raise ProtocolError("result row: timestamps must be numbers")
+    if not (_finite(r.submitted_at) and _finite(r.started_at) and _finite(r.finished_at)
+            and _finite(r.run_seconds)):
+        raise ProtocolError("result row: timestamps must be finite numbers")
     if not (type(r.worker) is str and type(r.host) is str and type(r.queue) is str) \
             or not isinstance(r.lost, list):
         raise ProtocolError("result row: worker, host, queue must be strings")
     if r.retain is not None and type(r.retain) is not bool:
         raise ProtocolError("result row: retain must be a bool or nil")
-    if r.ttl is not None and (not _num(r.ttl) or r.ttl <= 0):
-        raise ProtocolError("result row: ttl must be a positive number or nil")
+    if r.ttl is not None and (not _finite(r.ttl) or r.ttl <= 0):
+        raise ProtocolError("result row: ttl must be a positive finite number or nil")
     return r
 
 
