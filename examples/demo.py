@@ -50,6 +50,7 @@ def main() -> None:
         numbers = range(1_000_000, 1_000_000 + args.tasks)
         t1 = time.perf_counter()
         futures = {client.submit(is_prime, n): n for n in numbers}
+        zq.progress(futures, desc="is_prime")  # a bar: done/total, rate, ETA
         primes = sorted(futures[f] for f in cf.as_completed(futures) if f.result())
         dt = time.perf_counter() - t1
         print(f"submit: {args.tasks} tasks in {dt:.2f}s = {args.tasks / dt:,.0f} tasks/s; "
@@ -64,7 +65,7 @@ def main() -> None:
 
         # 2. map() with chunks, results in input order
         t2 = time.perf_counter()
-        squares = list(client.map(pow, range(args.tasks), [2] * args.tasks, chunksize=256))
+        squares = list(client.map(pow, range(args.tasks), [2] * args.tasks, chunksize=256, progress=True))
         dt = time.perf_counter() - t2
         print(f"map(chunksize=256): {args.tasks} calls in {dt:.3f}s = {args.tasks / dt:,.0f} calls/s; "
               f"sum of squares {sum(squares)}")

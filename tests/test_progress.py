@@ -38,3 +38,17 @@ def test_bar_advances_from_callbacks_on_another_thread(client):
     futs = [client.submit(abs, -i) for i in range(50)]
     bar = ProgressBar(len(futs), file=io.StringIO()).attach(futs)
     assert bar.wait(30) and bar.done == 50 and bar.failed == 0
+
+
+def test_map_with_progress_counts_calls_not_chunks(client, capsys):
+    assert list(client.map(abs, range(-30, 0), chunksize=7, progress=True, timeout=30)) == list(range(30, 0, -1))
+    err = capsys.readouterr().err
+    assert "30/30" in err, err  # 5 chunks, 30 calls
+
+
+def test_map_with_progress_ends_its_bar_when_left_early(client, capsys):
+    results = client.map(abs, range(-5, 0), progress=True, timeout=30)
+    assert next(results) == 5
+    results.close()  # the calls not awaited are cancelled: they count as done, and failed
+    err = capsys.readouterr().err
+    assert "5/5" in err and err.endswith("\n"), err

@@ -371,11 +371,13 @@ class Client(concurrent.futures.Executor):
         return not cached[1]
 
     def map(self, fn: Callable, *iterables: Iterable[Any], timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator[Any]:
-        """Like ``Executor.map``: results in input order; ``chunksize`` calls per task."""
+            chunksize: int = 1, progress: bool = False) -> Iterator[Any]:
+        """Like ``Executor.map``: results in input order; ``chunksize`` calls per task;
+        ``progress=True``: a progress bar over the calls (``zq.progress``)."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         deadline = None if timeout is None else time.monotonic() + timeout
+        sizes: list[int] = []
         if chunksize == 1:
             futs = [self.submit(fn, *args) for args in zip(*iterables)]
         else:
@@ -387,7 +389,15 @@ class Client(concurrent.futures.Executor):
                 chunk = list(itertools.islice(it, chunksize))
                 if not chunk:
                     break
+                sizes.append(len(chunk))
                 futs.append(self.submit_task(_run_chunk, (fn, chunk), name=f"{name}[chunk]", **opts))
+        bar = None
+        if progress:
+            from .progress import ProgressBar
+
+            bar = ProgressBar(sum(sizes) if sizes else len(futs),
+                              desc=fn.name if isinstance(fn, Task) else function_name(fn))
+            bar.attach(list(futs), sizes or None)
 
         def results() -> Iterator[Any]:
             try:
@@ -403,6 +413,8 @@ class Client(concurrent.futures.Executor):
             finally:
                 for f in futs:  # as Executor.map: the calls not awaited are cancelled
                     f.cancel()
+                if bar is not None:
+                    bar.close()
 
         return results()
 

@@ -37,18 +37,21 @@ class ProgressBar:
         if total == 0:
             self._finish()
 
-    def attach(self, futures: Iterable[concurrent.futures.Future]) -> "ProgressBar":
-        for f in futures:
-            f.add_done_callback(self._one_done)
+    def attach(self, futures: Iterable[concurrent.futures.Future],
+               sizes: Optional[Sequence[int]] = None) -> "ProgressBar":
+        """Advance by one (or ``sizes[i]``: a chunk of calls) as each future finishes."""
+        for i, f in enumerate(futures):
+            n = 1 if sizes is None else sizes[i]
+            f.add_done_callback(lambda fut, n=n: self._one_done(fut, n))
         return self
 
-    def _one_done(self, fut: concurrent.futures.Future) -> None:
+    def _one_done(self, fut: concurrent.futures.Future, n: int = 1) -> None:
         with self._lock:
-            self.done += 1
+            self.done += n
             if fut.cancelled() or fut.exception() is not None:
-                self.failed += 1
+                self.failed += n
                 self.bar.set_postfix(failed=self.failed, refresh=False)
-            self.bar.update(1)
+            self.bar.update(n)
             if self.done >= self.total:
                 self._finish()
 
