@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scale-modes", default="loopback,netns", metavar="LIST",
                    help="loopback and/or netns (netns needs root; skipped with the reason otherwise)")
     s.add_argument("--scale-plot", metavar="FILE", help="draw tasks/s against workers (needs matplotlib)")
+    s.add_argument("--scale-clusters", type=int, default=0, metavar="K",
+                   help="also: K independent clusters driven at once, against one cluster with all their workers")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -513,12 +515,17 @@ def _scale(opts: argparse.Namespace) -> int:
 
     out = scale.run_scale([int(x) for x in _csv(opts.scale_workers)], opts.scale_hosts, _csv(opts.scale_modes),
                           progress=not opts.no_progress)
+    if opts.scale_clusters > 1:
+        k, each = opts.scale_clusters, max(1, int(_csv(opts.scale_workers)[-1]) // opts.scale_clusters)
+        out["clusters"] = {"one": scale.clusters(1, k * each, 20_000), "split": scale.clusters(k, each, 20_000 // k)}
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(out, f, indent=1, default=str)
             f.write("\n")
     lim = out["limits"]
     sys.stdout.write(scale.table(out) + "\n\nlimits: " + json.dumps(lim) + "\n")
+    if "clusters" in out:
+        sys.stdout.write("clusters: " + json.dumps(out["clusters"]) + "\n")
     if opts.scale_plot:
         why = scale.plot(out, opts.scale_plot)
         sys.stdout.write((f"plot: {why}" if why else f"plot: {opts.scale_plot}") + "\n")

@@ -264,3 +264,35 @@ def plot(result: dict, path: str) -> Optional[str]:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return None
+
+def clusters(k: int, workers_each: int, noop_n: int, timeout: float = 600.0) -> dict:
+    """"Growing past one ventilator": ``k`` independent clusters on loopback, each with its own
+    client and ``workers_each`` workers, driven at once; their summed no-op tasks/s and each
+    ventilator's CPU per task, against one cluster with ``k * workers_each`` workers."""
+    import concurrent.futures
+
+    out: dict[str, Any] = {"clusters": k, "workers_each": workers_each, "tasks_each": noop_n}
+    fleets: list[Fleet] = []
+    try:
+        for _ in range(k):
+            f = Fleet("loopback", 1).__enter__()
+            fleets.append(f)
+            f.add_workers(workers_each)
+        for f in fleets:
+            joined = f.ask(op="workers", n=workers_each, timeout=timeout)
+            if joined.get("error"):
+                return {**out, "error": joined["error"]}
+        c0 = [f.cpu() for f in fleets]
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(k) as pool:
+            runs = list(pool.map(lambda f: f.ask(op="run", kind="noop", n=noop_n, timeout=timeout), fleets))
+        wall = time.monotonic() - t0
+        c1 = [f.cpu() for f in fleets]
+        out["seconds"] = wall
+        out["tasks_per_s"] = k * noop_n / wall
+        out["lost"] = sum(r.get("lost") or 0 for r in runs)
+        out["vent_cpu_us_per_task"] = [1e6 * (b["ventilator"] - a["ventilator"]) / noop_n for a, b in zip(c0, c1)]
+    finally:
+        for f in fleets:
+            f.close()
+    return out
