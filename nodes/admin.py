@@ -168,6 +168,20 @@ def _holds(v: "Ventilator") -> Any:
     return lambda q, n: q in paused or n in disabled
 
 
+def _worker(v: "Ventilator", w: Any, now: float) -> dict:
+    """One worker as stats shows it: ``running`` its tasks started, ``prefetched`` those
+    sent and not started (RESERVED), ``silent`` seconds since it last said anything."""
+    running = 0
+    for tid in w.inflight:
+        rec = v.tasks.get(tid)
+        if rec is not None and rec.state is TaskState.RUNNING:
+            running += 1
+    return {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
+            "concurrency": w.concurrency, "running": running, "prefetched": len(w.inflight) - running,
+            "credit": w.credit, "done": w.done, "silent": round(max(0.0, now - w.last_seen), 3),
+            "registered_at": w.registered_at}
+
+
 def stats(v: "Ventilator") -> dict:
     rate = 0.0
     if len(v.rate_samples) >= 2:
@@ -177,16 +191,14 @@ def stats(v: "Ventilator") -> dict:
     queued, running = v.tasks.by_queue()
     served = {q for w in v.workers.values() for q in w.queues}
     d = v.dispatch
+    mono = time.monotonic()
     return {
         "instance": v.instance, "host": HOST, "endpoints": v.endpoints,
         "uptime": time.time() - v.started, "secured": v.keys is not None,
         "journal": v.journal_path,
-        "workers": [
-            {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
-             "concurrency": w.concurrency, "running": len(w.inflight), "credit": w.credit,
-             "done": w.done}
-            for w in v.workers.values()
-        ],
+        "workers": [_worker(v, w, mono) for w in v.workers.values()],
+        "lost_workers": v.workers_side.lost_workers(),
+        "workers_lost": dict(v.workers_side.lost_by_cause),
         "queues": {q: {"queued": queued[q], "running": running[q], "served": q in served,
                        "paused": q in d.paused}
                    for q in sorted(set(queued) | set(running) | served | d.paused)},

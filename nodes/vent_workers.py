@@ -37,6 +37,8 @@ from .tasktable import TaskTable
 log = logging.getLogger("zq.ventilator")
 
 MAX_LOST_ATTEMPTS = 3
+LOST_TTL = 3600.0  # seconds a lost worker stays listed (stats "lost_workers")
+LOST_KEPT = 200  # at most this many listed
 _FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED))
 
 
@@ -69,6 +71,16 @@ class WorkerSide:
     def __init__(self, tasks: TaskSide, endpoint: RouterEndpoint) -> None:
         self.v = tasks
         self.ep = endpoint
+        #: workers lost (not those that left): newest last, pruned by ``lost_workers``
+        self.lost: collections.deque[dict] = collections.deque(maxlen=LOST_KEPT)
+        self.lost_by_cause: collections.Counter[str] = collections.Counter()
+
+    def lost_workers(self, now: Optional[float] = None) -> list[dict]:
+        """The workers lost in the last ``LOST_TTL`` seconds (older ones are dropped)."""
+        cutoff = (time.time() if now is None else now) - LOST_TTL
+        while self.lost and self.lost[0]["lost_at"] < cutoff:
+            self.lost.popleft()
+        return list(self.lost)
 
     def on_message(self, ident: bytes, msg: P.Message) -> None:
         cmd = msg.command
@@ -252,6 +264,11 @@ class WorkerSide:
     def drop(self, w: WorkerInfo, cause: Optional[str]) -> None:
         """Forget a worker; re-queue what it held (a loss when ``cause`` is given)."""
         self.v.workers.pop(w.ident, None)
+        if cause is not None:
+            kind = "heartbeat" if cause.startswith("no heartbeat") else "connection"
+            self.lost_by_cause[kind] += 1
+            self.lost.append({"id": w.id, "host": w.host, "pid": w.pid, "cause": cause, "kind": kind,
+                              "lost_at": time.time(), "tasks": len(w.inflight)})
         for tid in list(w.inflight):
             rec = self.v.tasks.get(tid)
             if rec is None or rec.worker != w.ident:
