@@ -163,14 +163,24 @@ pages.workers = {
   async load() { return api("/api/overview?series=false"); },
   render(d) {
     setLive(!d.error && d.stats, d.sampled_at);
-    const workers = ((d.stats || {}).ventilator || {}).workers || [];
+    const v = (d.stats || {}).ventilator || {};
+    const workers = v.workers || [], lost = v.lost_workers || [];
+    const causes = Object.entries(v.workers_lost || {}).map(([k, n]) => `${esc(k)}: ${num(n)}`).join(", ");
     main.innerHTML = `<h2>Workers</h2><table id="workers"><tr><th>worker</th><th>host</th><th class="num">pid</th><th>executor</th>
-      <th>queues</th><th class="num">slots</th><th class="num">held</th><th class="num">credit</th><th class="num">done</th></tr>
+      <th>queues</th><th class="num">slots</th><th class="num">running</th><th class="num">prefetched</th><th class="num">credit</th>
+      <th class="num">done</th><th class="num">last heard</th></tr>
       ${workers.map((w) => `<tr data-worker="${esc(w.id)}"><td class="mono">${esc(w.id)}</td><td>${esc(w.host)}</td><td class="num">${esc(w.pid)}</td>
         <td>${esc(w.executor)}</td><td>${(w.queues || []).map(esc).join(", ")}</td><td class="num">${num(w.concurrency)}</td>
-        <td class="num">${num(w.running)}</td><td class="num">${num(w.credit)}</td><td class="num">${num(w.done)}</td></tr>`).join("")}
+        <td class="num">${num(w.running)}</td><td class="num">${num(w.prefetched)}</td><td class="num">${num(w.credit)}</td>
+        <td class="num">${num(w.done)}</td><td class="num">${typeof w.silent === "number" ? dur(w.silent) + " ago" : "–"}</td></tr>`).join("")}
       </table>${workers.length ? "" : '<p class="muted">no worker online</p>'}
-      <p class="muted">held: tasks the worker holds, running or prefetched. Lost workers and last heartbeats are not reported by the ventilator yet.</p>`;
+      <p class="muted">running: tasks started; prefetched: sent to the worker, not started yet.</p>
+      <h2 style="margin-top:1.2rem">Lost workers</h2>
+      ${lost.length ? `<table id="lost-workers"><tr><th>worker</th><th>host</th><th class="num">pid</th><th>lost at</th><th>cause</th><th class="num">tasks held</th></tr>
+        ${lost.slice().reverse().map((w) => `<tr data-lost="${esc(w.id)}"><td class="mono">${esc(w.id)}</td><td>${esc(w.host)}</td>
+          <td class="num">${esc(w.pid)}</td><td>${localTime(w.lost_at)}</td><td class="error">${esc(w.cause)}</td><td class="num">${num(w.tasks)}</td></tr>`).join("")}</table>`
+        : '<p class="muted">no worker lost in the last hour</p>'}
+      ${causes ? `<p class="muted">lost since the ventilator started, by cause: ${causes}</p>` : ""}`;
   },
 };
 
