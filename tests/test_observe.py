@@ -46,3 +46,89 @@ def test_a_lost_worker_is_listed_with_its_cause_and_counted(start, make_client):
     assert "heartbeat" in lost["cause"] and lost["lost_at"] > 0
     assert st["workers_lost"] == {"heartbeat": 1}
     assert st["workers"] == []
+
+
+# -- error details in the history ----------------------------------------------------------
+
+
+def _raw_worker(cluster):
+    import zmq
+
+    from zq import protocol as P
+
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.ROUTING_ID, b"raw-" + uuid.uuid4().hex[:6].encode())
+    s.connect(cluster.endpoints["workers"])
+    s.send_multipart(P.pack(P.READY, {"id": "raw", "queues": ["default"], "credit": 10, "host": "rawhost",
+                                      "pid": 4242, "executor": "thread", "concurrency": 1}))
+    return s
+
+
+def _next_tasks(sock, timeout: float = 15.0):
+    import time
+
+    from zq import protocol as P
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sock.poll(200):
+            msg = P.unpack(sock.recv_multipart())
+            if msg.command == P.TASKS:
+                return P.unpack_tasks(msg)[0]
+    raise AssertionError("no TASKS from the ventilator")
+
+
+def test_a_failure_a_worker_reports_keeps_its_type_message_traceback_host_and_start(start, make_client):
+    from zq import protocol as P
+
+    cluster = start(workers=0)
+    c = make_client(cluster)
+    s = _raw_worker(cluster)
+    try:
+        fut = c.submit(pow, 2, 3)
+        (spec,) = _next_tasks(s)
+        s.send_multipart(P.pack(P.STARTED, {"ids": [spec.task_id]}))
+        tb = "Traceback (most recent call last):\n" + "x" * 20_000 + "\nValueError: bad"
+        s.send_multipart(P.pack(P.DONE, {"ids": [spec.task_id], "states": ["FAILED"], "credit": 1,
+                                         "errors": {spec.task_id: ["ValueError", "bad", tb]}}))
+        t = wait_for(lambda: (x := c.show_task(spec.task_id))["state"] == "FAILED" and x, 15,
+                     what="the task failed in the history")
+        assert t["error"] == "ValueError"
+        assert t["error_type"] == "ValueError" and t["message"] == "bad"
+        assert t["traceback"].endswith("ValueError: bad") and len(t["traceback"]) <= 8192
+        assert (t["host"], t["pid"]) == ("rawhost", 4242)
+        assert t["started_at"] is not None and t["submitted_at"] <= t["started_at"] <= t["finished_at"]
+        # a DONE with a malformed errors field is refused, and the node lives on
+        fut2 = c.submit(pow, 2, 4)
+        (spec2,) = _next_tasks(s)
+        s.send_multipart(P.pack(P.DONE, {"ids": [spec2.task_id], "states": ["FAILED"], "credit": 1,
+                                         "errors": {spec2.task_id: "not a list"}}))
+        wait_for(lambda: c.stats()["ventilator"]["counters"].get("bad_messages", 0) >= 1, 15,
+                 what="the bad DONE counted")
+        assert c.show_task(spec2.task_id)["state"] == "RESERVED"
+        del fut, fut2
+    finally:
+        s.close(0)
+
+
+def test_a_task_failed_by_worker_losses_keeps_the_causes(start, make_client):
+    from zq import protocol as P
+
+    cluster = start(workers=0)
+    c = make_client(cluster)
+    c.submit(pow, 2, 5)
+    tid = None
+    for _ in range(3):  # three workers in turn take it and go silent
+        s = _raw_worker(cluster)
+        try:
+            (spec,) = _next_tasks(s)
+            tid = spec.task_id
+            s.send_multipart(P.pack(P.STARTED, {"ids": [tid]}))
+        finally:
+            s.close(0)
+        wait_for(lambda: not c.stats()["ventilator"]["workers"], 15, what="the raw worker lost")
+    t = wait_for(lambda: (x := c.show_task(tid))["state"] == "FAILED" and x, 15, what="WorkerLost")
+    assert t["error_type"] == "WorkerLost" and "lost its worker 3 times" in t["message"]
+    assert len(t["lost"]) == 3 and all("rawhost" in cause for cause in t["lost"])
