@@ -2,7 +2,10 @@
 
 In memory (bounded) by default; in the ventilator's journal (SQLite) when it has
 one, kept for ``retention`` seconds.  A failed or cancelled task keeps its
-arguments so that ``requeue`` can run it again.  ``forget`` is a soft delete:
+arguments so that ``requeue`` can run it again, and its details (``show``): when it
+started, on which host and pid, its error's type, message and traceback (8 KB at
+most) and the causes of its lost attempts (in memory for the newest
+``DETAILS_LIMIT`` of them).  ``forget`` is a soft delete:
 the entry is hidden from lists but kept.
 """
 
@@ -20,6 +23,8 @@ from zq.protocol import BY_NAME, TaskSpec
 from zq.serialize import args_blob, args_from_blob
 
 MEMORY_LIMIT = 100_000
+DETAILS_LIMIT = 10_000  # in memory: details kept for the newest failed or cancelled tasks
+TRACEBACK_MAX = 8192
 COLUMNS = ("task_id", "name", "queue", "state", "submitted_at", "finished_at", "attempts", "worker",
            "error", "parent", "root", "forgotten")
 # where an in-memory entry (a list in COLUMNS order: local data, not a message row) keeps what
@@ -30,7 +35,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
     task_id TEXT PRIMARY KEY, name TEXT, queue TEXT, state TEXT, submitted_at REAL,
     finished_at REAL, attempts INTEGER, worker TEXT, error TEXT, parent TEXT, root TEXT,
-    forgotten INTEGER DEFAULT 0, row BLOB, args BLOB, digest BLOB
+    forgotten INTEGER DEFAULT 0, row BLOB, args BLOB, digest BLOB, detail BLOB
 );
 CREATE INDEX IF NOT EXISTS history_finished ON history (finished_at);
 CREATE INDEX IF NOT EXISTS history_state ON history (state, finished_at);
@@ -48,6 +53,22 @@ def entry(spec: TaskSpec, state: str, worker: str, error: Optional[str]) -> list
             (opts.get("root") if opts else None) or spec.task_id, False]
 
 
+def details(rec: Any, worker: Any) -> Optional[dict]:
+    """What ``show`` tells of a task that did not succeed beyond its entry: its start, its
+    worker's host and pid (``worker``: a WorkerInfo, if still known), its error, its lost
+    attempts (None for a success: nothing to explain)."""
+    err = rec.error
+    spec = rec.spec
+    d: dict = {"started_at": rec.started_at, "lost": list(spec.lost)}
+    if worker is not None:
+        d["host"], d["pid"] = worker.host, worker.pid
+    if err is not None:
+        t, m, tb = err
+        d["error_type"], d["message"] = t, m
+        d["traceback"] = tb if len(tb) <= TRACEBACK_MAX else "…" + tb[-(TRACEBACK_MAX - 1):]
+    return d
+
+
 def as_dict(e: Any) -> dict:
     d = dict(zip(COLUMNS, e))
     d["forgotten"] = bool(d["forgotten"])
@@ -60,6 +81,7 @@ class History:
         self.retention = retention
         self.memory: collections.OrderedDict[str, list] = collections.OrderedDict()
         self.specs: collections.OrderedDict[str, TaskSpec] = collections.OrderedDict()
+        self.details: collections.OrderedDict[str, dict] = collections.OrderedDict()
         # in memory: how many entries per (state, queue, name, forgotten), so counts read no entry
         self.groups: collections.Counter[tuple] = collections.Counter()
         if db is not None:
@@ -79,19 +101,31 @@ class History:
                     continue
                 db.execute("UPDATE history SET digest = ? WHERE task_id = ?", (digest, tid))
         db.execute("CREATE INDEX IF NOT EXISTS history_digest ON history (digest) WHERE digest IS NOT NULL")
+        if "detail" not in [r[1] for r in db.execute("PRAGMA table_info(history)")]:
+            db.execute("ALTER TABLE history ADD COLUMN detail BLOB")
 
-    def add(self, spec: TaskSpec, state: str, worker: str, error: Optional[str]) -> None:
+    def add(self, spec: TaskSpec, state: str, worker: str, error: Optional[str],
+            detail: Optional[dict] = None) -> None:
+        """``detail``: see :func:`details` (kept for tasks that did not succeed)."""
         e = entry(spec, state, worker, error)
         keep_args = state in ("FAILED", "CANCELED")
+        if state == "SUCCESS":
+            detail = None
         if self.db is not None:
             self.db.execute(
-                f"INSERT OR REPLACE INTO history ({','.join(COLUMNS)}, row, args, digest) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?)",
+                f"INSERT OR REPLACE INTO history ({','.join(COLUMNS)}, row, args, digest, detail) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?)",
                 (*e[:-1],
                  msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
                  args_blob(spec.args) if keep_args else None,
-                 spec.digest if keep_args and spec.digest != BY_NAME else None))
+                 spec.digest if keep_args and spec.digest != BY_NAME else None,
+                 msgpack.packb(detail, use_bin_type=True) if detail else None))
             return
+        if detail:
+            self.details[spec.task_id] = detail
+            self.details.move_to_end(spec.task_id)
+            while len(self.details) > DETAILS_LIMIT:
+                self.details.popitem(last=False)
         replaced = self.memory.get(spec.task_id)
         if replaced is not None:
             self._uncount(replaced)
@@ -108,12 +142,25 @@ class History:
             self.specs.popitem(last=False)
 
     def get(self, task_id: str) -> Optional[dict]:
+        """The entry, with its details (started_at, host, pid, error_type, message,
+        traceback, lost: None where unknown)."""
         if self.db is None:
             e = self.memory.get(task_id)
-            return as_dict(e) if e is not None else None
-        row = self.db.execute(f"SELECT {','.join(COLUMNS)} FROM history WHERE task_id = ?",
-                              (task_id,)).fetchone()
-        return as_dict(row) if row is not None else None
+            if e is None:
+                return None
+            d, detail = as_dict(e), self.details.get(task_id)
+        else:
+            row = self.db.execute(f"SELECT {','.join(COLUMNS)}, detail FROM history WHERE task_id = ?",
+                                  (task_id,)).fetchone()
+            if row is None:
+                return None
+            d = as_dict(row[:-1])
+            detail = msgpack.unpackb(row[-1], raw=False) if row[-1] is not None else None
+        for k in ("started_at", "host", "pid", "error_type", "message", "traceback"):
+            d[k] = None
+        d["lost"] = []
+        d.update(detail or {})
+        return d
 
     def __contains__(self, task_id: str) -> bool:
         if self.db is None:

@@ -97,7 +97,7 @@ class WorkerSide:
         h = msg.header
         if cmd == P.DONE:
             ids = P.str_list(h, "ids", cmd)
-            self._on_done(w, ids, P.str_list(h, "states", cmd))
+            self._on_done(w, ids, P.str_list(h, "states", cmd), P.check_done_errors(h))
             if ids:
                 w.last_done = now
             # credit granted, or (negative) taken back: below 0 when tasks we sent were on their
@@ -105,9 +105,11 @@ class WorkerSide:
             w.credit = max(-100_000, min(100_000, w.credit + P.field(h, "credit", int, cmd)))
         elif cmd == P.STARTED:
             w.last_done = now
+            wall = time.time()
             for tid in P.str_list(h, "ids", cmd):
                 rec = self.v.tasks.get(tid)
                 if rec is not None and rec.worker == ident and rec.state is TaskState.RESERVED:
+                    rec.started_at = wall
                     self.v.tasks.set_state(rec, TaskState.RUNNING)
         elif cmd == P.RETURN:  # unstarted tasks given back (RECLAIM): queued again, at the front
             ids = P.str_list(h, "ids", cmd)
@@ -162,14 +164,19 @@ class WorkerSide:
         elif cmd != P.HEARTBEAT:
             raise ProtocolError(f"workers may not send {cmd.decode()}")
 
-    def _on_done(self, w: WorkerInfo, ids: list[str], states: list[str]) -> None:
+    def _on_done(self, w: WorkerInfo, ids: list[str], states: list[str],
+                 errors: Optional[dict[str, P.DoneError]] = None) -> None:
         if len(ids) != len(states) or not all(st in _FINAL_STATES for st in states):
             raise ProtocolError("DONE: ids and final states must pair up")
         for tid, st in zip(ids, states):
             w.inflight.pop(tid, None)
             rec = self.v.tasks.get(tid)
             if rec is not None and rec.worker == w.ident:
-                self.v.close_task(rec, STATE_OF[st], w.id, None if st == "SUCCESS" else st)
+                err = errors.get(tid) if errors and st != "SUCCESS" else None
+                if err is not None:  # the history keeps it (nodes/history.py)
+                    rec.error = tuple(err)
+                self.v.close_task(rec, STATE_OF[st], w.id,
+                                  None if st == "SUCCESS" else (err.type if err else st))
                 self.v.counters["done"] += 1
                 w.done += 1
 

@@ -55,7 +55,7 @@ from . import admin
 from .common import Node, SinkLink, result_row
 from .dispatch import Dispatch, registry_opts
 from .endpoint import Peers, RouterEndpoint
-from .history import History
+from .history import History, details
 from .journal import Journal
 from .records import TaskRecord, WorkerInfo
 from .scheduler import Scheduler
@@ -377,6 +377,8 @@ class Ventilator(Node):
     def _finish(self, rec: TaskRecord, state: TaskState, error: Optional[ErrorInfo]) -> None:
         """Finish a task that no worker will report on: the result goes to the sink."""
         spec = rec.spec
+        if error is not None:
+            rec.error = (error.type, error.message, error.traceback)
         self._close(rec, state, "ventilator", error.type if error else None)
         row = result_row(spec, state, error, worker="ventilator", attempts=spec.attempt)
         if self.journal is not None:  # committed with the task's closing, then sent (_make_durable)
@@ -400,7 +402,8 @@ class Ventilator(Node):
         self.finished[spec.task_id] = state
         if len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
-        self.history.add(spec, state.value, worker, error)
+        more = None if state is TaskState.SUCCESS else details(rec, self.workers.get(rec.worker))
+        self.history.add(spec, state.value, worker, error, more)
 
     # -- workers: what they say is handled in nodes/vent_workers.py (WorkerSide) --------
 
@@ -410,6 +413,7 @@ class Ventilator(Node):
         if rec.worker is not None:
             self.dispatch.finished(rec.spec)
         rec.worker = None
+        rec.started_at = None
         if not (delay > 0 and rec.state is TaskState.RETRYING):
             self._set_state(rec, TaskState.QUEUED)
         if self.journal is not None:
