@@ -132,3 +132,35 @@ def test_a_task_failed_by_worker_losses_keeps_the_causes(start, make_client):
     t = wait_for(lambda: (x := c.show_task(tid))["state"] == "FAILED" and x, 15, what="WorkerLost")
     assert t["error_type"] == "WorkerLost" and "lost its worker 3 times" in t["message"]
     assert len(t["lost"]) == 3 and all("rawhost" in cause for cause in t["lost"])
+
+
+def test_zq_tasks_show_prints_the_error_and_times_for_people_and_json_on_request(start, make_client):
+    import json
+
+    from nodes.when import local
+    from tests.conftest import run_zq
+    from zq import protocol as P
+
+    cluster = start(workers=0)
+    c = make_client(cluster)
+    s = _raw_worker(cluster)
+    try:
+        c.submit(pow, 2, 3)
+        (spec,) = _next_tasks(s)
+        s.send_multipart(P.pack(P.STARTED, {"ids": [spec.task_id]}))
+        tb = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nKeyError: \'k\''
+        s.send_multipart(P.pack(P.DONE, {"ids": [spec.task_id], "states": ["FAILED"], "credit": 1,
+                                         "errors": {spec.task_id: ["KeyError", "'k'", tb]}}))
+        t = wait_for(lambda: (x := c.show_task(spec.task_id))["state"] == "FAILED" and x, 15, what="failed")
+    finally:
+        s.close(0)
+    conn = ["--ventilator", cluster.endpoints["clients"], "--sink", cluster.endpoints["sink"]]
+    r = run_zq("tasks", "show", spec.task_id, *conn)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "FAILED" in out and "KeyError: 'k'" in out and 'File "x.py", line 1, in f' in out
+    assert local(t["submitted_at"]) in out and "rawhost" in out and "4242" in out
+    assert "\\n" not in out  # the traceback as text, not a JSON string
+    r = run_zq("tasks", "show", spec.task_id, "--json", *conn)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["traceback"] == tb
