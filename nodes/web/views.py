@@ -82,7 +82,9 @@ def parse_time(value: Optional[str], what: str = "since") -> Optional[float]:
 
 
 def filters(state: Optional[str], queue: Optional[str], name: Optional[str],
-            since: Optional[str]) -> dict:
+            since: Optional[str], until: Optional[str] = None, parent: Optional[str] = None) -> dict:
+    """The ventilator's list/count filters from query strings (``name``: ``mod.fn``, or
+    ``fn`` for any module's; ``since``/``until``: a time range; ``parent``: follow-ups)."""
     out: dict[str, Any] = {}
     s = parse_state(state)
     if s:
@@ -94,6 +96,11 @@ def filters(state: Optional[str], queue: Optional[str], name: Optional[str],
     t = parse_time(since)
     if t is not None:
         out["since"] = t
+    u = parse_time(until, "until")
+    if u is not None:
+        out["until"] = u
+    if parent:
+        out["parent"] = parent
     return out
 
 
