@@ -18,9 +18,11 @@ def describe(info: dict, now: float, fire_at: tuple = ()) -> dict:
 
 
 def test_every_runs_next_on_its_grid_from_start():
-    d = describe({"every": 60.0, "start": 30.0}, now=1000.0)
-    assert d["next_run"] == 1020.0 and d["start"] == 30.0 and d["end"] is None and d["jitter"] == 0.0
-    assert describe({"every": 60.0}, now=1000.0)["next_run"] == 1020.0
+    d = describe({"every": 60.0, "start": 30.0}, now=1000.0, fire_at=(1000.0,))
+    assert d["next_run"] == 1050.0 and d["start"] == 30.0 and d["end"] is None and d["jitter"] == 0.0
+    assert describe({"every": 60.0}, now=1000.0, fire_at=(1000.0,))["next_run"] == 1020.0
+    # a slot come and not fired yet (the ventilator was down): it fires at once
+    assert describe({"every": 60.0}, now=1000.0)["next_run"] == 960.0
     assert describe({"every": 60.0, "start": 5000.0}, now=1000.0)["next_run"] == 5000.0
 
 
@@ -32,8 +34,8 @@ def test_a_due_slot_not_fired_yet_is_the_next_run_and_jitter_is_added():
 
 
 def test_end_and_max_runs_stop_the_next_run():
-    assert describe({"every": 60.0, "end": 1010.0}, now=1000.0)["next_run"] is None
-    assert describe({"every": 60.0, "end": 1020.0}, now=1000.0)["next_run"] == 1020.0
+    assert describe({"every": 60.0, "end": 1010.0}, now=1000.0, fire_at=(1000.0,))["next_run"] is None
+    assert describe({"every": 60.0, "end": 1020.0}, now=1000.0, fire_at=(1000.0,))["next_run"] == 1020.0
     assert describe({"every": 60.0, "max_runs": 1}, now=1100.0, fire_at=(1100.0,))["next_run"] is None
 
 

@@ -106,9 +106,9 @@ def filters(state: Optional[str], queue: Optional[str], name: Optional[str],
 
 # -- schedules -------------------------------------------------------------------------
 def next_run(s: dict, now: float) -> Optional[float]:
-    """The next slot of a schedule from ``registry()["schedules"]``, computed here (the
-    ventilator does not send it; its ``start`` is not sent either: the every-grid is taken
-    from the epoch, its default, and the jitter is not added)."""
+    """The next slot of a schedule from an older ventilator's ``registry()["schedules"]``,
+    which does not send its ``next_run`` (the every-grid is taken from the epoch, its
+    default, and the jitter is not added)."""
     if s.get("max_runs") is not None and (s.get("runs") or 0) >= s["max_runs"]:
         return None
     every = s.get("every")
@@ -129,4 +129,7 @@ def next_run(s: dict, now: float) -> Optional[float]:
 
 
 def schedules(registry: dict, now: float) -> list[dict]:
-    return [{**s, "next_run": next_run(s, now)} for s in registry.get("schedules") or []]
+    """The ventilator's schedules; each says its ``next_run`` (computed here only for a
+    ventilator that does not)."""
+    return [s if "next_run" in s else {**s, "next_run": next_run(s, now)}
+            for s in registry.get("schedules") or []]

@@ -346,7 +346,7 @@ pages.schedules = {
     main.innerHTML = `<h2>Schedules</h2>
     ${sch.length ? `<table id="schedules"><tr><th>task</th><th>queue</th><th>every / cron</th><th>last run</th><th class="num">runs</th><th>next run</th></tr>
       ${sch.map((s) => `<tr><td class="mono">${esc(s.name)}</td><td>${esc(s.queue)}</td>
-        <td>${s.every ? "every " + dur(s.every) : `<code>${esc(s.cron)}</code> ${esc(s.tz)}`}</td>
+        <td>${s.every ? "every " + dur(s.every) : `<code>${esc(s.cron)}</code> ${esc(s.tz)}`}${s.jitter ? ` ± ${dur(s.jitter)} jitter` : ""}${s.end ? ` until ${localTime(s.end)}` : ""}</td>
         <td>${localTime(s.last_slot) || "–"}</td><td class="num">${num(s.runs)}${s.max_runs ? " / " + num(s.max_runs) : ""}</td>
         <td>${localTime(s.next_run) || "–"}${s.next_run ? ` (in ${dur(s.next_run - d.reg.now)})` : ""}</td></tr>`).join("")}</table>`
       : '<p class="muted">No schedule: workers announce @zq.task(every=…, cron=…) tasks of the modules they --import.</p>'}
