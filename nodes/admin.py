@@ -165,7 +165,7 @@ def set_paused(v: "Ventilator", queue: str, paused: bool) -> int:
     if v.policies:  # on_state: the waiting tasks of the queue are shown PAUSED (or QUEUED again)
         v.tasks.hold_changed(queue=queue, before=before)
     if paused:  # what workers hold and have not started comes back, to wait here
-        v.reclaim(lambda s: s.queue == queue, {"queues": [queue]})
+        reclaim(v, lambda s: s.queue == queue, {"queues": [queue]})
     return v.dispatch.waiting(queue)
 
 
@@ -177,8 +177,24 @@ def set_disabled(v: "Ventilator", name: str, disabled: bool) -> bool:
     if v.policies:
         v.tasks.hold_changed(name=name, before=before)
     if disabled:
-        v.reclaim(lambda s: s.name == name, {"names": [name]})
+        reclaim(v, lambda s: s.name == name, {"names": [name]})
     return disabled
+
+
+def reclaim(v: "Ventilator", which: Any, header: dict) -> int:
+    """Ask the workers holding unstarted tasks for which ``which(spec)`` holds to give them
+    back (``header``: what RECLAIM says); the number of such tasks."""
+    n = 0
+    for w in v.workers.values():
+        held = 0
+        for tid in w.inflight:
+            rec = v.tasks.get(tid)
+            if rec is not None and rec.state is TaskState.RESERVED and which(rec.spec):
+                held += 1
+        if held:
+            n += held
+            v.wsock.try_send(w.ident, P.pack(P.RECLAIM, header))
+    return n
 
 
 def _holds(v: "Ventilator") -> Any:

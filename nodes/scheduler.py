@@ -23,7 +23,7 @@ import logging
 import math
 import sqlite3
 import time
-from typing import Optional
+from typing import Any, Optional
 
 log = logging.getLogger("zq.scheduler")
 
@@ -163,3 +163,18 @@ class Scheduler:
                         "start": s.start, "end": s.end, "jitter": s.jitter, "last_slot": s.last_slot,
                         "runs": s.runs, "max_runs": s.max_runs, "next_run": nxt})
         return out
+
+
+def slot_task(name: str, queue: str, slot: float, info: dict) -> Any:
+    """The task a schedule's slot fires: by name, with a deterministic id (never twice);
+    ``info``: what the workers said of the task (retries, timeout, options)."""
+    from zq import protocol as P
+    from zq.serialize import pack_args
+
+    from .dispatch import registry_opts
+
+    opts: dict = {"slot": slot}
+    opts.update(registry_opts(info))
+    return P.TaskSpec(f"sched:{name}:{slot:.3f}", name, queue, P.BY_NAME, "", True,
+                      int(info.get("retries") or 0), info.get("timeout"), time.time(), opts=opts,
+                      args=pack_args((), {}))
