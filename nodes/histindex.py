@@ -172,15 +172,66 @@ class HistoryIndex:
         return n
 
     def newest(self, state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[float],
-               until: Optional[float], forgotten: bool) -> Iterator[Any]:
-        """Matching entries, newest finished first (in memory only), read lazily."""
-        its = []
+               until: Optional[float], forgotten: bool, offset: int = 0) -> Iterator[Any]:
+        """Matching entries, newest finished first, after the ``offset`` newest (found by
+        bisection, not walked: see :func:`nodes.tasktable.skip_counts`); in memory only."""
+        from .tasktable import skip_counts
+
+        wins = []
         for g in self.matching(state, queue, name, forgotten):
             lo, hi = g.window(since, until)
             if hi > lo:
-                its.append(g.newest(lo, hi))
-        merged = its[0] if len(its) == 1 else heapq.merge(*its, key=lambda te: te[0], reverse=True)
+                wins.append(_Window(g, lo, hi, len(wins)))
+        if not wins:
+            return iter(())
+        if len(wins) == 1:
+            skips = [offset]
+        else:
+            skips = skip_counts(wins, offset, lambda: None) if offset else [0] * len(wins)  # type: ignore[arg-type]
+        its = [w.newest(k) for w, k in zip(wins, skips)]
+        merged = its[0] if len(its) == 1 else heapq.merge(*its, key=lambda ke: ke[0], reverse=True)
         return (e for _, e in merged)
+
+
+class _Window:
+    """Positions [lo, hi) of a group, with the position queries ``skip_counts`` needs;
+    keys (time, group number, position) are unique and order ties between groups."""
+
+    __slots__ = ("g", "lo", "hi", "gid")
+
+    def __init__(self, g: Group, lo: int, hi: int, gid: int) -> None:
+        self.g, self.lo, self.hi, self.gid = g, lo, hi, gid
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def at(self, pos: int) -> "_Keyed":
+        p = self.lo + pos
+        return _Keyed((self.g.times[p], self.gid, p))
+
+    def count_below(self, key: tuple) -> int:
+        t, gid, pos = key
+        times, lo, hi = self.g.times, self.lo, self.hi
+        if gid < self.gid:  # this group's entries at time t come after the key's
+            c = bisect.bisect_left(times, t, lo, hi)
+        elif gid > self.gid:
+            c = bisect.bisect_right(times, t, lo, hi)
+        else:
+            c = min(max(pos, lo), hi)
+        return c - lo
+
+    def newest(self, skip: int) -> Iterator[tuple[tuple, Any]]:
+        times, entries, gid = self.g.times, self.g.entries, self.gid
+        assert entries is not None
+        for i in range(self.hi - 1 - skip, self.lo - 1, -1):
+            yield (times[i], gid, i), entries[i]
+
+
+class _Keyed:
+    __slots__ = ("key",)
+
+    def __init__(self, key: tuple) -> None:
+        self.key = key
 
 
 def page(entries: Iterator[Any], offset: int, limit: Optional[int]) -> list:

@@ -297,8 +297,8 @@ class History:
                 found = self._children(state, queue, name, since, until, parent, forgotten)
                 rows = found[offset:None if limit is None else offset + limit]
             else:
-                rows = page(self.index.newest(state, queue, name, since, until, forgotten), offset, limit)
-                self.touched += offset + len(rows)
+                rows = page(self.index.newest(state, queue, name, since, until, forgotten, offset), 0, limit)
+                self.touched += len(rows)
             return [as_dict(e) for e in rows]
         where, params = self._where(state, queue, name, since, until, parent, forgotten)
         sql = f"SELECT {','.join(COLUMNS)} FROM history{where} ORDER BY finished_at DESC LIMIT ? OFFSET ?"
