@@ -184,3 +184,20 @@ def test_running_never_exceeds_the_slots_with_short_batched_tasks(start, make_cl
     for f in fs:
         f.result(30)
     assert most <= 2, f"{most} tasks RUNNING on 2 slots"
+
+
+def test_zq_status_shows_prefetched_tasks_and_lost_workers():
+    from nodes import status
+    from nodes.when import local
+
+    data = {"ventilator": {"endpoints": {"clients": "tcp://v"}, "host": "h", "uptime": 1, "tasks_per_second": 0,
+                           "queues": {}, "workers": [{"id": "w1", "host": "h", "executor": "thread", "running": 2,
+                                                      "concurrency": 4, "prefetched": 3, "done": 1,
+                                                      "queues": ["default"]}],
+                           "lost_workers": [{"id": "w2", "host": "h2", "pid": 7, "lost_at": 1.7e9,
+                                             "cause": "no heartbeat for 1.3s"}]},
+            "sink": {"endpoints": {"endpoint": "tcp://s"}, "host": "h", "results_per_second": 0, "retained": 0,
+                     "undelivered": 0}}
+    text = status.render(data)
+    assert "2/4 +3" in text
+    assert f"lost: w2 on h2 (pid 7) at {local(1.7e9)}: no heartbeat for 1.3s" in text
