@@ -3,13 +3,12 @@ workers), schedules (next runs), history filters and error details — for ``zq 
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
 import zq
-from tests.lifecycle_tasks import IMPORT_ARGS, gated, touch, wait_for
+from tests.lifecycle_tasks import gated, touch, wait_for
 
 S = zq.TaskState
 
