@@ -137,19 +137,22 @@ class History:
         if state == "SUCCESS":
             detail = None
         if self.db is not None:
-            old = self.db.execute("SELECT state, queue, name, forgotten, finished_at FROM history "
-                                  "WHERE task_id = ?", (spec.task_id,)).fetchone()
-            if old is not None:  # replaced (a task id seen again after a restart)
-                self.index.remove((old[0], old[1], old[2], bool(old[3])), old[4] or 0.0)
+            values = (*e[:-1],
+                      msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
+                      args_blob(spec.args) if keep_args else None,
+                      spec.digest if keep_args and spec.digest != BY_NAME else None,
+                      msgpack.packb(detail, use_bin_type=True) if detail else None, last_component(spec.name))
+            sql = (f"INTO history ({','.join(COLUMNS)}, row, args, digest, detail, fn) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?)")
+            try:
+                self.db.execute("INSERT " + sql, values)
+            except sqlite3.IntegrityError:  # a task id seen again (after a restart): replaced
+                old = self.db.execute("SELECT state, queue, name, forgotten, finished_at FROM history "
+                                      "WHERE task_id = ?", (spec.task_id,)).fetchone()
+                if old is not None:
+                    self.index.remove((old[0], old[1], old[2], bool(old[3])), old[4] or 0.0)
+                self.db.execute("INSERT OR REPLACE " + sql, values)
             self.index.add(_group(e), e[_FINISHED])
-            self.db.execute(
-                f"INSERT OR REPLACE INTO history ({','.join(COLUMNS)}, row, args, digest, detail, fn) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?)",
-                (*e[:-1],
-                 msgpack.packb(spec.row(), use_bin_type=True) if keep_args else None,
-                 args_blob(spec.args) if keep_args else None,
-                 spec.digest if keep_args and spec.digest != BY_NAME else None,
-                 msgpack.packb(detail, use_bin_type=True) if detail else None, last_component(spec.name)))
             return
         if detail:
             self.details[spec.task_id] = detail
