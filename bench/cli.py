@@ -25,12 +25,12 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from . import baselines, peers, raw, zqbench
+from . import baselines, dashboard_lag, peers, raw, zqbench
 from .util import Progress, fmt_bytes, fmt_rate, host, repeat, versions
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("baselines", "raw", "throughput", "latency", "payload", "scaling", "memory", "peers")
+SECTIONS = ("baselines", "raw", "throughput", "latency", "payload", "scaling", "memory", "dashboard", "peers")
 SCHEMA = "zq-bench/1"
 
 #: workload sizes per mode
@@ -39,16 +39,19 @@ MODES: dict[str, dict[str, Any]] = {
                  payload_n={100: 5000, 100_000: 1000, 10_000_000: 20}, args_1mb_n=300,
                  scaling_workers=[1, 2, 4], scaling_submit_n=20_000, scaling_map_n=1_000_000,
                  memory_n=1_000_000, raw_unbatched_n=200_000, raw_batched_n=1_000_000, peer_n=5000,
+                 dashboard_queued=1_000_000, dashboard_finished=100_000, dashboard_window=20.0,
                  timeout=600.0),
     "quick": dict(reps=1, submit_n=3000, map_n=100_000, lat_n=200, lat_warmup=20,
                   payload_n={100: 500, 100_000: 100, 10_000_000: 3}, args_1mb_n=40,
                   scaling_workers=[1, 2, 4], scaling_submit_n=2000, scaling_map_n=50_000,
                   memory_n=20_000, raw_unbatched_n=30_000, raw_batched_n=200_000, peer_n=1000,
+                  dashboard_queued=100_000, dashboard_finished=10_000, dashboard_window=8.0,
                   timeout=60.0),
     "smoke": dict(reps=1, submit_n=300, map_n=5000, lat_n=30, lat_warmup=5,
                   payload_n={100: 50, 100_000: 10, 10_000_000: 1}, args_1mb_n=5,
                   scaling_workers=[1, 2], scaling_submit_n=200, scaling_map_n=2000,
                   memory_n=2000, raw_unbatched_n=5000, raw_batched_n=20_000, peer_n=200,
+                  dashboard_queued=2000, dashboard_finished=500, dashboard_window=3.0,
                   timeout=60.0),
 }
 
@@ -75,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="tasks queued in the memory section (full: 1,000,000)")
     p.add_argument("--memory-burst", action="store_true",
                    help="memory section: submit all tasks in one burst instead of paced chunks of 50,000")
+    p.add_argument("--dashboard-queued", type=int, default=None, metavar="N",
+                   help="dashboard section: tasks queued while zq http is polled (full: 1,000,000)")
+    p.add_argument("--dashboard-finished", type=int, default=None, metavar="N",
+                   help="dashboard section: finished tasks in the history (full: 100,000)")
+    p.add_argument("--dashboard-pollers", type=int, default=4, metavar="N",
+                   help="dashboard section: threads polling zq http (default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     s = p.add_argument_group("the cost curve of one ventilator (bench/scale.py)")
     s.add_argument("--scale", action="store_true", help="run only the scale curve: join, idle cost, tasks/s by workers")
@@ -102,6 +111,10 @@ class Runner:
             self.p["reps"] = max(1, opts.repeat)
         if opts.memory_tasks is not None:
             self.p["memory_n"] = max(1, opts.memory_tasks)
+        if opts.dashboard_queued is not None:
+            self.p["dashboard_queued"] = max(0, opts.dashboard_queued)
+        if opts.dashboard_finished is not None:
+            self.p["dashboard_finished"] = max(0, opts.dashboard_finished)
         only = _csv(opts.only)
         bad = [s for s in only + _csv(opts.skip) if s not in SECTIONS]
         if bad:
@@ -119,7 +132,7 @@ class Runner:
         for s in self.sections:
             n += {"baselines": 3, "raw": 4, "throughput": 4, "latency": 2,
                   "payload": len(p["payload_n"]) * len(PAYLOAD_KINDS) + 1,
-                  "scaling": len(p["scaling_workers"]) * 4, "memory": 1,
+                  "scaling": len(p["scaling_workers"]) * 4, "memory": 1, "dashboard": 1,
                   "peers": len(self.peer_names)}.get(s, 0)
         return max(1, n)
 
@@ -187,6 +200,12 @@ class Runner:
             zo["memory"] = self.measure(
                 f"memory: {n:,} tasks queued, then drained", zqbench.memory, n, drain_workers=2,
                 drain_concurrency=32, pace=0 if self.opts.memory_burst else 50_000, timeout=max(to, 900.0 if n >= 500_000 else to), progress=self.progress)
+        if "dashboard" in self.sections:
+            q, f = p["dashboard_queued"], p["dashboard_finished"]
+            zo["dashboard"] = self.measure(
+                f"dashboard: loop lag, {q:,} queued + {f:,} finished, zq http polled", dashboard_lag.dashboard,
+                q, f, pollers=self.opts.dashboard_pollers, window=p["dashboard_window"],
+                timeout=max(to, 1800.0 if q >= 500_000 else 300.0), progress=self.progress)
         for name in self.peer_names:
             out["peers"][name] = self.measure(f"peer {name}", peers.run, name, p["peer_n"], p["lat_n"],
                                               timeout=max(120.0, to))
@@ -475,6 +494,13 @@ def report(out: dict) -> str:
                      f"{m.get('drain_concurrency')} slots at {fmt_rate(m.get('drain_tasks_per_s'))}")
         if m.get("error"):
             L.append(f"  ERROR: {m['error']}")
+    d = z.get("dashboard")
+    if d:
+        L.append("")
+        L.append("Dashboard: the ventilator's loop lag while zq http is polled")
+        L.append("")
+        line = dashboard_lag.describe(d)
+        L.append(f"  {line}" if line else f"  ERROR: {d.get('error')}")
     if out.get("peers"):
         L.append("")
         L.append("Peers (same no-op workload, each in its own subprocess)")

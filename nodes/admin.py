@@ -11,7 +11,7 @@ argument raises ValueError/KeyError/TypeError, which becomes an error reply.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from zq import protocol as P
 from zq.envelope import TaskState
@@ -42,41 +42,60 @@ def _active_entry(v: "Ventilator", rec: Any) -> dict:
 _ACTIVE_STATES = frozenset({"QUEUED", "RESERVED", "RUNNING", "PAUSED", "RETRYING"})
 
 
-def _filters(h: dict) -> tuple[Optional[str], Optional[str], Optional[str], Optional[float], bool]:
-    state, queue, name = _opt_str(h, "state"), _opt_str(h, "queue"), _opt_str(h, "name")
-    since = h.get("since")
-    if since is not None and not isinstance(since, (int, float)):
-        raise TypeError("since must be a Unix time")
+class Filters(NamedTuple):
+    """What list and count select by (the request header's fields, checked)."""
+
+    state: Optional[str]
+    queue: Optional[str]
+    name: Optional[str]  # "mod.fn", or "fn": any module's fn
+    since: Optional[float]  # active tasks: submitted at or after; finished ones: finished
+    until: Optional[float]  # ... before (the end of the range)
+    parent: Optional[str]  # the follow-ups of this task (requeued, spawned)
+    forgotten: bool
+
+
+def _time(h: dict, key: str) -> Optional[float]:
+    v = h.get(key)
+    if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+        raise TypeError(f"{key} must be a Unix time")
+    return v
+
+
+def _filters(h: dict) -> Filters:
+    state = _opt_str(h, "state")
     if state is not None:
         TaskState(state)  # ValueError for a state that does not exist
-    return state, queue, name, since, bool(h.get("forgotten"))
+    return Filters(state, _opt_str(h, "queue"), _opt_str(h, "name"), _time(h, "since"), _time(h, "until"),
+                   _opt_str(h, "parent"), bool(h.get("forgotten")))
 
 
 def count(v: "Ventilator", h: dict) -> int:
-    """Active tasks (from the task table's index, none visited) and finished ones."""
-    state, queue, name, since, forgotten = _filters(h)
-    n = v.tasks.count(state, queue, name, since)
-    if state not in _ACTIVE_STATES:
-        n += v.history.count(state, queue, name, since, forgotten)
+    """Active tasks (from the task table's index, none visited) and finished ones (from
+    the history's index, none read): O(groups), whatever the number of tasks."""
+    f = _filters(h)
+    n = v.tasks.count(f.state, f.queue, f.name, f.since, f.until, f.parent)
+    if f.state not in _ACTIVE_STATES:
+        n += v.history.count(f.state, f.queue, f.name, f.since, f.forgotten, f.until, f.parent)
     return n
 
 
 def list_page(v: "Ventilator", h: dict) -> list[dict]:
     """Active tasks newest submitted first, then finished ones newest finished first;
     ``offset``/``limit`` slice that order, and only the returned tasks are read."""
-    state, queue, name, since, forgotten = _filters(h)
+    f = _filters(h)
     limit = h.get("limit")
     offset = h.get("offset") or 0
     if (limit is not None and not isinstance(limit, int)) or not isinstance(offset, int):
         raise TypeError("limit and offset must be ints")
     if offset < 0 or (limit is not None and limit < 0):
         raise ValueError("limit and offset must not be negative")
-    items = [_active_entry(v, rec) for rec in v.tasks.page(state, queue, name, since, offset, limit)]
-    if state in _ACTIVE_STATES or (limit is not None and len(items) >= limit):
+    items = [_active_entry(v, rec)
+             for rec in v.tasks.page(f.state, f.queue, f.name, f.since, offset, limit, f.until, f.parent)]
+    if f.state in _ACTIVE_STATES or (limit is not None and len(items) >= limit):
         return items
-    skip = max(0, offset - v.tasks.count(state, queue, name, since))
+    skip = max(0, offset - v.tasks.count(f.state, f.queue, f.name, f.since, f.until, f.parent))
     rest = None if limit is None else limit - len(items)
-    return items + v.history.query(state, queue, name, since, forgotten, skip, rest)
+    return items + v.history.query(f.state, f.queue, f.name, f.since, f.forgotten, skip, rest, f.until, f.parent)
 
 
 def handle(v: "Ventilator", ident: bytes, op: str, h: dict) -> Any:
@@ -146,7 +165,7 @@ def set_paused(v: "Ventilator", queue: str, paused: bool) -> int:
     if v.policies:  # on_state: the waiting tasks of the queue are shown PAUSED (or QUEUED again)
         v.tasks.hold_changed(queue=queue, before=before)
     if paused:  # what workers hold and have not started comes back, to wait here
-        v.reclaim(lambda s: s.queue == queue, {"queues": [queue]})
+        reclaim(v, lambda s: s.queue == queue, {"queues": [queue]})
     return v.dispatch.waiting(queue)
 
 
@@ -158,14 +177,44 @@ def set_disabled(v: "Ventilator", name: str, disabled: bool) -> bool:
     if v.policies:
         v.tasks.hold_changed(name=name, before=before)
     if disabled:
-        v.reclaim(lambda s: s.name == name, {"names": [name]})
+        reclaim(v, lambda s: s.name == name, {"names": [name]})
     return disabled
+
+
+def reclaim(v: "Ventilator", which: Any, header: dict) -> int:
+    """Ask the workers holding unstarted tasks for which ``which(spec)`` holds to give them
+    back (``header``: what RECLAIM says); the number of such tasks."""
+    n = 0
+    for w in v.workers.values():
+        held = 0
+        for tid in w.inflight:
+            rec = v.tasks.get(tid)
+            if rec is not None and rec.state is TaskState.RESERVED and which(rec.spec):
+                held += 1
+        if held:
+            n += held
+            v.wsock.try_send(w.ident, P.pack(P.RECLAIM, header))
+    return n
 
 
 def _holds(v: "Ventilator") -> Any:
     """The hold test as it is now (for announcing what a change of holds changed)."""
     paused, disabled = frozenset(v.dispatch.paused), frozenset(v.dispatch.disabled)
     return lambda q, n: q in paused or n in disabled
+
+
+def _worker(v: "Ventilator", w: Any, now: float) -> dict:
+    """One worker as stats shows it: ``running`` its tasks started, ``prefetched`` those
+    sent and not started (RESERVED), ``silent`` seconds since it last said anything."""
+    running = 0
+    for tid in w.inflight:
+        rec = v.tasks.get(tid)
+        if rec is not None and rec.state is TaskState.RUNNING:
+            running += 1
+    return {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
+            "concurrency": w.concurrency, "running": running, "prefetched": len(w.inflight) - running,
+            "credit": w.credit, "done": w.done, "silent": round(max(0.0, now - w.last_seen), 3),
+            "registered_at": w.registered_at}
 
 
 def stats(v: "Ventilator") -> dict:
@@ -177,16 +226,14 @@ def stats(v: "Ventilator") -> dict:
     queued, running = v.tasks.by_queue()
     served = {q for w in v.workers.values() for q in w.queues}
     d = v.dispatch
+    mono = time.monotonic()
     return {
         "instance": v.instance, "host": HOST, "endpoints": v.endpoints,
         "uptime": time.time() - v.started, "secured": v.keys is not None,
         "journal": v.journal_path,
-        "workers": [
-            {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
-             "concurrency": w.concurrency, "running": len(w.inflight), "credit": w.credit,
-             "done": w.done}
-            for w in v.workers.values()
-        ],
+        "workers": [_worker(v, w, mono) for w in v.workers.values()],
+        "lost_workers": v.workers_side.lost_workers(),
+        "workers_lost": dict(v.workers_side.lost_by_cause),
         "queues": {q: {"queued": queued[q], "running": running[q], "served": q in served,
                        "paused": q in d.paused}
                    for q in sorted(set(queued) | set(running) | served | d.paused)},
@@ -195,8 +242,9 @@ def stats(v: "Ventilator") -> dict:
         "tasks_per_second": rate,
         # the longest turn of the loop over the last 1-2 s, and since start (seconds)
         "loop": {"lag": v.lag.recent(), "lag_max": v.lag.worst, "turns": v.lag.turns},
-        # task records admin queries have read (a list reads its page, a count none)
-        "admin_records_read": v.tasks.touched,
+        # task records and history entries admin queries have read (a list reads its page,
+        # a count none; the follow-ups of a ``parent``, those)
+        "admin_records_read": v.tasks.touched + v.history.touched,
         # the ventilator's own link to the sink (its endpoint as the ventilator was told)
         "sink_link": v.sink_watch.stats(time.monotonic(), len(v.sink.unacked)),
     }

@@ -103,6 +103,26 @@ policy_opt = click.option("--policy", "policies", multiple=True, metavar="MOD:NA
                           help="Policy class to load (repeatable).")
 
 
+def metrics_opts(f: Any) -> Any:
+    f = click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                     help="Address the --metrics-port server binds.")(f)
+    return click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+                        help="Serve Prometheus metrics on this port (0: any free one; "
+                             "its URL is in the READY line). Needs the web extra.")(f)
+
+
+def _metrics_at(host: str, port: Optional[int]) -> Optional[tuple[str, int]]:
+    if port is None:
+        return None
+    from .node_metrics import require
+
+    try:
+        require()
+    except ImportError as exc:
+        _fail(str(exc))
+    return host, port
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default=os.environ.get("ZQ_LOG_LEVEL", "INFO"),
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
@@ -123,12 +143,14 @@ def cli(log_level: str) -> None:
 @click.option("--history-retention", type=click.FloatRange(min=0, min_open=True), default=7 * 86400.0,
               show_default=True, help="Seconds finished tasks stay in the journal's history.")
 @policy_opt
+@metrics_opts
 @keys_opt
 @key_name_opt
 @insecure_opt
 @parent_opt
 def ventilator(config_path: Optional[str], clients: Optional[str], workers: Optional[str],
                sink: Optional[str], journal: Optional[str], history_retention: float, policies: Sequence[str],
+               metrics_port: Optional[int], metrics_host: str,
                keys: Optional[str], key_name: Optional[str], insecure: Optional[bool],
                exit_with_parent: Optional[int]) -> None:
     """Accept tasks from clients and dispatch them to workers by credit (on_state policies run here)."""
@@ -140,7 +162,8 @@ def ventilator(config_path: Optional[str], clients: Optional[str], workers: Opti
                   insecure=insecure, keys=keys, key_name=key_name)
     try:
         loaded = load_policies(policies)
-        node = Ventilator(cfg, journal=journal, policies=loaded, history_retention=history_retention)
+        node = Ventilator(cfg, journal=journal, policies=loaded, history_retention=history_retention,
+                          metrics=_metrics_at(metrics_host, metrics_port))
     except ConfigError as exc:
         _fail(str(exc))
     run_node(node, exit_with_parent)
@@ -155,12 +178,14 @@ def ventilator(config_path: Optional[str], clients: Optional[str], workers: Opti
 @click.option("--journal", type=click.Path(dir_okay=False), default=None,
               help="SQLite file keeping retained results and the de-duplication set across a restart.")
 @policy_opt
+@metrics_opts
 @keys_opt
 @key_name_opt
 @insecure_opt
 @parent_opt
 def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[bool],
-         result_ttl: Optional[float], journal: Optional[str], policies: Sequence[str], keys: Optional[str],
+         result_ttl: Optional[float], journal: Optional[str], policies: Sequence[str],
+         metrics_port: Optional[int], metrics_host: str, keys: Optional[str],
          key_name: Optional[str], insecure: Optional[bool], exit_with_parent: Optional[int]) -> None:
     """Record results once, fire on_done policies, deliver and retain them."""
     from zq.policy import load_policies
@@ -171,7 +196,7 @@ def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[b
                   sink_journal=journal, sink_policies=tuple(policies), insecure=insecure, keys=keys,
                   key_name=key_name)
     try:
-        node = Sink(cfg, load_policies(cfg.sink_policies))
+        node = Sink(cfg, load_policies(cfg.sink_policies), metrics=_metrics_at(metrics_host, metrics_port))
     except ConfigError as exc:
         _fail(str(exc))
     run_node(node, exit_with_parent)

@@ -50,7 +50,8 @@ class TaskRecord:
     :class:`nodes.tasktable.TaskTable` changes it (``set_state``), and setting its
     ``worker`` moves it in the table's index."""
 
-    __slots__ = ("spec", "_state", "_worker", "client", "progress", "key", "group", "table", "digest", "progress_first")
+    __slots__ = ("spec", "_state", "_worker", "client", "progress", "key", "group", "table", "digest", "progress_first",
+                 "started_at", "error")
 
     def __init__(self, spec: TaskSpec, client: bytes) -> None:
         self.spec = spec
@@ -63,6 +64,9 @@ class TaskRecord:
         self.group: Any = None  # the table's group (a SortedRecs) holding it
         self.table: Any = None  # the TaskTable holding it
         self.digest: Optional[bytes] = None  # the function digest the table counts for it
+        self.started_at: Optional[float] = None  # wall time its worker said STARTED (this attempt)
+        #: (type, message, traceback) of its failure, when known (DONE's errors, or decided here)
+        self.error: Optional[tuple[str, str, str]] = None
 
     @property
     def state(self) -> TaskState:

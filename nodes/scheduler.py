@@ -22,7 +22,8 @@ import hashlib
 import logging
 import math
 import sqlite3
-from typing import Optional
+import time
+from typing import Any, Optional
 
 log = logging.getLogger("zq.scheduler")
 
@@ -72,6 +73,32 @@ class Schedule:
             return 0.0
         h = hashlib.blake2b(f"{self.name}:{slot}".encode(), digest_size=8).digest()
         return self.jitter * int.from_bytes(h, "big") / 2.0**64
+
+    def next_slot(self, now: float) -> Optional[float]:
+        """The first slot after ``now`` (None when there is none)."""
+        if now < self.start:
+            if self.every is not None:
+                return self.start
+            now = self.start - 1e-6
+        if self.every is not None:
+            return self.start + (math.floor((now - self.start) / self.every) + 1) * self.every
+        from zoneinfo import ZoneInfo
+
+        from croniter import croniter
+
+        return float(croniter(self.cron, dt.datetime.fromtimestamp(now, ZoneInfo(self.tz))).get_next(float))
+
+    def next_run(self, now: float) -> Optional[float]:
+        """When it fires next (its jitter included): a slot come and not fired yet, else the
+        next one; None once ``end`` or ``max_runs`` stopped it."""
+        if self.max_runs is not None and self.runs >= self.max_runs:
+            return None
+        slot = self.latest_slot(now)
+        if slot is None or (self.last_slot is not None and slot <= self.last_slot):
+            slot = self.next_slot(now)
+        if slot is None or (self.end is not None and slot > self.end):
+            return None
+        return slot + self.jitter_for(slot)
 
     def due(self, now: float) -> Optional[float]:
         """The slot to fire now, if any (and record it as fired)."""
@@ -123,7 +150,31 @@ class Scheduler:
                     self.db.execute("INSERT OR REPLACE INTO schedules VALUES (?, ?, ?)", (s.name, slot, s.runs))
         return out
 
-    def describe(self) -> list[dict]:
-        return [{"name": s.name, "queue": s.queue, "every": s.every, "cron": s.cron, "tz": s.tz,
-                 "last_slot": s.last_slot, "runs": s.runs, "max_runs": s.max_runs}
-                for s in self.schedules.values()]
+    def describe(self, now: Optional[float] = None) -> list[dict]:
+        """Every schedule, with its next run (Unix seconds, jitter included; None: no more)."""
+        t = time.time() if now is None else now
+        out = []
+        for s in self.schedules.values():
+            try:
+                nxt = s.next_run(t)
+            except Exception:  # noqa: BLE001 (a schedule croniter cannot step shows no next run)
+                nxt = None
+            out.append({"name": s.name, "queue": s.queue, "every": s.every, "cron": s.cron, "tz": s.tz,
+                        "start": s.start, "end": s.end, "jitter": s.jitter, "last_slot": s.last_slot,
+                        "runs": s.runs, "max_runs": s.max_runs, "next_run": nxt})
+        return out
+
+
+def slot_task(name: str, queue: str, slot: float, info: dict) -> Any:
+    """The task a schedule's slot fires: by name, with a deterministic id (never twice);
+    ``info``: what the workers said of the task (retries, timeout, options)."""
+    from zq import protocol as P
+    from zq.serialize import pack_args
+
+    from .dispatch import registry_opts
+
+    opts: dict = {"slot": slot}
+    opts.update(registry_opts(info))
+    return P.TaskSpec(f"sched:{name}:{slot:.3f}", name, queue, P.BY_NAME, "", True,
+                      int(info.get("retries") or 0), info.get("timeout"), time.time(), opts=opts,
+                      args=pack_args((), {}))

@@ -29,7 +29,7 @@ import collections
 import heapq
 import logging
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import zmq
 
@@ -43,6 +43,7 @@ from zq.protocol import ResultRow
 
 from .common import HOST, Node
 from .endpoint import Peers, RouterEndpoint
+from .node_metrics import sink_snapshot
 from .sink_journal import SinkJournal
 
 log = logging.getLogger("zq.sink")
@@ -50,14 +51,23 @@ log = logging.getLogger("zq.sink")
 DEDUP_MEMORY = 200_000
 
 
+def _size(r: ResultRow) -> int:
+    """Bytes of a result's value (what retaining it costs, roughly)."""
+    return args_size(r.payload) if r.payload is not None else 0
+
+
 class Sink(Node):
     role = "sink"
 
-    def __init__(self, config: Config, policies: Sequence[Policy] = ()) -> None:
+    def __init__(self, config: Config, policies: Sequence[Policy] = (),
+                 metrics: Optional[tuple[str, int]] = None) -> None:
         super().__init__(config)
+        self.metrics_at = metrics  # (host, port) of --metrics-port (nodes/node_metrics.py)
+        self.metrics: Optional[Any] = None
         self.policies = list(policies)
         self.recorded: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.retained: dict[str, tuple[ResultRow, float]] = {}
+        self.retained_bytes = 0  # the values' bytes of what is retained (stats, metrics)
         self.expiry: list[tuple[float, str]] = []
         self.undelivered: dict[str, collections.deque[tuple[float, ResultRow]]] = {}
         # task id -> (client id, senders to ACK once it is safe, monotonic time recorded)
@@ -90,6 +100,11 @@ class Sink(Node):
                                    on_bad=self.bad_message, keys=self.keys, peers=self.peers,
                                    heartbeat=self._heartbeat, roles=True, count_undeliverable=False)
         self.endpoints = {"endpoint": self.sock.endpoint}
+        if self.metrics_at is not None:
+            from .node_metrics import MetricsServer
+
+            self.metrics = MetricsServer("sink", *self.metrics_at)
+            self.endpoints["metrics"] = self.metrics.url
         self.poller = zmq.Poller()
         self.sock.register(self.poller)
         self.poller.register(self._waker.fileno(), zmq.POLLIN)
@@ -106,6 +121,7 @@ class Sink(Node):
             if s.row is not None and s.expires is not None:
                 until = now + (s.expires - wall)
                 self.retained[s.task_id] = (s.row, until)
+                self.retained_bytes += _size(s.row)
                 heapq.heappush(self.expiry, (until, s.task_id))
                 if s.client:  # its client may not have it: sent when it comes back
                     self.recorded[s.task_id] = None
@@ -123,6 +139,8 @@ class Sink(Node):
             self.sock.close()
         if self.journal is not None:
             self.journal.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def loop(self) -> None:
         interval = self.config.heartbeat_interval
@@ -224,7 +242,10 @@ class Sink(Node):
             self.journal.acked(tid, client)
 
     def _unretain(self, tid: str) -> None:
-        if self.retained.pop(tid, None) is not None and self.journal is not None:
+        hit = self.retained.pop(tid, None)
+        if hit is not None:
+            self.retained_bytes -= _size(hit[0])
+        if hit is not None and self.journal is not None:
             if tid in self.recorded:
                 self.journal.unretain(tid)
             else:
@@ -277,6 +298,7 @@ class Sink(Node):
             if retain or watchers:
                 keep = r.ttl or ttl
                 self.retained[tid] = (r, now + keep)
+                self.retained_bytes += _size(r)
                 heapq.heappush(self.expiry, (now + keep, tid))
             if journal is not None:
                 journal.record(r, r.client, time.time() + keep if keep else None)
@@ -375,6 +397,8 @@ class Sink(Node):
             self._expire_watches(now)
         self._settle()
         self.rate_samples.append((now, self.counters["results"]))
+        if self.metrics is not None:
+            self.metrics.publish(sink_snapshot(self))
 
     def _expire_watches(self, now: float) -> None:
         """Forget watches not renewed within ``watch_ttl`` (their client is gone, or the id
@@ -400,6 +424,7 @@ class Sink(Node):
             "secured": self.keys is not None,
             "journal": self.config.sink_journal or None,
             "retained": len(self.retained),
+            "retained_bytes": self.retained_bytes,
             "undelivered": sum(len(q) for q in self.undelivered.values()),
             "awaiting_ack": len(self.awaiting),
             "watched": len(self.watchers),

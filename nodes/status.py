@@ -14,6 +14,8 @@ from zq.config import Config
 from zq.errors import ZqError
 from zq.security import Keys
 
+from .when import local
+
 
 def _ask(ctx: zmq.Context, endpoint: str, node: str, timeout: float, keys: Any = None) -> Any:
     s = dealer(ctx, endpoint, f"status-{os.urandom(4).hex()}".encode(), keys=keys, server=node, connect=False)
@@ -79,12 +81,20 @@ def render(data: dict) -> str:
         lines.append(f"{q:<20} {info['queued']:>8} {info['running']:>8}  {'yes' if info['served'] else 'NONE'}")
     lines += ["", f"{'WORKER':<36} {'HOST':<16} {'EXEC':<8} {'LOAD':>9} {'DONE':>8}  QUEUES"]
     for w in v.get("workers", []):
-        load = f"{w['running']}/{w['concurrency']}"
+        load = _load(w)
         lines.append(f"{w['id']:<36} {w['host']:<16} {w['executor']:<8} {load:>9} {w['done']:>8}  "
                      f"{','.join(w['queues'])}")
     if not v.get("workers"):
         lines.append("(no workers)")
+    for w in v.get("lost_workers") or []:
+        lines.append(f"lost: {w['id']} on {w['host']} (pid {w['pid']}) at {local(w['lost_at'])}: {w['cause']}")
     return "\n".join(lines)
+
+
+def _load(w: dict) -> str:
+    """``running/slots``, and ``+N`` tasks prefetched (sent, not started)."""
+    pre = w.get("prefetched")
+    return f"{w['running']}/{w['concurrency']}" + (f" +{pre}" if pre else "")
 
 
 def _sink_link(link: Any) -> str:
@@ -123,7 +133,7 @@ def view(data: dict, interval: float, error: Optional[str] = None) -> Any:
         workers.add_column(col, justify="right" if col in ("pid", "load", "done") else "left")
     for w in v.get("workers", []):
         workers.add_row(Text(str(w["id"])), Text(str(w["host"])), str(w.get("pid", "")), Text(str(w["executor"])),
-                        f"{w['running']}/{w['concurrency']}", str(w["done"]), Text(",".join(w["queues"])))
+                        _load(w), str(w["done"]), Text(",".join(w["queues"])))
     lag = v.get("loop", {}).get("lag")
     foot = Text(f"every {interval:g}s · ventilator loop lag {lag * 1000:.1f} ms · Ctrl-C to stop"
                 if isinstance(lag, (int, float)) else f"every {interval:g}s · Ctrl-C to stop", style="dim")

@@ -14,7 +14,7 @@ import click
 import zq
 from zq.errors import ConfigError, ZqError
 
-from .when import local, parse_since
+from .when import duration, local, parse_since
 
 conn_opts = [
     click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file."),
@@ -105,11 +105,56 @@ def ls(config_path: Optional[str], vent: Optional[str], sink: Optional[str], key
 @tasks.command("show")
 @connection
 @click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="the raw dict, as JSON")
 def show(config_path: Optional[str], vent: Optional[str], sink: Optional[str], keys: Optional[str],
-         key_name: Optional[str], task_id: str) -> None:
-    """Everything the ventilator knows of one task."""
-    click.echo(json.dumps(_run((config_path, vent, sink, keys, key_name), lambda c: c.show_task(task_id)),
-                          indent=2))
+         key_name: Optional[str], task_id: str, as_json: bool) -> None:
+    """Everything the ventilator knows of one task: times in local time, its error and
+    traceback, the causes of its lost attempts."""
+    t = _run((config_path, vent, sink, keys, key_name), lambda c: c.show_task(task_id))
+    if as_json:
+        click.echo(json.dumps(t, indent=2))
+    else:
+        click.echo(describe(t))
+
+
+def describe(t: dict) -> str:
+    """One task (``show_task``'s dict) for people."""
+    def line(label: str, value: Any) -> None:
+        if value not in (None, "", []):
+            out.append(f"{label + ':':<12} {value}")
+
+    out: list[str] = []
+    line("task", t.get("task_id"))
+    line("name", t.get("name"))
+    line("queue", t.get("queue"))
+    line("state", t.get("state"))
+    sub, started, fin = t.get("submitted_at"), t.get("started_at"), t.get("finished_at")
+    line("submitted", local(sub))
+    if started:
+        line("started", f"{local(started)} (waited {duration(started - sub) if sub else '-'})")
+    if fin:
+        took = f"ran {duration(fin - started)}" if started else f"{duration(fin - sub) if sub else '-'} after submit"
+        line("finished", f"{local(fin)} ({took})")
+    line("attempts", t.get("attempts"))
+    where = t.get("worker") or ""
+    if t.get("host"):
+        where += f" on {t['host']} pid {t.get('pid')}"
+    line("worker", where)
+    line("parent", t.get("parent"))
+    if t.get("root") and t.get("root") != t.get("task_id"):
+        line("root", t.get("root"))
+    if t.get("progress"):
+        line("progress", t.get("progress"))
+    if t.get("error_type") or (t.get("error") and t.get("error") != t.get("state")):
+        line("error", f"{t.get('error_type') or t.get('error')}: {t.get('message') or ''}".rstrip(": "))
+    for i, cause in enumerate(t.get("lost") or [], 1):
+        line(f"lost #{i}", cause)
+    if t.get("traceback"):
+        out.append("")
+        out.append(t["traceback"].rstrip())
+    if t.get("forgotten"):
+        out.append("(forgotten: hidden from lists)")
+    return "\n".join(out)
 
 
 def _simple(cmd: str, arg: str, doc: str, action: Callable[[zq.Client, str], Any],

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 from zq.envelope import TRANSITIONS, TaskState
 from zq.protocol import BY_NAME
 
+from .histindex import name_matches
 from .records import TaskRecord
 
 BLOCK = 512  # records per block of a SortedRecs (split at twice that)
@@ -137,6 +138,31 @@ class SortedRecs:
                 j = len(self.blocks[i]) - 1
 
 
+class Window:
+    """The records of a SortedRecs submitted in [since, until), with SortedRecs' position
+    queries (``skip_counts``, ``TaskTable.page``) on that slice."""
+
+    __slots__ = ("recs", "lo", "hi")
+
+    def __init__(self, recs: SortedRecs, since: Optional[float], until: Optional[float]) -> None:
+        self.recs = recs
+        self.lo = 0 if since is None else recs.count_below((since, float("-inf")))
+        self.hi = len(recs) if until is None else recs.count_below((until, float("-inf")))
+        self.hi = max(self.lo, self.hi)
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def count_below(self, key: Key) -> int:
+        return min(self.hi, max(self.lo, self.recs.count_below(key))) - self.lo
+
+    def at(self, pos: int) -> TaskRecord:
+        return self.recs.at(self.lo + pos)
+
+    def newest(self, skip: int = 0) -> Iterator[TaskRecord]:
+        return itertools.islice(self.recs.newest(skip + len(self.recs) - self.hi), max(0, len(self) - skip))
+
+
 def skip_counts(groups: list[SortedRecs], k: int, probe: Callable[[], None]) -> list[int]:
     """How many of each group's newest records are among the ``k`` newest of them all,
     found by bisecting on keys (O(groups² · log n) position queries, no walk)."""
@@ -182,6 +208,7 @@ class TaskTable:
         self.digests: dict[bytes, int] = {}  # function digest -> tasks using it
         self.unused_digests: set[bytes] = set()  # no task uses them any more (journal pruning)
         self.touched = 0  # records an admin query visited (a counter for stats)
+        self.children: dict[str, dict[str, TaskRecord]] = {}  # parent task id -> active follow-ups
         self._seq = itertools.count(1)
 
     # -- the mapping ----------------------------------------------------------------------
@@ -208,6 +235,9 @@ class TaskTable:
         rec.key = (spec.submitted_at, -next(self._seq))
         self.by_id[spec.task_id] = rec
         rec.table = self
+        parent = spec.opts.get("parent") if spec.opts else None
+        if parent:
+            self.children.setdefault(parent, {})[spec.task_id] = rec
         d = spec.digest
         if d != BY_NAME:
             self._use_digest(rec, d)
@@ -218,6 +248,12 @@ class TaskTable:
             self._unindex(rec)
         rec.table = None
         self.by_id.pop(rec.spec.task_id, None)
+        parent = rec.spec.opts.get("parent") if rec.spec.opts else None
+        kids = self.children.get(parent) if parent else None
+        if kids is not None:
+            kids.pop(rec.spec.task_id, None)
+            if not kids:
+                del self.children[parent]
         if rec.digest is not None:
             self._use_digest(rec, None)
 
@@ -357,30 +393,51 @@ class TaskTable:
         return _Q if kind == "S" else TaskState(kind)
 
     def _matching(self, state: Optional[str], queue: Optional[str], name: Optional[str]) -> list[SortedRecs]:
+        """The groups matching (``name``: ``mod.fn``, or ``fn`` for any module's)."""
+        match = name_matches(name)
         return [recs for g, recs in self.groups.items()
-                if (queue is None or g[1] == queue) and (name is None or g[2] == name)
+                if (queue is None or g[1] == queue) and match(g[2])
                 and (state is None or self._group_state(g).value == state)]
 
     # -- queries --------------------------------------------------------------------------
     def count(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
-              since: Optional[float] = None) -> int:
-        """Active tasks matching (``since``: submitted at or after), without visiting them."""
-        groups = self._matching(state, queue, name)
-        if since is None:
-            return sum(len(g) for g in groups)
-        low = (since, float("-inf"))
-        return sum(len(g) - g.count_below(low) for g in groups)
+              since: Optional[float] = None, until: Optional[float] = None, parent: Optional[str] = None) -> int:
+        """Active tasks matching (``since``/``until``: submitted in [since, until)), without
+        visiting them (but the follow-ups of ``parent``, when given)."""
+        if parent is not None:
+            return len(self._children(state, queue, name, since, until, parent))
+        if since is None and until is None:
+            return sum(len(g) for g in self._matching(state, queue, name))
+        return sum(len(w) for w in self._windows(state, queue, name, since, until))
+
+    def _windows(self, state: Optional[str], queue: Optional[str], name: Optional[str],
+                 since: Optional[float], until: Optional[float]) -> list["Window"]:
+        return [Window(g, since, until) for g in self._matching(state, queue, name)]
+
+    def _children(self, state: Optional[str], queue: Optional[str], name: Optional[str],
+                  since: Optional[float], until: Optional[float], parent: str) -> list[TaskRecord]:
+        match = name_matches(name)
+        out = []
+        for rec in self.children.get(parent, {}).values():
+            self.touched += 1
+            s = rec.spec
+            if ((state is None or self.shown(rec).value == state) and (queue is None or s.queue == queue)
+                    and match(s.name) and (since is None or s.submitted_at >= since)
+                    and (until is None or s.submitted_at < until) and rec.group is not None):
+                out.append(rec)
+        out.sort(key=_key, reverse=True)
+        return out
 
     def page(self, state: Optional[str] = None, queue: Optional[str] = None, name: Optional[str] = None,
-             since: Optional[float] = None, offset: int = 0, limit: Optional[int] = None) -> list[TaskRecord]:
+             since: Optional[float] = None, offset: int = 0, limit: Optional[int] = None,
+             until: Optional[float] = None, parent: Optional[str] = None) -> list[TaskRecord]:
         """Matching active tasks, newest submitted first, ``offset`` and ``limit`` applied;
         visits the returned tasks only (and O(log n) others per group to find the offset)."""
-        groups = self._matching(state, queue, name)
-        if since is not None:  # only the newest of each group qualify: cap what is walked
-            low = (since, float("-inf"))
-            sizes = [len(g) - g.count_below(low) for g in groups]
-        else:
-            sizes = [len(g) for g in groups]
+        if parent is not None:
+            found = self._children(state, queue, name, since, until, parent)
+            return found[offset:None if limit is None else offset + limit]
+        groups: list[Any] = self._windows(state, queue, name, since, until)
+        sizes = [len(g) for g in groups]
         total = sum(sizes)
         if offset >= total or limit == 0:
             return []

@@ -37,6 +37,8 @@ from .tasktable import TaskTable
 log = logging.getLogger("zq.ventilator")
 
 MAX_LOST_ATTEMPTS = 3
+LOST_TTL = 3600.0  # seconds a lost worker stays listed (stats "lost_workers")
+LOST_KEPT = 200  # at most this many listed
 _FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELED))
 
 
@@ -69,6 +71,16 @@ class WorkerSide:
     def __init__(self, tasks: TaskSide, endpoint: RouterEndpoint) -> None:
         self.v = tasks
         self.ep = endpoint
+        #: workers lost (not those that left): newest last, pruned by ``lost_workers``
+        self.lost: collections.deque[dict] = collections.deque(maxlen=LOST_KEPT)
+        self.lost_by_cause: collections.Counter[str] = collections.Counter()
+
+    def lost_workers(self, now: Optional[float] = None) -> list[dict]:
+        """The workers lost in the last ``LOST_TTL`` seconds (older ones are dropped)."""
+        cutoff = (time.time() if now is None else now) - LOST_TTL
+        while self.lost and self.lost[0]["lost_at"] < cutoff:
+            self.lost.popleft()
+        return list(self.lost)
 
     def on_message(self, ident: bytes, msg: P.Message) -> None:
         cmd = msg.command
@@ -85,7 +97,7 @@ class WorkerSide:
         h = msg.header
         if cmd == P.DONE:
             ids = P.str_list(h, "ids", cmd)
-            self._on_done(w, ids, P.str_list(h, "states", cmd))
+            self._on_done(w, ids, P.str_list(h, "states", cmd), P.check_done_errors(h))
             if ids:
                 w.last_done = now
             # credit granted, or (negative) taken back: below 0 when tasks we sent were on their
@@ -93,9 +105,11 @@ class WorkerSide:
             w.credit = max(-100_000, min(100_000, w.credit + P.field(h, "credit", int, cmd)))
         elif cmd == P.STARTED:
             w.last_done = now
+            wall = time.time()
             for tid in P.str_list(h, "ids", cmd):
                 rec = self.v.tasks.get(tid)
                 if rec is not None and rec.worker == ident and rec.state is TaskState.RESERVED:
+                    rec.started_at = wall
                     self.v.tasks.set_state(rec, TaskState.RUNNING)
         elif cmd == P.RETURN:  # unstarted tasks given back (RECLAIM): queued again, at the front
             ids = P.str_list(h, "ids", cmd)
@@ -150,14 +164,19 @@ class WorkerSide:
         elif cmd != P.HEARTBEAT:
             raise ProtocolError(f"workers may not send {cmd.decode()}")
 
-    def _on_done(self, w: WorkerInfo, ids: list[str], states: list[str]) -> None:
+    def _on_done(self, w: WorkerInfo, ids: list[str], states: list[str],
+                 errors: Optional[dict[str, P.DoneError]] = None) -> None:
         if len(ids) != len(states) or not all(st in _FINAL_STATES for st in states):
             raise ProtocolError("DONE: ids and final states must pair up")
         for tid, st in zip(ids, states):
             w.inflight.pop(tid, None)
             rec = self.v.tasks.get(tid)
             if rec is not None and rec.worker == w.ident:
-                self.v.close_task(rec, STATE_OF[st], w.id, None if st == "SUCCESS" else st)
+                err = errors.get(tid) if errors and st != "SUCCESS" else None
+                if err is not None:  # the history keeps it (nodes/history.py)
+                    rec.error = tuple(err)
+                self.v.close_task(rec, STATE_OF[st], w.id,
+                                  None if st == "SUCCESS" else (err.type if err else st))
                 self.v.counters["done"] += 1
                 w.done += 1
 
@@ -252,6 +271,11 @@ class WorkerSide:
     def drop(self, w: WorkerInfo, cause: Optional[str]) -> None:
         """Forget a worker; re-queue what it held (a loss when ``cause`` is given)."""
         self.v.workers.pop(w.ident, None)
+        if cause is not None:
+            kind = "heartbeat" if cause.startswith("no heartbeat") else "connection"
+            self.lost_by_cause[kind] += 1
+            self.lost.append({"id": w.id, "host": w.host, "pid": w.pid, "cause": cause, "kind": kind,
+                              "lost_at": time.time(), "tasks": len(w.inflight)})
         for tid in list(w.inflight):
             rec = self.v.tasks.get(tid)
             if rec is None or rec.worker != w.ident:

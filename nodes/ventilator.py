@@ -53,13 +53,14 @@ from zq.serialize import args_size
 
 from . import admin
 from .common import Node, SinkLink, result_row
-from .dispatch import Dispatch, registry_opts
+from .dispatch import Dispatch
 from .endpoint import Peers, RouterEndpoint
-from .history import History
+from .history import History, details
 from .journal import Journal
 from .records import TaskRecord, WorkerInfo
-from .scheduler import Scheduler
+from .scheduler import Scheduler, slot_task
 from .tasktable import TaskTable
+from .node_metrics import ventilator_snapshot
 from .vent_health import LoopLag, SinkWatch
 from .vent_workers import WorkerSide
 
@@ -78,7 +79,7 @@ class Ventilator(Node):
     role = "ventilator"
 
     def __init__(self, config: Config, journal: Optional[str] = None, policies: Sequence[Policy] = (),
-                 history_retention: float = 7 * 86400.0) -> None:
+                 history_retention: float = 7 * 86400.0, metrics: Optional[tuple[str, int]] = None) -> None:
         super().__init__(config)
         self.journal_path = journal
         self.journal: Optional[Journal] = None
@@ -101,6 +102,9 @@ class Ventilator(Node):
         self.tasks_seq = 0  # TASKS messages sent in this run (each carries its number)
         self.lag = LoopLag()
         self._next_rebalance = 0.0
+        self.metrics_at = metrics  # (host, port) of --metrics-port (nodes/node_metrics.py)
+        self.metrics: Optional[Any] = None  # its MetricsServer, and what it counts (TaskCounts)
+        self.task_counts: Optional[Any] = None
 
     # -- sockets ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -126,6 +130,12 @@ class Ventilator(Node):
                                     time.monotonic())
         if self.journal_path:
             self._resume(self.journal_path)
+        if self.metrics_at is not None:
+            from .node_metrics import MetricsServer, TaskCounts
+
+            self.task_counts = TaskCounts()
+            self.metrics = MetricsServer("ventilator", *self.metrics_at)
+            self.endpoints["metrics"] = self.metrics.url
 
     def _resume(self, path: str) -> None:
         """Open the journal and queue again every task it holds (results retained)."""
@@ -180,6 +190,8 @@ class Ventilator(Node):
             self.sink.close()
         if self.journal is not None:
             self.journal.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     # -- the loop ---------------------------------------------------------------------
     def loop(self) -> None:
@@ -359,24 +371,11 @@ class Ventilator(Node):
             return "requested"
         return ""
 
-    def reclaim(self, which: Any, header: dict) -> int:
-        """Ask the workers holding unstarted tasks for which ``which(spec)`` holds to give them
-        back (``header``: what RECLAIM says); the number of such tasks."""
-        n = 0
-        for w in self.workers.values():
-            held = 0
-            for tid in w.inflight:
-                rec = self.tasks.get(tid)
-                if rec is not None and rec.state is TaskState.RESERVED and which(rec.spec):
-                    held += 1
-            if held:
-                n += held
-                self._send(self.wsock, w.ident, P.pack(P.RECLAIM, header))
-        return n
-
     def _finish(self, rec: TaskRecord, state: TaskState, error: Optional[ErrorInfo]) -> None:
         """Finish a task that no worker will report on: the result goes to the sink."""
         spec = rec.spec
+        if error is not None:
+            rec.error = (error.type, error.message, error.traceback)
         self._close(rec, state, "ventilator", error.type if error else None)
         row = result_row(spec, state, error, worker="ventilator", attempts=spec.attempt)
         if self.journal is not None:  # committed with the task's closing, then sent (_make_durable)
@@ -400,7 +399,11 @@ class Ventilator(Node):
         self.finished[spec.task_id] = state
         if len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
-        self.history.add(spec, state.value, worker, error)
+        more = None if state is TaskState.SUCCESS else details(rec, self.workers.get(rec.worker))
+        self.history.add(spec, state.value, worker, error, more)
+        if self.task_counts is not None:
+            self.task_counts.finished(state.value, spec.queue, spec.name, spec.submitted_at, rec.started_at,
+                                      time.time())
 
     # -- workers: what they say is handled in nodes/vent_workers.py (WorkerSide) --------
 
@@ -410,6 +413,7 @@ class Ventilator(Node):
         if rec.worker is not None:
             self.dispatch.finished(rec.spec)
         rec.worker = None
+        rec.started_at = None
         if not (delay > 0 and rec.state is TaskState.RETRYING):
             self._set_state(rec, TaskState.QUEUED)
         if self.journal is not None:
@@ -465,6 +469,8 @@ class Ventilator(Node):
             self._next_fn_prune = now + FN_PRUNE_INTERVAL
             self._prune_functions()
         self.rate_samples.append((now, self.counters["done"]))
+        if self.metrics is not None:
+            self.metrics.publish(ventilator_snapshot(self, self.task_counts))
         self.sink.tick(now)
         if self.sink_watch.check(now, len(self.sink.unacked)):
             # the results we decided cannot reach the sink: tell the clients waiting for them
@@ -475,16 +481,8 @@ class Ventilator(Node):
 
     def _fire(self, name: str, queue: str, slot: float) -> None:
         """A schedule's slot: a by-name task with a deterministic id (never twice)."""
-        from zq.serialize import pack_args
-
-        info = self.registry.get(name, {})
-        opts: dict = {"slot": slot}
-        opts.update(registry_opts(info))
-        spec = TaskSpec(f"sched:{name}:{slot:.3f}", name, queue, P.BY_NAME, "", True,
-                        int(info.get("retries") or 0), info.get("timeout"), time.time(),
-                        opts=opts, args=pack_args((), {}))
         self.counters["scheduled"] += 1
-        self._accept(spec, b"")
+        self._accept(slot_task(name, queue, slot, self.registry.get(name, {})), b"")
 
     # -- dispatch ---------------------------------------------------------------------
     def _dispatch(self) -> None:

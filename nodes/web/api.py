@@ -20,8 +20,8 @@ from .views import filters, result_body, result_detail, schedules
 
 router = APIRouter()
 MAX_PAGE = 1000
-# a page's total is counted at most this often per filter, whoever asks: a count with
-# ``since`` (or in a --journal history) visits the matching records in the ventilator
+# a page's total is counted at most this often per filter, whoever asks (a count reads
+# no record in the ventilator, but every request is a turn of its loop)
 TOTAL_TTL = 3.0
 
 
@@ -57,15 +57,30 @@ def _page(limit: int, offset: int) -> None:
         raise ApiError(400, f"offset must not be negative, not {offset}")
 
 
-def _filters(state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[str]) -> dict:
+def _filters(state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[str],
+             until: Optional[str] = None, parent: Optional[str] = None) -> dict:
     try:
-        return filters(state, queue, name, since)
+        return filters(state, queue, name, since, until, parent)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
 
 
+def list_tasks_of(c: Any, limit: int, offset: int = 0, **kw: Any) -> list[dict]:
+    """``Client.list_tasks`` with the filters it does not take yet (until, parent) sent too:
+    the same request, made directly."""
+    return c._request("ventilator", "list", {"forgotten": False, **kw, "limit": limit, "offset": offset})
+
+
+def count_tasks_of(c: Any, **kw: Any) -> int:
+    return c._request("ventilator", "count", {"forgotten": False, **kw})
+
+
 StateQ = Query(None, description="QUEUED, PAUSED, RESERVED, RUNNING, RETRYING, SUCCESS, FAILED, CANCELED")
-SinceQ = Query(None, description="submitted at or after: a Unix time or an ISO date (local time)")
+SinceQ = Query(None, description="submitted (finished, for finished tasks) at or after: a Unix time "
+                                 "or an ISO date (local time)")
+UntilQ = Query(None, description="... and before: the end of the time range")
+NameQ = Query(None, description="mod.fn, or fn: that function of any module")
+ParentQ = Query(None, description="only the follow-ups of this task (requeued or spawned by it)")
 
 
 # -- the admin API ---------------------------------------------------------------------
@@ -76,11 +91,11 @@ async def status(request: Request) -> Any:
 
 @router.get("/tasks", tags=["admin"], summary="Tasks, newest first (list_tasks)")
 async def list_tasks(request: Request, state: Optional[str] = StateQ, queue: Optional[str] = None,
-                     name: Optional[str] = None, since: Optional[str] = SinceQ, limit: int = 100,
-                     offset: int = 0) -> Any:
+                     name: Optional[str] = NameQ, since: Optional[str] = SinceQ, limit: int = 100,
+                     offset: int = 0, until: Optional[str] = UntilQ, parent: Optional[str] = ParentQ) -> Any:
     _page(limit, offset)
-    kw = _filters(state, queue, name, since)
-    return await gw(request).call(gw(request).client.list_tasks, limit=limit, offset=offset, **kw)
+    kw = _filters(state, queue, name, since, until, parent)
+    return await gw(request).call(list_tasks_of, gw(request).client, limit, offset, **kw)
 
 
 @router.post("/tasks", tags=["admin"], status_code=202, summary="Submit a registered task by name")
@@ -173,23 +188,23 @@ async def overview(request: Request, series: bool = Query(True, description="inc
 
 @router.get("/api/tasks", tags=["dashboard"], summary="A page of tasks and the total that match")
 async def task_page(request: Request, state: Optional[str] = StateQ, queue: Optional[str] = None,
-                    name: Optional[str] = None, since: Optional[str] = SinceQ, limit: int = 50,
-                    offset: int = 0) -> Any:
+                    name: Optional[str] = NameQ, since: Optional[str] = SinceQ, limit: int = 50,
+                    offset: int = 0, until: Optional[str] = UntilQ, parent: Optional[str] = ParentQ) -> Any:
     _page(limit, offset)
-    kw = _filters(state, queue, name, since)
+    kw = _filters(state, queue, name, since, until, parent)
     c = gw(request).client
 
     totals: dict = request.app.state.totals
     key = tuple(sorted(kw.items()))
 
     def read() -> dict:
-        items = c.list_tasks(limit=limit, offset=offset, **kw)
+        items = list_tasks_of(c, limit, offset, **kw)
         cached = totals.get(key)
         now = time.monotonic()
         if cached is None or now - cached[0] > TOTAL_TTL:
             if len(totals) > 1000:
                 totals.clear()
-            cached = totals[key] = (now, c.count_tasks(**kw))
+            cached = totals[key] = (now, count_tasks_of(c, **kw))
         return {"items": items, "total": max(cached[1], offset + len(items))}
 
     page = await gw(request).call(read)
@@ -199,13 +214,14 @@ async def task_page(request: Request, state: Optional[str] = StateQ, queue: Opti
 @router.post("/api/tasks/requeue", tags=["actions"],
              summary="Requeue every failed (or cancelled) task matching the filters, newest first")
 async def requeue_matching(request: Request, state: str = Query(..., description="FAILED or CANCELED"),
-                           queue: Optional[str] = None, name: Optional[str] = None,
-                           since: Optional[str] = SinceQ, limit: int = 100) -> Any:
+                           queue: Optional[str] = None, name: Optional[str] = NameQ,
+                           since: Optional[str] = SinceQ, limit: int = 100, until: Optional[str] = UntilQ,
+                           parent: Optional[str] = ParentQ) -> Any:
     """Each is requeued (a new task whose parent is the old one), then the old one is
     forgotten (kept in the history, hidden from lists), so pressing twice does not run a
     task twice; at most ``limit`` tasks per call."""
     _page(limit, 0)
-    kw = _filters(state, queue, name, since)
+    kw = _filters(state, queue, name, since, until, parent)
     if kw.get("state") not in ("FAILED", "CANCELED"):
         raise ApiError(400, "state must be FAILED or CANCELED")
     c = gw(request).client
@@ -213,7 +229,7 @@ async def requeue_matching(request: Request, state: str = Query(..., description
     def run() -> dict:
         done: dict[str, str] = {}
         errors: dict[str, str] = {}
-        for t in c.list_tasks(limit=limit, **kw):
+        for t in list_tasks_of(c, limit, **kw):
             tid = t["task_id"]
             try:
                 done[tid] = c.requeue(tid)
@@ -259,7 +275,7 @@ async def task_detail(request: Request, task_id: str) -> Any:
 @router.get("/api/schedules", tags=["dashboard"], summary="Schedules with their next run; task names")
 async def schedule_list(request: Request) -> Any:
     reg = await gw(request).call(gw(request).client.registry)
-    now = time.time()
+    now = reg.get("time") or time.time()  # the ventilator's clock: next runs are its times
     return {"schedules": schedules(reg, now), "tasks": reg.get("tasks") or {}, "now": now}
 
 

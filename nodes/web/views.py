@@ -105,7 +105,9 @@ def parse_time(value: Optional[str], what: str = "since") -> Optional[float]:
 
 
 def filters(state: Optional[str], queue: Optional[str], name: Optional[str],
-            since: Optional[str]) -> dict:
+            since: Optional[str], until: Optional[str] = None, parent: Optional[str] = None) -> dict:
+    """The ventilator's list/count filters from query strings (``name``: ``mod.fn``, or
+    ``fn`` for any module's; ``since``/``until``: a time range; ``parent``: follow-ups)."""
     out: dict[str, Any] = {}
     s = parse_state(state)
     if s:
@@ -117,14 +119,19 @@ def filters(state: Optional[str], queue: Optional[str], name: Optional[str],
     t = parse_time(since)
     if t is not None:
         out["since"] = t
+    u = parse_time(until, "until")
+    if u is not None:
+        out["until"] = u
+    if parent:
+        out["parent"] = parent
     return out
 
 
 # -- schedules -------------------------------------------------------------------------
 def next_run(s: dict, now: float) -> Optional[float]:
-    """The next slot of a schedule from ``registry()["schedules"]``, computed here (the
-    ventilator does not send it; its ``start`` is not sent either: the every-grid is taken
-    from the epoch, its default, and the jitter is not added)."""
+    """The next slot of a schedule from an older ventilator's ``registry()["schedules"]``,
+    which does not send its ``next_run`` (the every-grid is taken from the epoch, its
+    default, and the jitter is not added)."""
     if s.get("max_runs") is not None and (s.get("runs") or 0) >= s["max_runs"]:
         return None
     every = s.get("every")
@@ -145,4 +152,7 @@ def next_run(s: dict, now: float) -> Optional[float]:
 
 
 def schedules(registry: dict, now: float) -> list[dict]:
-    return [{**s, "next_run": next_run(s, now)} for s in registry.get("schedules") or []]
+    """The ventilator's schedules; each says its ``next_run`` (computed here only for a
+    ventilator that does not)."""
+    return [s if "next_run" in s else {**s, "next_run": next_run(s, now)}
+            for s in registry.get("schedules") or []]

@@ -42,7 +42,8 @@ SYNC        V -> W      {"upto": int} (to a worker registering again) say what y
 HELD        W -> V      {"upto", "held": [ids], "done": [ids], "states": [...]}: the answer; the
                         ventilator queues again what it sent before that SYNC and is not held
 STARTED     W -> V      {"ids": [...]}
-DONE        W -> V      {"ids": [...], "states": [...], "credit": int}
+DONE        W -> V      {"ids": [...], "states": [...], "credit": int,
+                        "errors"?: {task id: [type, message, traceback]}} (failed ones)
 RETRY       W -> V      {"id": str, "delay": float, "lost"?: cause}
 CANCEL      V -> W      {"ids": [...], "unstarted"?: bool} stop these tasks if they run (with
                         "unstarted": drop them only if they have not started)
@@ -81,8 +82,8 @@ from .commands import (ACK, BYE, CANCEL, COMMAND_TABLE, COMMANDS, CONTINUE, DONE
                        WATCH, Command)
 from .results import ResultRow, _check_result_row, pack_results, unpack_results
 from .rows import (PROGRESS_EVENT, RECORDS, SPAWN_EVENT, ChainLink, Completion, Continuation,
-                   ErrorRow, ProgressEvent, ProgressReport, ProgressRow, ResultFields, SpawnEvent,
-                   TaskRow, check_chain_link, check_completion, check_continuation, check_error_row,
+                   DoneError, ErrorRow, ProgressEvent, ProgressReport, ProgressRow, ResultFields, SpawnEvent,
+                   TaskRow, check_chain_link, check_completion, check_continuation, check_done_errors, check_error_row,
                    check_event, check_progress_report, check_progress_row, check_result_row,
                    check_task_row, progress_rows)
 from .tasks import OPTS, TaskSpec, check_opts, pack_tasks, unpack_tasks

@@ -184,6 +184,37 @@ def check_error_row(obj: Any) -> Optional[ErrorRow]:
     return _new(ErrorRow, obj)
 
 
+#: What a DONE's optional ``errors`` field may hold per task, at most (longer is cut)
+DONE_ERROR_MAX = (256, 4096, 8192)  # type, message, traceback (characters)
+
+
+class DoneError(NamedTuple):
+    """A failure a worker reports with DONE: ``errors: {task id: [type, message, traceback]}``."""
+
+    type: str
+    message: str
+    traceback: str
+
+
+def check_done_errors(header: dict) -> dict[str, DoneError]:
+    """DONE's optional ``errors`` field: task id -> :class:`DoneError` (each string cut to
+    ``DONE_ERROR_MAX``; a traceback keeps its end, where the exception is)."""
+    obj = header.get("errors")
+    if obj is None:
+        return {}
+    if type(obj) is not dict:
+        raise ProtocolError("DONE errors must be a map of task id to [type, message, traceback]")
+    out: dict[str, DoneError] = {}
+    for tid, err in obj.items():
+        if type(tid) is not str or type(err) is not list or len(err) != 3 \
+                or not all(type(x) is str for x in err):
+            raise ProtocolError("DONE errors must be a map of task id to [type, message, traceback]")
+        t, m, tb = err
+        cap_t, cap_m, cap_tb = DONE_ERROR_MAX
+        out[tid] = DoneError(t[:cap_t], m[:cap_m], tb if len(tb) <= cap_tb else "…" + tb[-(cap_tb - 1):])
+    return out
+
+
 def check_chain_link(obj: Any) -> ChainLink:
     if not ((type(obj) is list or type(obj) is ChainLink) and len(obj) == 5
             and type(obj[0]) is str and type(obj[1]) is bytes and len(obj[1]) == 16

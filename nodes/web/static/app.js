@@ -163,21 +163,38 @@ pages.workers = {
   async load() { return api("/api/overview?series=false"); },
   render(d) {
     setLive(!d.error && d.stats, d.sampled_at);
-    const workers = ((d.stats || {}).ventilator || {}).workers || [];
+    const v = (d.stats || {}).ventilator || {};
+    const workers = v.workers || [], lost = v.lost_workers || [];
+    const causes = Object.entries(v.workers_lost || {}).map(([k, n]) => `${esc(k)}: ${num(n)}`).join(", ");
     main.innerHTML = `<h2>Workers</h2><table id="workers"><tr><th>worker</th><th>host</th><th class="num">pid</th><th>executor</th>
-      <th>queues</th><th class="num">slots</th><th class="num">held</th><th class="num">credit</th><th class="num">done</th></tr>
+      <th>queues</th><th class="num">slots</th><th class="num">running</th><th class="num">prefetched</th><th class="num">credit</th>
+      <th class="num">done</th><th class="num">last heard</th></tr>
       ${workers.map((w) => `<tr data-worker="${esc(w.id)}"><td class="mono">${esc(w.id)}</td><td>${esc(w.host)}</td><td class="num">${esc(w.pid)}</td>
         <td>${esc(w.executor)}</td><td>${(w.queues || []).map(esc).join(", ")}</td><td class="num">${num(w.concurrency)}</td>
-        <td class="num">${num(w.running)}</td><td class="num">${num(w.credit)}</td><td class="num">${num(w.done)}</td></tr>`).join("")}
+        <td class="num">${num(w.running)}</td><td class="num">${num(w.prefetched)}</td><td class="num">${num(w.credit)}</td>
+        <td class="num">${num(w.done)}</td><td class="num">${typeof w.silent === "number" ? dur(w.silent) + " ago" : "–"}</td></tr>`).join("")}
       </table>${workers.length ? "" : '<p class="muted">no worker online</p>'}
-      <p class="muted">held: tasks the worker holds, running or prefetched. Lost workers and last heartbeats are not reported by the ventilator yet.</p>`;
+      <p class="muted">running: tasks started; prefetched: sent to the worker, not started yet.</p>
+      <h2 style="margin-top:1.2rem">Lost workers</h2>
+      ${lost.length ? `<table id="lost-workers"><tr><th>worker</th><th>host</th><th class="num">pid</th><th>lost at</th><th>cause</th><th class="num">tasks held</th></tr>
+        ${lost.slice().reverse().map((w) => `<tr data-lost="${esc(w.id)}"><td class="mono">${esc(w.id)}</td><td>${esc(w.host)}</td>
+          <td class="num">${esc(w.pid)}</td><td>${localTime(w.lost_at)}</td><td class="error">${esc(w.cause)}</td><td class="num">${num(w.tasks)}</td></tr>`).join("")}</table>`
+        : '<p class="muted">no worker lost in the last hour</p>'}
+      ${causes ? `<p class="muted">lost since the ventilator started, by cause: ${causes}</p>` : ""}`;
   },
 };
 
 function tasksQuery() {
   const q = new URLSearchParams(location.hash.split("?")[1] || "");
   return { state: q.get("state") || "", queue: q.get("queue") || "", name: q.get("name") || "",
-           since: q.get("since") || "", offset: parseInt(q.get("offset") || "0", 10) || 0 };
+           since: q.get("since") || "", until: q.get("until") || "", parent: q.get("parent") || "",
+           offset: parseInt(q.get("offset") || "0", 10) || 0 };
+}
+function filterQuery(f) {  // the filters as the API takes them (times as Unix seconds)
+  const q = new URLSearchParams();
+  for (const k of ["state", "queue", "name", "parent"]) if (f[k]) q.set(k, f[k]);
+  for (const k of ["since", "until"]) if (f[k]) q.set(k, String(new Date(f[k]).getTime() / 1000));
+  return q;
 }
 
 pages.tasks = {
@@ -189,8 +206,10 @@ pages.tasks = {
       <label>state<select id="filter-state" name="state"><option value="">any</option>
         ${STATES.map((s) => `<option value="${s}" ${s === f.state ? "selected" : ""}>${s}</option>`).join("")}</select></label>
       <label>queue<input id="filter-queue" name="queue" value="${esc(f.queue)}" size="10"></label>
-      <label>name<input id="filter-name" name="name" value="${esc(f.name)}" size="18" placeholder="mod.fn"></label>
-      <label>submitted since<input id="filter-since" name="since" type="datetime-local" step="1" value="${esc(f.since)}"></label>
+      <label>name<input id="filter-name" name="name" value="${esc(f.name)}" size="18" placeholder="mod.fn or fn"></label>
+      <label>since<input id="filter-since" name="since" type="datetime-local" step="1" value="${esc(f.since)}"></label>
+      <label>until<input id="filter-until" name="until" type="datetime-local" step="1" value="${esc(f.until)}"></label>
+      ${f.parent ? `<label>follow-ups of<input id="filter-parent" name="parent" value="${esc(f.parent)}" size="18"></label>` : ""}
       <button id="filter-apply" class="primary" type="submit">Filter</button>
       <button id="filter-clear" type="button">Clear</button>
     </form>
@@ -201,7 +220,9 @@ pages.tasks = {
     form.onsubmit = (e) => {
       e.preventDefault();
       const q = new URLSearchParams();
-      for (const k of ["state", "queue", "name", "since"]) { const v = form.elements[k].value.trim(); if (v) q.set(k, v); }
+      for (const k of ["state", "queue", "name", "since", "until", "parent"]) {
+        const v = form.elements[k] ? form.elements[k].value.trim() : ""; if (v) q.set(k, v);
+      }
       location.hash = "#/tasks" + (q.toString() ? "?" + q : "");
     };
     document.getElementById("filter-clear").onclick = () => { location.hash = "#/tasks"; };
@@ -213,9 +234,8 @@ pages.tasks = {
     const all = document.getElementById("requeue-all");
     if (all) all.onclick = async () => {
       if (!window.confirm("Requeue these tasks (and forget the originals)?")) return;
-      const q = new URLSearchParams({ state: f.state, limit: String(this.limit) });
-      for (const k of ["queue", "name"]) if (f[k]) q.set(k, f[k]);
-      if (f.since) q.set("since", String(new Date(f.since).getTime() / 1000));
+      const q = filterQuery(f);
+      q.set("limit", String(this.limit));
       try {
         const r = await api("/api/tasks/requeue?" + q, "POST");
         const bad = Object.keys(r.errors).length;
@@ -228,9 +248,8 @@ pages.tasks = {
   },
   async load() {
     const f = tasksQuery();
-    const q = new URLSearchParams({ limit: String(this.limit), offset: String(f.offset) });
-    for (const k of ["state", "queue", "name"]) if (f[k]) q.set(k, f[k]);
-    if (f.since) q.set("since", String(new Date(f.since).getTime() / 1000));
+    const q = filterQuery(f);
+    q.set("limit", String(this.limit)); q.set("offset", String(f.offset));
     return api("/api/tasks?" + q);
   },
   error(e) { document.getElementById("tasks-body").innerHTML = `<p class="error" id="page-error">${esc(e.message)}</p>`; },
@@ -259,7 +278,11 @@ pages.task = {
   render(d) {
     setLive(true);
     const t = d.task, r = d.result, p = d.progress;
-    const err = (r && r.error) || null;
+    // the error: from the retained result, else from the ventilator's history
+    const err = (r && r.error) || (t.error_type ? { type: t.error_type, message: t.message || "", traceback: t.traceback || "" } : null);
+    const started = (r && r.started_at) || t.started_at;
+    const host = (r && r.host) || t.host, pid = (r && r.pid) || t.pid;
+    const lostList = (r && r.lost && r.lost.length) ? r.lost : (t.lost || []);
     const submitted = (r && r.submitted_at) || t.submitted_at;
     const finished = (r && r.finished_at) || t.finished_at;
     const active = ACTIVE.has(t.state);
@@ -277,26 +300,27 @@ pages.task = {
       <div class="card"><h3>Task</h3><dl class="kv">
         <dt>name</dt><dd class="mono">${esc(t.name)}</dd><dt>queue</dt><dd>${esc(t.queue)}</dd>
         <dt>attempts</dt><dd>${esc(t.attempts)}</dd>
-        <dt>worker</dt><dd class="mono">${esc((r && r.worker) || t.worker)}${r && r.host ? ` on ${esc(r.host)} pid ${esc(r.pid)}` : ""}</dd>
-        <dt>parent</dt><dd>${taskLink(t.parent) || "–"}</dd><dt>root</dt><dd>${t.root && t.root !== t.task_id ? taskLink(t.root) : "itself"}</dd>
+        <dt>worker</dt><dd class="mono">${esc((r && r.worker) || t.worker)}${host ? ` on ${esc(host)} pid ${esc(pid)}` : ""}</dd>
+        <dt>parent</dt><dd>${taskLink(t.parent) || "–"}</dd>
+        <dt>follow-ups</dt><dd><a id="follow-ups" href="#/tasks?parent=${encodeURIComponent(t.task_id)}">list them</a></dd><dt>root</dt><dd>${t.root && t.root !== t.task_id ? taskLink(t.root) : "itself"}</dd>
         ${t.forgotten ? "<dt>forgotten</dt><dd>yes</dd>" : ""}
         ${r && r.value_repr != null ? `<dt>value</dt><dd class="mono" id="value">${esc(r.value_repr)}</dd>` : ""}
       </dl></div>
       <div class="card"><h3>Timings (local time)</h3><dl class="kv" id="timings">
         <dt>submitted</dt><dd>${localTime(submitted)}</dd>
-        <dt>started</dt><dd>${r ? localTime(r.started_at) : "–"}</dd>
+        <dt>started</dt><dd>${localTime(started) || "–"}</dd>
         <dt>finished</dt><dd>${localTime(finished) || "–"}</dd>
-        <dt>waited</dt><dd>${r ? dur(r.queue_time) : "–"}</dd>
-        <dt>ran</dt><dd>${r ? dur(r.run_time) : "–"}</dd>
+        <dt>waited</dt><dd>${r ? dur(r.queue_time) : (started ? dur(started - submitted) : "–")}</dd>
+        <dt>ran</dt><dd>${r ? dur(r.run_time) : (started && finished ? dur(finished - started) : "–")}</dd>
         <dt>total</dt><dd>${dur((finished || Date.now() / 1000) - submitted)}</dd>
       </dl></div>
     </div>
     ${prog}
-    ${r && r.lost && r.lost.length ? `<div class="card"><h3>Lost attempts</h3><ul id="lost">${r.lost.map((l) => `<li>${esc(l)}</li>`).join("")}</ul></div>` : ""}
+    ${lostList.length ? `<div class="card"><h3>Lost attempts</h3><ul id="lost">${lostList.map((l) => `<li>${esc(l)}</li>`).join("")}</ul></div>` : ""}
     ${err ? `<div class="card"><h3>Error</h3><p class="error" id="error"><b>${esc(err.type)}</b>: ${esc(err.message)}</p>
       ${err.traceback ? `<pre id="traceback">${esc(err.traceback)}</pre>` : ""}</div>`
       : (t.state === "FAILED" ? `<div class="card"><h3>Error</h3><p class="error" id="error">${esc(t.error && t.error !== t.state ? t.error : "failed")}</p>
-         <p class="muted">The error's type, message and traceback come with a retained result only (retain_result=True, or the sink's --retain); the sink holds none for this task.</p></div>` : "")}
+         <p class="muted">The sink holds no result for this task and its worker did not report the error's details.</p></div>` : "")}
     ${!r && !active ? '<p class="muted">No result retained at the sink for this task: timings shown are the ventilator\'s.</p>' : ""}`;
     const id = encodeURIComponent(t.task_id);
     document.getElementById("btn-cancel").onclick = () => act(`/tasks/${id}/cancel`, "cancel");
@@ -322,7 +346,7 @@ pages.schedules = {
     main.innerHTML = `<h2>Schedules</h2>
     ${sch.length ? `<table id="schedules"><tr><th>task</th><th>queue</th><th>every / cron</th><th>last run</th><th class="num">runs</th><th>next run</th></tr>
       ${sch.map((s) => `<tr><td class="mono">${esc(s.name)}</td><td>${esc(s.queue)}</td>
-        <td>${s.every ? "every " + dur(s.every) : `<code>${esc(s.cron)}</code> ${esc(s.tz)}`}</td>
+        <td>${s.every ? "every " + dur(s.every) : `<code>${esc(s.cron)}</code> ${esc(s.tz)}`}${s.jitter ? ` ± ${dur(s.jitter)} jitter` : ""}${s.end ? ` until ${localTime(s.end)}` : ""}</td>
         <td>${localTime(s.last_slot) || "–"}</td><td class="num">${num(s.runs)}${s.max_runs ? " / " + num(s.max_runs) : ""}</td>
         <td>${localTime(s.next_run) || "–"}${s.next_run ? ` (in ${dur(s.next_run - d.reg.now)})` : ""}</td></tr>`).join("")}</table>`
       : '<p class="muted">No schedule: workers announce @zq.task(every=…, cron=…) tasks of the modules they --import.</p>'}
