@@ -287,7 +287,7 @@ def test_tasks_cli_ls_show_requeue_cancel(mcluster, mclient, adir):
     r = run_zq("tasks", "ls", "--state", "FAILED", "--limit", "500", *c)
     assert r.returncode == 0 and f.task_id in r.stdout and "STATE" in r.stdout.splitlines()[0]
 
-    r = run_zq("tasks", "show", f.task_id, *c)
+    r = run_zq("tasks", "show", f.task_id, "--json", *c)
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)
     assert shown["task_id"] == f.task_id and shown["state"] == "FAILED" and shown["name"] == name

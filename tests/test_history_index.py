@@ -3,6 +3,8 @@ counts read no entry (in memory and in a journal), pages read only what they ret
 
 from __future__ import annotations
 
+import datetime
+
 import random
 import sqlite3
 import time
@@ -175,12 +177,13 @@ def test_list_and_count_follow_ups_of_a_task_and_names_without_module(start, mak
     for k in kids:
         with pytest.raises(Exception):
             c.future_for(k).result(15)
-    wait_for(lambda: c._request("ventilator", "count", {"parent": f.task_id}) == 2, 10, what="2 follow-ups")
-    listed = c._request("ventilator", "list", {"parent": f.task_id, "limit": 10})
+    wait_for(lambda: c.count_tasks(parent=f.task_id) == 2, 10, what="2 follow-ups")
+    listed = c.list_tasks(parent=f.task_id, limit=10)
     assert {t["task_id"] for t in listed} == kids
-    assert c._request("ventilator", "count", {"name": "fail", "parent": f.task_id}) == 2
-    assert c._request("ventilator", "count", {"name": "lc.fail"}) == c._request("ventilator", "count", {"name": "fail"}) >= 3
-    assert c._request("ventilator", "count", {"name": "ail"}) == 0
-    assert c._request("ventilator", "count", {"until": 1.0}) == 0
+    assert c.count_tasks(name="fail", parent=f.task_id) == 2
+    assert c.count_tasks(name="lc.fail") == c.count_tasks(name="fail") >= 3
+    assert c.count_tasks(name="ail") == 0
+    assert c.count_tasks(until=1.0) == 0 and c.count_tasks(until=datetime.datetime(1970, 1, 2)) == 0
+    assert c.count_tasks(since=0, until=time.time() + 60) >= 3
     with pytest.raises(Exception, match="until must be a Unix time"):
         c._request("ventilator", "count", {"until": "yesterday"})

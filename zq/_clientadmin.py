@@ -30,25 +30,35 @@ class Admin:
         self._known_progress = known_progress
 
     def _filters(self, state: Any, queue: Optional[str], name: Optional[str], since: Any,
-                 forgotten: bool) -> dict:
+                 forgotten: bool, until: Any = None, parent: Optional[str] = None) -> dict:
         h: dict = {"queue": queue, "name": name, "since": _since(since), "forgotten": forgotten}
         if state is not None:
             h["state"] = TaskState(state).value
+        if until is not None:
+            h["until"] = _since(until)
+        if parent is not None:
+            h["parent"] = parent
         return h
 
     def list_tasks(self, *, state: "TaskState | str | None" = None, queue: Optional[str] = None,
                    name: Optional[str] = None, since: "float | dt.datetime | None" = None,
-                   limit: Optional[int] = 100, offset: int = 0, forgotten: bool = False) -> list[dict]:
+                   limit: Optional[int] = 100, offset: int = 0, forgotten: bool = False,
+                   until: "float | dt.datetime | None" = None, parent: Optional[str] = None) -> list[dict]:
         """Tasks known to the ventilator, newest first: queued, running and (from its
         history) finished ones.  Each is a dict: task_id, name, queue, state, submitted_at,
-        finished_at, attempts, worker, error, parent, forgotten (and progress when running)."""
-        h = self._filters(state, queue, name, since, forgotten)
+        finished_at, attempts, worker, error, parent, forgotten (and progress when running).
+        ``name``: ``mod.fn``, or ``fn`` for that function of any module; ``since``/``until``:
+        a time range (finished, or submitted for unfinished tasks); ``parent``: its follow-ups."""
+        h = self._filters(state, queue, name, since, forgotten, until, parent)
         return self._request("ventilator", "list", {**h, "limit": limit, "offset": offset})
 
     def count_tasks(self, *, state: "TaskState | str | None" = None, queue: Optional[str] = None,
                     name: Optional[str] = None, since: "float | dt.datetime | None" = None,
-                    forgotten: bool = False) -> int:
-        return self._request("ventilator", "count", self._filters(state, queue, name, since, forgotten))
+                    forgotten: bool = False, until: "float | dt.datetime | None" = None,
+                    parent: Optional[str] = None) -> int:
+        """How many tasks ``list_tasks`` would list with these filters (no limit)."""
+        return self._request("ventilator", "count",
+                             self._filters(state, queue, name, since, forgotten, until, parent))
 
     def show_task(self, task_id: str) -> dict:
         """One task as ``list_tasks`` describes it; KeyError if the ventilator never saw it."""

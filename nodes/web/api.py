@@ -66,13 +66,11 @@ def _filters(state: Optional[str], queue: Optional[str], name: Optional[str], si
 
 
 def list_tasks_of(c: Any, limit: int, offset: int = 0, **kw: Any) -> list[dict]:
-    """``Client.list_tasks`` with the filters it does not take yet (until, parent) sent too:
-    the same request, made directly."""
-    return c._request("ventilator", "list", {"forgotten": False, **kw, "limit": limit, "offset": offset})
+    return c.list_tasks(limit=limit, offset=offset, **kw)
 
 
 def count_tasks_of(c: Any, **kw: Any) -> int:
-    return c._request("ventilator", "count", {"forgotten": False, **kw})
+    return c.count_tasks(**kw)
 
 
 StateQ = Query(None, description="QUEUED, PAUSED, RESERVED, RUNNING, RETRYING, SUCCESS, FAILED, CANCELED")
