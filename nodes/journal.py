@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import msgpack
 
 from zq.errors import ConfigError
-from zq.protocol import ResultRow, TaskSpec
+from zq.protocol import ResultRow, TaskSpec, check_result_row
 from zq.serialize import args_blob, args_from_blob
 
 log = logging.getLogger("zq.journal")
@@ -107,7 +107,7 @@ class Journal:
         out = []
         for tid, row, payload in self.db.execute("SELECT task_id, row, payload FROM results ORDER BY rowid"):
             try:
-                out.append(ResultRow(msgpack.unpackb(row, raw=False), bytes(payload)))
+                out.append(ResultRow(check_result_row(msgpack.unpackb(row, raw=False)), bytes(payload)))
             except Exception as exc:  # a damaged row must not stop the others
                 log.error("journal: the result of task %s could not be read back: %s", tid, exc)
         return out

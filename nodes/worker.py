@@ -50,6 +50,7 @@ from zq.serialize import args_from_blob
 
 from .common import HOST, Node, SinkLink, result_row
 from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
+from .worker_done import DoneBook
 from .worker_lifetime import Lifetime
 
 log = logging.getLogger("zq.worker")
@@ -94,12 +95,7 @@ class Worker(Node):
         self.last_done = 0.0  # monotonic time of the latest completion
         self.fn_store: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.started_ids: list[str] = []
-        self.done_ids: list[str] = []
-        self.done_states: list[str] = []
-        # results sent to the sink and not acknowledged yet (id -> final state): their DONE
-        # waits for the sink's ACK, so that the ventilator never closes a task whose result
-        # could still die with this process (it re-queues them if we are lost)
-        self.awaiting: dict[str, str] = {}
+        self.done = DoneBook()  # finished here: awaiting the sink's ACK, then owed a DONE
         # credit the ventilator holds for us (granted - taken back - received); below 0 when
         # tasks were on their way as we took credit back: the ventilator counts the same
         self.promised = 0
@@ -132,7 +128,7 @@ class Worker(Node):
         self._sync_fds()
         self.aio = AsyncRunner(self.async_concurrency, policies, self._waker, max_result)
         self.sink = SinkLink(self, cfg.sink_endpoint, f"worker-{self.id}".encode(), self.poller)
-        self.sink.on_acked = self._acked
+        self.sink.on_acked = self.done.acked
         self.vent = Link(self.ctx, cfg.ventilator_workers, identity=self.id.encode(), server="ventilator",
                          poller=self.poller, heartbeat={"id": self.id, "instance": self.instance},
                          interval=cfg.heartbeat_interval, timeout=cfg.heartbeat_timeout, keys=self.keys,
@@ -172,25 +168,17 @@ class Worker(Node):
             "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
             "pid": os.getpid(), "executor": self.executor.kind, "concurrency": self.slots,
             "tasks": {name: t.describe() for name, t in self.registry.items()},
-            "done": self.done_ids, "states": self.done_states,
+            "done": self.done.ids, "states": self.done.states,
         })
         if self.ready_pending:
             return
         self.promised = credit
-        self.done_ids, self.done_states = [], []
+        self.done.sent()
 
     def _held(self) -> list[str]:
         """Every task this worker has: queued here, running, abandoned, or in the outbox."""
         return [*self.running, *(s.task_id for s in self.local), *(tid for tid, _ in self.abandoned),
-                *(tid for ids in self.vent.unsent() for tid in ids), *self.awaiting]
-
-    def _acked(self, ids: list[str]) -> None:
-        """The sink has these results: now the ventilator may close their tasks (DONE)."""
-        for tid in ids:
-            state = self.awaiting.pop(tid, None)
-            if state is not None:
-                self.done_ids.append(tid)
-                self.done_states.append(state)
+                *(tid for ids in self.vent.unsent() for tid in ids), *self.done.awaiting]
 
     def _to_vent(self, cmd: bytes, header: dict) -> bool:
         """Send now or not at all (progress, DONE kept here); False if it could not be sent."""
@@ -327,8 +315,8 @@ class Worker(Node):
         elif cmd == P.SYNC:  # everything sent before it has arrived: say what we hold
             upto = P.field(msg.header, "upto", int, cmd)
             self._to_vent_surely(P.pack(P.HELD, {"upto": upto, "held": self._held(),
-                                                 "done": self.done_ids, "states": self.done_states}), [])
-            self.done_ids, self.done_states = [], []
+                                                 "done": self.done.ids, "states": self.done.states}), [])
+            self.done.sent()
         elif cmd == P.REPLY:  # a follow-up task is safe at the ventilator
             req = msg.header.get("req")
             frames = self.vent.unacked.get(req) if type(req) is int else None
@@ -502,11 +490,12 @@ class Worker(Node):
                           "will not be sent again after a reconnect")
             self.counters["spawned"] += 1
 
-    def _continue(self, spec: TaskSpec, cont: list) -> None:
+    def _continue(self, spec: TaskSpec, cont: P.Continuation) -> None:
         """The task goes on as another call (it returned a zq.Call, or a chain goes on)."""
-        name, digest, fn_data, args, queue, then = cont
-        header = {"id": spec.task_id, "name": name, "digest": digest, "queue": queue, "then": then}
-        self._to_vent_surely(P.pack(P.CONTINUE, header, [fn_data, args]), [spec.task_id])
+        cont = P.Continuation._make(cont)  # a record already (the executors check it), or its list
+        header = {"id": spec.task_id, "name": cont.name, "digest": cont.digest, "queue": cont.queue,
+                  "then": cont.then}
+        self._to_vent_surely(P.pack(P.CONTINUE, header, [cont.fn, cont.args]), [spec.task_id])
         self.counters["continued"] += 1
 
     def _complete(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], row: Any,
@@ -518,7 +507,7 @@ class Worker(Node):
             self._retry(spec, delay=retry_delay(spec.opts, retries_used))  # opts checked by from_row
             return
         self.sink.add(row)
-        self.awaiting[spec.task_id] = state._value_  # (not .value: an Enum property call)
+        self.done.finished(spec.task_id, state, error)
 
     def _retry(self, spec: TaskSpec, delay: float, lost: bool = False) -> None:
         header: dict = {"id": spec.task_id, "delay": delay}
@@ -543,10 +532,9 @@ class Worker(Node):
             self._to_vent(P.STARTED, {"ids": self.started_ids})  # status only: may be lost
             self.started_ids = []
         credit = self._wanted(time.monotonic())  # < 0: credit taken back
-        if (self.done_ids or credit) and self._to_vent(
-                P.DONE, {"ids": self.done_ids, "states": self.done_states, "credit": credit}):
+        if (self.done.ids or credit) and self._to_vent(P.DONE, self.done.header(credit)):
             self.promised += credit  # not sent: kept, and sent with the next ones (or READY)
-            self.done_ids, self.done_states = [], []
+            self.done.sent()
 
     def _tick(self, now: float) -> None:
         for tid, (spec, deadline, _) in list(self.running.items()):
@@ -596,21 +584,20 @@ class Worker(Node):
             self._report()
             if self.sink.socket.poll(20):
                 self.sink.on_readable()
-        unacked = list(self.awaiting)
+        unacked = list(self.done.awaiting)
         if unacked:
             log.warning("%d result(s) not acknowledged by the sink at exit: handed back to run again",
                         len(unacked))
-        if self.done_ids:  # deferred DONEs go before the final BYE (it re-queues what it lists)
-            self._to_vent_surely(P.pack(P.DONE, {"ids": self.done_ids, "states": self.done_states,
-                                                 "credit": 0}), [])
-            self.done_ids, self.done_states = [], []
+        if self.done.ids:  # deferred DONEs go before the final BYE (it re-queues what it lists)
+            self._to_vent_surely(P.pack(P.DONE, self.done.header(0)), [])
+            self.done.sent()
         self._to_vent_surely(P.pack(P.BYE, {"ids": ids + unacked, "final": True}), [])
         deadline = time.monotonic() + 1.0  # and to the ventilator what it must get (bounded)
         while self.vent.waiting and time.monotonic() < deadline:
             self._report()
             if self.vent.socket.poll(20):
                 self.vent.drain()
-        if self.vent.waiting or self.done_ids:
+        if self.vent.waiting or self.done.ids:
             log.warning("ventilator unreachable at exit: %d message(s) not sent (it will re-queue "
-                        "this worker's tasks when it declares it lost)", self.vent.waiting + bool(self.done_ids))
+                        "this worker's tasks when it declares it lost)", self.vent.waiting + bool(self.done.ids))
         return False

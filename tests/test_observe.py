@@ -200,3 +200,19 @@ def test_zq_status_shows_prefetched_tasks_and_lost_workers():
     text = status.render(data)
     assert "2/4 +3" in text
     assert f"lost: w2 on h2 (pid 7) at {local(1.7e9)}: no heartbeat for 1.3s" in text
+
+
+def test_a_real_worker_sends_its_failures_details_to_the_history(start, make_client):
+    """The worker's DONE carries the error of each failed task: show_task (and the dashboard,
+    and zq tasks show) has its type, message and traceback without a retained result."""
+    import operator
+
+    cluster = start(workers=1, executor="thread", concurrency=2)
+    c = make_client(cluster, retain_result=False)
+    fut = c.submit(operator.truediv, 1, 0)
+    with pytest.raises(ZeroDivisionError):
+        fut.result(15)
+    t = wait_for(lambda: (x := c.show_task(fut.task_id))["state"] == "FAILED" and x.get("error_type") and x,
+                 15, what="the failure's details in the history")
+    assert t["error_type"] == "ZeroDivisionError" and "division by zero" in t["message"]
+    assert "ZeroDivisionError" in t["traceback"] and t["host"] and t["pid"]

@@ -185,16 +185,16 @@ def test_worker_keeps_what_it_could_not_send_and_sends_it_in_order(monkeypatch):
     w.accepting = False  # no credit to grant: only what we queue below is sent
     spec = P.TaskSpec("t-retry", "f", "default", b"d" * 16, "", None, 1, None, 0.0, args=b"")
     w._retry(spec, delay=0.5)
-    w.done_ids, w.done_states = ["t-done"], ["SUCCESS"]
+    w.done.ids, w.done.states = ["t-done"], ["SUCCESS"]
     w._report()  # link full: nothing goes, nothing is dropped
-    assert sock.sent == [] and w.vent.waiting == 1 and w.done_ids == ["t-done"]
+    assert sock.sent == [] and w.vent.waiting == 1 and w.done.ids == ["t-done"]
     assert "t-retry" in w._held()  # not sent yet: still ours
     w._continue(spec, ["g", b"e" * 16, b"", b"", "default", []])
     sock.full = False
     w._report()
     assert [m.command for m in sock.sent] == [P.RETRY, P.CONTINUE, P.DONE]
     assert sock.sent[2].header["ids"] == ["t-done"]
-    assert not w.vent.waiting and not w.done_ids
+    assert not w.vent.waiting and not w.done.ids
 
 
 def test_worker_ready_says_what_it_finished_and_held_says_what_it_holds(monkeypatch):
@@ -204,15 +204,15 @@ def test_worker_ready_says_what_it_finished_and_held_says_what_it_holds(monkeypa
     w._send_ready()
     assert w.ready_pending  # could not go: sent again by the next turn's _report
     w.running["t-run"] = (spec, None, 0.0)  # (spec, deadline, started)
-    w.done_ids, w.done_states = ["t-done"], ["FAILED"]
+    w.done.ids, w.done.states = ["t-done"], ["FAILED"]
     sock.full = False
     w._report()
     ready = sock.sent[0]
     assert ready.command == P.READY and not w.ready_pending
     assert (ready.header["done"], ready.header["states"]) == (["t-done"], ["FAILED"])
-    assert not w.done_ids  # reported by READY, not again by DONE
+    assert not w.done.ids  # reported by READY, not again by DONE
     sock.sent.clear()
-    w.done_ids, w.done_states = ["t-late"], ["SUCCESS"]
+    w.done.ids, w.done.states = ["t-late"], ["SUCCESS"]
     w._on_ventilator(P.unpack(P.pack(P.SYNC, {"upto": 7})))
     held = sock.sent[-1]
     assert held.command == P.HELD and held.header["upto"] == 7

@@ -151,7 +151,8 @@ def test_zq_slurm_command_line(on_slurm, slurm):
     cluster, client, workers = on_slurm
     eps = cluster.endpoints
     name = f"zqt-cli-{uuid.uuid4().hex[:6]}"
-    common = ["--ventilator", eps["workers"], "--sink", eps["sink"], "--executor", "thread", "--name", name]
+    common = ["--ventilator", eps["workers"], "--sink", eps["sink"], "--executor", "thread", "--name", name,
+              "--log-directory", str(slurm.root / "logs")]  # not slurm-N.out in the cwd
     r = run_zq("slurm", "submit", "--jobs", "1", *common, timeout=60)
     assert r.returncode == 0 and r.stdout.strip().isdigit(), r.stderr
     job = r.stdout.strip()

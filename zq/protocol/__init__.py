@@ -81,7 +81,7 @@ from .commands import (ACK, BYE, CANCEL, COMMAND_TABLE, COMMANDS, CONTINUE, DONE
                        REQUEST, RESULT, RETRY, RETURN, SPAWN, STARTED, SUBMIT, SYNC, TASKS, UNKNOWN,
                        WATCH, Command)
 from .results import ResultRow, _check_result_row, pack_results, unpack_results
-from .rows import (PROGRESS_EVENT, RECORDS, SPAWN_EVENT, ChainLink, Completion, Continuation,
+from .rows import (DONE_ERROR_MAX, PROGRESS_EVENT, RECORDS, SPAWN_EVENT, ChainLink, Completion, Continuation,
                    DoneError, ErrorRow, ProgressEvent, ProgressReport, ProgressRow, ResultFields, SpawnEvent,
                    TaskRow, check_chain_link, check_completion, check_continuation, check_done_errors, check_error_row,
                    check_event, check_progress_report, check_progress_row, check_result_row,
