@@ -1,8 +1,8 @@
-"""``python -m bench``: see :mod:`bench.cli`."""
+"""``python -m zq.bench``: see :mod:`bench.cli`."""
 
 import sys
 
-from bench.cli import main
+from zq.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,14 +1,14 @@
-"""``python -m bench`` / ``zq bench``: benchmark zq on a real local cluster.
+"""``python -m zq.bench`` / ``zq bench``: benchmark zq on a real local cluster.
 
-    python -m bench                 # full run (several minutes; 1,000,000-task memory test)
-    python -m bench --quick         # under 30 s, every section, one repetition each
-    python -m bench --smoke         # seconds; for the test suite
-    python -m bench --json out.json --peers dask,ray,ipyparallel
-    python -m bench --only throughput,latency --repeat 5
+    python -m zq.bench                 # full run (several minutes; 1,000,000-task memory test)
+    python -m zq.bench --quick         # under 30 s, every section, one repetition each
+    python -m zq.bench --smoke         # seconds; for the test suite
+    python -m zq.bench --json out.json --peers dask,ray,ipyparallel
+    python -m zq.bench --only throughput,latency --repeat 5
 
 Each section starts its own cluster (sink, ventilator, workers as separate
-``python -m nodes`` processes on random loopback ports, via
-:class:`nodes.local.LocalCluster`); start-up and a warm-up are outside every
+``python -m zq.nodes`` processes on random loopback ports, via
+:class:`zq.nodes.local.LocalCluster`); start-up and a warm-up are outside every
 timed region; each figure is the median of ``--repeat`` runs (quick/smoke: one).
 
 The entry point for the ``zq bench`` command is ``bench.cli.main(argv) -> int``.

@@ -1,7 +1,7 @@
 """A nemesis against a whole zq cluster: seeded faults, then a judge of every promise.
 
-    python -m bench.nemesis --seconds 600 --seed 7          # a long soak; prints a table
-    python -m bench.nemesis --seconds 40 --json out.json    # as the test suite runs it
+    python -m zq.bench.nemesis --seconds 600 --seed 7          # a long soak; prints a table
+    python -m zq.bench.nemesis --seconds 40 --json out.json    # as the test suite runs it
 
 The cluster: a ventilator with ``--journal``, a sink with ``--retain`` and ``--journal``,
 CURVE keys on every socket, three workers (thread, process, thread; each serves
@@ -164,7 +164,7 @@ class Run:
             n.signalled = True  # counted once
 
     def driver(self, mode: str, extra: list[str], **kw: Any) -> subprocess.Popen:
-        argv = [*self._prefix("cli"), sys.executable, "-m", "bench.nemesis_driver", mode,
+        argv = [*self._prefix("cli"), sys.executable, "-m", "zq.bench.nemesis_driver", mode,
                 "--ventilator", self.endpoints["clients"], "--sink", self.endpoints["sink"],
                 "--keys", self.keys, "--dir", self.dir, *extra]
         return subprocess.Popen(argv, env={**os.environ, **self.env}, start_new_session=True, **kw)
@@ -520,7 +520,7 @@ def format_report(rep: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.nemesis", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m zq.bench.nemesis", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0, help="how long faults are injected")
     p.add_argument("--seed", type=int, default=None, help="reproduces a run's choices (default: random)")
     p.add_argument("--tasks", type=int, default=None, help="tasks to submit (default: 60 a second of faults)")

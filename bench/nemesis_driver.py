@@ -1,8 +1,8 @@
 """The processes a nemesis run starts besides the nodes, and what they record.
 
-    python -m bench.nemesis_driver submit ...   a client: submits tasks, records each
+    python -m zq.bench.nemesis_driver submit ...   a client: submits tasks, records each
                                                  submission and each resolved future
-    python -m bench.nemesis_driver check ...    a new client after the faults: asks the
+    python -m zq.bench.nemesis_driver check ...    a new client after the faults: asks the
                                                  cluster for what the old clients never
                                                  saw, and probes every worker's own queue
 
@@ -205,7 +205,7 @@ def check(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.nemesis_driver")
+    p = argparse.ArgumentParser(prog="python -m zq.bench.nemesis_driver")
     p.add_argument("mode", choices=["submit", "check"])
     p.add_argument("--ventilator", required=True)
     p.add_argument("--sink", required=True)

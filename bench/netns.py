@@ -14,7 +14,7 @@ processes we started can be there) and deletes them, which removes the veths
 and the bridge with them.  ``link_down(host)`` pulls a host's cable at the
 bridge: the host keeps its address and route, its packets are silently lost.
 
-Nodes run with ``ip netns exec NS python -m nodes ROLE …`` (``NsNodeProcess``,
+Nodes run with ``ip netns exec NS python -m zq.nodes ROLE …`` (``NsNodeProcess``,
 like :class:`zq._embedded.NodeProcess`: wait for the ``zq ROLE READY k=v``
 line); ``ip netns exec`` execs the command, so the child's pid is the node's.
 """
@@ -216,14 +216,14 @@ class VirtualNet:
 
     def node(self, host: str, args: Sequence[str], env: Optional[dict[str, str]] = None,
              name: str = "") -> "NsNodeProcess":
-        """A started ``python -m nodes ARGS`` in ``host``'s namespace (wait_ready() for READY)."""
+        """A started ``python -m zq.nodes ARGS`` in ``host``'s namespace (wait_ready() for READY)."""
         n = NsNodeProcess(self.ns[host], args, env, name=name or host)
         self.processes.append(n)
         return n.start()
 
 
 class NsNodeProcess(NodeProcess):
-    """``ip netns exec NS python -m nodes ARGS``, its stderr watched for ``zq ROLE READY k=v``
+    """``ip netns exec NS python -m zq.nodes ARGS``, its stderr watched for ``zq ROLE READY k=v``
     (``ip netns exec`` execs the command, so ``pid`` is the node's own)."""
 
     def __init__(self, ns: str, args: Sequence[str], env: Optional[dict[str, str]] = None,

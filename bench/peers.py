@@ -1,6 +1,6 @@
 """Peer systems on the same no-op workload (logic of shared/peers/peer_*.py).
 
-Each peer runs in its own subprocess (``python -m bench.peers NAME N LAT_N``) so that
+Each peer runs in its own subprocess (``python -m zq.bench.peers NAME N LAT_N``) so that
 its runtime (Ray's raylet, dask's scheduler, ipyparallel's controller) cannot
 disturb the rest of the run; the child prints one JSON line.  A peer that is not
 importable is skipped with a note -- nothing is installed.
@@ -33,7 +33,7 @@ def run(name: str, n: int, lat_n: int, timeout: float) -> dict:
     if not available(name):
         return {"skipped": f"{name} is not installed in this environment (not installed by the bench)"}
     try:
-        cp = subprocess.run([sys.executable, "-m", "bench.peers", name, str(n), str(lat_n)],
+        cp = subprocess.run([sys.executable, "-m", "zq.bench.peers", name, str(n), str(lat_n)],
                             capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"{name} did not finish in {timeout:.0f}s"}

@@ -1,4 +1,4 @@
-"""``python -m bench.profile``: where each zq process spends its time during a submit loop.
+"""``python -m zq.bench.profile``: where each zq process spends its time during a submit loop.
 
 Starts a cluster (1 worker), warms it, measures the submit-loop rate and CPU per
 process without a profiler, then runs ``py-spy record`` (sampling, non-blocking) on
@@ -9,8 +9,8 @@ runs, and prints for each process and thread: CPU µs per task, % of samples bus
 inclusive time.
 
     pip install py-spy
-    python -m bench.profile [--seconds 8] [--executor thread|process] [--batch 2000] [--out DIR]
-    python -m bench.profile --batch 0      # one task at a time: where the round trip goes
+    python -m zq.bench.profile [--seconds 8] [--executor thread|process] [--batch 2000] [--out DIR]
+    python -m zq.bench.profile --batch 0      # one task at a time: where the round trip goes
 
 Needs ptrace rights over the child processes (root, or kernel.yama.ptrace_scope=0).
 """
@@ -108,7 +108,7 @@ def loop(client: Any, seconds: float, batch: int) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m zq.bench.profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--executor", default="thread", choices=("thread", "process"))
     ap.add_argument("--concurrency", type=int, default=0)

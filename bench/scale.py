@@ -1,4 +1,4 @@
-"""``python -m bench --scale``: the cost curve of one ventilator.
+"""``python -m zq.bench --scale``: the cost curve of one ventilator.
 
 For each fleet size (default 1, 10, 50, 200 worker processes, thread executor, one slot
 each), on loopback and — as root — on network namespaces (the ventilator, the sink and the
@@ -97,7 +97,7 @@ class Fleet:
                                         "--sink", self.sink_ep, "--insecure"])
         eps = self.vent.wait_ready()
         self.clients_ep, self.workers_ep = eps["clients"], eps["workers"]
-        argv = [sys.executable, "-m", "bench.scale_client", self.clients_ep, self.sink_ep]
+        argv = [sys.executable, "-m", "zq.bench.scale_client", self.clients_ep, self.sink_ep]
         argv = self.net.argv("cli", argv) if self.net is not None else argv
         self.client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                        bufsize=1, start_new_session=True)

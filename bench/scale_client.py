@@ -1,5 +1,5 @@
-"""The measuring client of ``python -m bench --scale``, run as its own process so that it can
-live in a network namespace (``ip netns exec NS python -m bench.scale_client VENT SINK``).
+"""The measuring client of ``python -m zq.bench --scale``, run as its own process so that it can
+live in a network namespace (``ip netns exec NS python -m zq.bench.scale_client VENT SINK``).
 
 It reads one JSON command per line on stdin and answers one JSON line on stdout:
 
@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import zq
-from bench.workloads import nap, noop
+from zq.bench.workloads import nap, noop
 
 
 def wait_workers(client: zq.Client, n: int, timeout: float) -> dict:

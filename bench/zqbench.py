@@ -1,4 +1,4 @@
-"""zq measurements against a real local cluster (:class:`nodes.local.LocalCluster`).
+"""zq measurements against a real local cluster (:class:`zq.nodes.local.LocalCluster`).
 
 Every measurement:
 
@@ -19,7 +19,7 @@ from concurrent.futures import wait
 from typing import Any, Optional
 
 import zq
-from nodes.local import LocalCluster
+from zq.nodes.local import LocalCluster
 
 from .util import CpuMeter, Deadline, latency_summary, rss_bytes
 from .workloads import nbytes, noop

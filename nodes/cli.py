@@ -378,8 +378,8 @@ cli.add_command(_slurm)
                                "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: Sequence[str]) -> None:
-    """Benchmark zq on a local cluster (same as ``python -m bench``; --help for options)."""
-    from bench.cli import main as bench_main
+    """Benchmark zq on a local cluster (same as ``python -m zq.bench``; --help for options)."""
+    from zq.bench.cli import main as bench_main
 
     sys.exit(bench_main(list(args)))
 

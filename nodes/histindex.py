@@ -174,7 +174,7 @@ class HistoryIndex:
     def newest(self, state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[float],
                until: Optional[float], forgotten: bool, offset: int = 0) -> Iterator[Any]:
         """Matching entries, newest finished first, after the ``offset`` newest (found by
-        bisection, not walked: see :func:`nodes.tasktable.skip_counts`); in memory only."""
+        bisection, not walked: see :func:`zq.nodes.tasktable.skip_counts`); in memory only."""
         from .tasktable import skip_counts
 
         wins = []

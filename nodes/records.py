@@ -47,7 +47,7 @@ class WorkerInfo:
 
 class TaskRecord:
     """One active task.  Its ``state`` is read-only here: only the ventilator's
-    :class:`nodes.tasktable.TaskTable` changes it (``set_state``), and setting its
+    :class:`zq.nodes.tasktable.TaskTable` changes it (``set_state``), and setting its
     ``worker`` moves it in the table's index."""
 
     __slots__ = ("spec", "_state", "_worker", "client", "progress", "key", "group", "table", "digest", "progress_first",

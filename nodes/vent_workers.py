@@ -5,7 +5,7 @@ SPAWN, CONTINUE — and what a lost worker means for the tasks it held.
                      ◀── UNKNOWN, SYNC, REPLY, HEARTBEAT ── WorkerSide (same endpoint)
     WorkerSide ── TaskSide (the Ventilator: task table, requeue, close, journal) ──▶
 
-A part of :class:`nodes.ventilator.Ventilator`, which holds one (``workers_side``) and
+A part of :class:`zq.nodes.ventilator.Ventilator`, which holds one (``workers_side``) and
 hands it every message of its workers endpoint; it reaches the ventilator only through
 ``TaskSide``.  Every method runs on the ventilator's one thread.
 
@@ -43,7 +43,7 @@ _FINAL_STATES = frozenset(s.value for s in (TaskState.SUCCESS, TaskState.FAILED,
 
 
 class TaskSide(Protocol):
-    """What ``WorkerSide`` uses of the ventilator (``nodes.ventilator.Ventilator``)."""
+    """What ``WorkerSide`` uses of the ventilator (``zq.nodes.ventilator.Ventilator``)."""
 
     instance: str
     counters: collections.Counter

@@ -1,7 +1,7 @@
 """Fixtures: real nodes as child processes on loopback with random ports.
 
-``make_cluster(...)`` starts a :class:`nodes.local.LocalCluster` (sink, ventilator,
-workers, each a ``python -m nodes`` process that printed its READY line) and
+``make_cluster(...)`` starts a :class:`zq.nodes.local.LocalCluster` (sink, ventilator,
+workers, each a ``python -m zq.nodes`` process that printed its READY line) and
 stops it at teardown; ``make_client(cluster)`` returns a connected ``zq.Client``
 that is shut down at teardown.  Nothing here sleeps to synchronise.
 """
@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import zq
-from nodes.local import LocalCluster
+from zq.nodes.local import LocalCluster
 
 from .policies import policy_env
 

@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 import zq
-from nodes.local import LocalCluster
+from zq.nodes.local import LocalCluster
 from tests import lifecycle_tasks as T
 from tests.conftest import connect, run_zq, running
 from tests.lifecycle_tasks import IMPORT_ARGS, lc_env, read_lines, stays, wait_for

@@ -31,8 +31,8 @@ import pytest
 import zmq
 
 import zq
-from nodes.common import result_row
-from nodes.local import LocalCluster
+from zq.nodes.common import result_row
+from zq.nodes.local import LocalCluster
 from zq import protocol as P
 
 from .conftest import FAST_ENV, run_zq

@@ -1,4 +1,4 @@
-"""``python -m bench --smoke --json FILE`` runs every section against a real cluster and
+"""``python -m zq.bench --smoke --json FILE`` runs every section against a real cluster and
 writes a JSON report with the expected keys.  No timing is asserted."""
 
 from __future__ import annotations

@@ -150,9 +150,9 @@ def committed(path: str) -> tuple[int, int, int]:
 
 
 def test_a_task_its_history_entry_and_its_result_are_closed_in_one_commit(tmp_path):
-    from nodes.common import result_row
-    from nodes.history import History
-    from nodes.journal import Journal
+    from zq.nodes.common import result_row
+    from zq.nodes.history import History
+    from zq.nodes.journal import Journal
     from zq import protocol as P
     from zq.serialize import pack_args
 

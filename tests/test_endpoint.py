@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import zmq
 
-from nodes.endpoint import Peers, RouterEndpoint
+from zq.nodes.endpoint import Peers, RouterEndpoint
 from zq import protocol as P
 from zq.errors import ProtocolError
 from zq.security import Authenticator, Keys, generate

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 import zq
-from nodes.common import Node, SinkLink, io_alive
+from zq.nodes.common import Node, SinkLink, io_alive
 from zq._sockets import LinkMonitor, dealer
 from zq.config import load_config
 
@@ -141,7 +141,7 @@ def test_sink_link_reconnects_and_closes_monitor_first(recorded: _Record, silent
 
 def test_worker_reconnects_and_closes_monitors_first(recorded: _Record, silent_peer: str) -> None:
     """A worker whose ventilator and sink are silent reconnects both (Paranoid Pirate)."""
-    from nodes.worker import Worker
+    from zq.nodes.worker import Worker
 
     w = Worker(_fast(ventilator_workers=silent_peer, sink_endpoint=silent_peer, worker_executor="thread",
                      worker_concurrency=1), (), grace=0.0)
@@ -178,7 +178,7 @@ def echo(x: Any) -> Any:
 
 def _vent_workers(cluster: Any) -> "list[dict] | None":
     """The ventilator's workers (its own ``stats``, asked on a fresh socket), None if it is away."""
-    from nodes.status import _ask
+    from zq.nodes.status import _ask
     from zq.errors import ZqError
 
     ctx = zmq.Context()
@@ -192,7 +192,7 @@ def _vent_workers(cluster: Any) -> "list[dict] | None":
 
 def _status_answers(cluster: Any) -> dict:
     """``zq status``'s question to both nodes; raises if either does not answer."""
-    from nodes.status import fetch
+    from zq.nodes.status import fetch
 
     return fetch(load_config(None, {"ventilator_clients": cluster.endpoints["clients"],
                                     "sink_endpoint": cluster.endpoints["sink"]}), timeout=DEADLINE)
@@ -282,8 +282,8 @@ def test_worker_paused_while_the_ventilator_restarts_serves_again(make_cluster: 
 
 # -- the watchdog: a node that hears from nobody checks its own networking ------------------
 def _sink_in_thread(monkeypatch: Any) -> tuple[Any, threading.Thread, list]:
-    from nodes.common import Watchdog
-    from nodes.sink import Sink
+    from zq.nodes.common import Watchdog
+    from zq.nodes.sink import Sink
 
     monkeypatch.setattr(Watchdog, "PROBE_TIMEOUT", 0.5)
     sink = Sink(_fast(sink_endpoint="tcp://127.0.0.1:0"), [])

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from nodes.history import COLUMNS, History
+from zq.nodes.history import COLUMNS, History
 from zq.protocol import BY_NAME, TaskSpec
 from zq.serialize import pack_args
 from tests.lifecycle_tasks import wait_for
@@ -102,7 +102,7 @@ def test_a_count_reads_no_entry_and_a_page_only_its_own(tmp_path):
 
 
 def test_memory_eviction_keeps_the_index_in_step(monkeypatch):
-    import nodes.history as hist
+    import zq.nodes.history as hist
 
     monkeypatch.setattr(hist, "MEMORY_LIMIT", 5000)
     h = History()
@@ -119,7 +119,7 @@ def test_memory_eviction_keeps_the_index_in_step(monkeypatch):
 
 def _journal_with_history(path: str, n: int) -> float:
     """A ventilator journal holding ``n`` finished tasks (1 s apart, ending now)."""
-    from nodes.journal import Journal
+    from zq.nodes.journal import Journal
 
     j = Journal(path)
     History(j.db)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import zq
-from nodes import executor as X
+from zq.nodes import executor as X
 from tests import lifecycle_tasks as T
 from tests.lifecycle_tasks import lc_env, read_lines, stays, touch, wait_for
 from zq._wake import Waker
@@ -231,7 +231,7 @@ def test_thread_executor_function_cache_is_bounded(monkeypatch):
 
 
 def child_cache_size() -> int:
-    import nodes.executor as e
+    import zq.nodes.executor as e
 
     return len(e._child_fns)
 

@@ -2,7 +2,7 @@
 
     ventilator 10.231.X.1   sink 10.231.X.2   worker1 .3   worker2 .4   client .5
 
-Each node is ``ip netns exec NS python -m nodes ROLE …``; the client is a script
+Each node is ``ip netns exec NS python -m zq.nodes ROLE …``; the client is a script
 (``CLIENT_SCRIPT``) run in the client namespace, driven by commands on its stdin
 and answering with lines on its stdout.  Cutting worker1 off (its port on the
 bridge, or its own interface) exercises the heartbeat-based loss detection of
@@ -27,7 +27,7 @@ import pytest
 
 from zq.security import generate
 
-from bench.netns import LineReader, NsNodeProcess, VirtualNet, unavailable_reason
+from zq.bench.netns import LineReader, NsNodeProcess, VirtualNet, unavailable_reason
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -189,7 +189,7 @@ class Cluster:
 
     def status(self) -> Optional[dict]:
         """``zq status --json`` run in the client's namespace; None if it did not answer."""
-        r = self.net.run("cli", [sys.executable, "-m", "nodes", "status", "--ventilator", self.clients_ep,
+        r = self.net.run("cli", [sys.executable, "-m", "zq.nodes", "status", "--ventilator", self.clients_ep,
                                  "--sink", self.sink_ep, "--json", "--timeout", "2",
                                  *CONNECT_SECURITY_ARGS], env=self._env(), timeout=20)
         if r.returncode != 0:

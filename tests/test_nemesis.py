@@ -16,8 +16,8 @@ import random
 
 import pytest
 
-from bench import nemesis
-from bench.netns import unavailable_reason
+from zq.bench import nemesis
+from zq.bench.netns import unavailable_reason
 
 SECONDS = 35.0
 

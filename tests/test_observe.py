@@ -136,7 +136,7 @@ def test_a_task_failed_by_worker_losses_keeps_the_causes(start, make_client):
 def test_zq_tasks_show_prints_the_error_and_times_for_people_and_json_on_request(start, make_client):
     import json
 
-    from nodes.when import local
+    from zq.nodes.when import local
     from tests.conftest import run_zq
     from zq import protocol as P
 
@@ -169,7 +169,7 @@ def test_zq_tasks_show_prints_the_error_and_times_for_people_and_json_on_request
                    "STARTED when it hands the batch to one slot: the ventilator counts them RUNNING "
                    "(the lead's fix: report STARTED as the executor starts each task)")
 def test_running_never_exceeds_the_slots_with_short_batched_tasks(start, make_client):
-    from bench.workloads import noop
+    from zq.bench.workloads import noop
 
     cluster = start(workers=1, executor="thread", concurrency=2)
     c = make_client(cluster)
@@ -186,8 +186,8 @@ def test_running_never_exceeds_the_slots_with_short_batched_tasks(start, make_cl
 
 
 def test_zq_status_shows_prefetched_tasks_and_lost_workers():
-    from nodes import status
-    from nodes.when import local
+    from zq.nodes import status
+    from zq.nodes.when import local
 
     data = {"ventilator": {"endpoints": {"clients": "tcp://v"}, "host": "h", "uptime": 1, "tasks_per_second": 0,
                            "queues": {}, "workers": [{"id": "w1", "host": "h", "executor": "thread", "running": 2,

@@ -174,7 +174,7 @@ def test_pack_value_round_trips_and_refuses_damage():
 
 
 def test_result_messages_with_out_of_band_values_and_bad_counts_refused():
-    from nodes.common import result_row
+    from zq.nodes.common import result_row
     from zq.envelope import TaskState
     from zq.serialize import loads_value, pack_value
 

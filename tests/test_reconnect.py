@@ -166,7 +166,7 @@ def _worker_on_a_flaky_link(monkeypatch):
     """A Worker whose ventilator Link sends into a FlakySocket (no loop, no sockets)."""
     from types import SimpleNamespace
 
-    from nodes.worker import Worker
+    from zq.nodes.worker import Worker
     from zq.link import Link
 
     monkeypatch.setattr("zq.link.send_now", lambda sock, frames: sock.send_multipart(frames))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from nodes.scheduler import Scheduler
+from zq.nodes.scheduler import Scheduler
 
 
 def describe(info: dict, now: float, fire_at: tuple = ()) -> dict:

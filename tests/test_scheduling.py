@@ -3,7 +3,7 @@ the CLI), per-name concurrency and rate limits, disabled names, de-duplication
 keys, delays and ETAs, periodic schedules (every=, cron=) and a scheduler restart.
 
 Tests that need a worker of their own add one to the module cluster on a queue
-nobody else uses.  ``nodes.scheduler.Schedule`` and ``Scheduler`` are also tested
+nobody else uses.  ``zq.nodes.scheduler.Schedule`` and ``Scheduler`` are also tested
 directly with explicit ``now`` values (and a real SQLite journal file).
 """
 
@@ -20,9 +20,9 @@ import uuid
 import pytest
 
 import zq
-from nodes.journal import Journal
-from nodes.local import LocalCluster
-from nodes.scheduler import Schedule, Scheduler
+from zq.nodes.journal import Journal
+from zq.nodes.local import LocalCluster
+from zq.nodes.scheduler import Schedule, Scheduler
 from tests import lifecycle_tasks as T
 from tests.conftest import connect, run_zq
 from tests.conftest import running as cluster_running

@@ -341,7 +341,7 @@ def test_the_journal_is_a_sink_setting(tmp_path):
 
 def test_journal_read_back_strips_expired_copies_and_skips_a_damaged_row(tmp_path, caplog):
     """SinkJournal alone: what a restarted sink reads back."""
-    from nodes.sink_journal import SinkJournal
+    from zq.nodes.sink_journal import SinkJournal
     from zq.protocol import ResultRow
 
     def row(tid: str) -> ResultRow:

@@ -16,7 +16,7 @@ from typing import Callable
 import pytest
 
 import zq
-from nodes.cli import cli
+from zq.nodes.cli import cli
 from zq.slurm import SlurmWorkers, slurm_job_of
 
 from .conftest import run_zq

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import random
 
-from nodes.dispatch import Dispatch
-from nodes.records import TaskRecord
-from nodes.tasktable import TaskTable
+from zq.nodes.dispatch import Dispatch
+from zq.nodes.records import TaskRecord
+from zq.nodes.tasktable import TaskTable
 from zq.envelope import TaskState
 from zq.protocol import BY_NAME, TaskSpec
 from zq.serialize import pack_args

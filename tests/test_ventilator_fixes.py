@@ -201,8 +201,8 @@ def test_the_task_table_counts_and_pages_like_a_full_scan(monkeypatch):
     splits and multi-block offsets happen."""
     import random
 
-    import nodes.tasktable as TT
-    from nodes.records import TaskRecord
+    import zq.nodes.tasktable as TT
+    from zq.nodes.records import TaskRecord
     from zq.envelope import TaskState as St
     from zq.protocol import BY_NAME, TaskSpec
 

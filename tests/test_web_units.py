@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("fastapi", reason="zq http needs the web extra: pip install -e '.[test]'")
 
-from nodes.web import auth, views  # noqa: E402
-from nodes.web.metrics import registry_for  # noqa: E402
-from nodes.web.sampler import percentile  # noqa: E402
+from zq.nodes.web import auth, views  # noqa: E402
+from zq.nodes.web.metrics import registry_for  # noqa: E402
+from zq.nodes.web.sampler import percentile  # noqa: E402
 from zq.errors import InsecureBindError  # noqa: E402
 
 

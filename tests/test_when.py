@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from nodes.when import duration, local, parse_since
+from zq.nodes.when import duration, local, parse_since
 
 
 def test_relative_times_count_back_from_now():

@@ -4,7 +4,7 @@ tests/test_lifecycle.py."""
 
 import pytest
 
-from nodes.worker_lifetime import Lifetime
+from zq.nodes.worker_lifetime import Lifetime
 
 
 def test_death_timeout_counts_from_the_last_word_of_the_ventilator_or_from_start():

@@ -9,12 +9,12 @@ import inspect
 from typing import Any, Optional
 
 import zq
-from nodes.dispatch import Dispatch
-from nodes.records import TaskRecord, WorkerInfo
-from nodes.scheduler import Scheduler
-from nodes.tasktable import TaskTable
-from nodes.vent_workers import MAX_LOST_ATTEMPTS, TaskSide, WorkerSide
-from nodes.ventilator import Ventilator
+from zq.nodes.dispatch import Dispatch
+from zq.nodes.records import TaskRecord, WorkerInfo
+from zq.nodes.scheduler import Scheduler
+from zq.nodes.tasktable import TaskTable
+from zq.nodes.vent_workers import MAX_LOST_ATTEMPTS, TaskSide, WorkerSide
+from zq.nodes.ventilator import Ventilator
 from zq import protocol as P
 from zq.envelope import ErrorInfo, TaskState
 from zq.protocol import TaskSpec

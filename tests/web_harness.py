@@ -1,6 +1,6 @@
 """Helpers of the ``zq http`` tests: start the web node on a cluster, make HTTP requests.
 
-``WebNode`` runs ``python -m nodes http ...`` (READY line, like every node) and answers
+``WebNode`` runs ``python -m zq.nodes http ...`` (READY line, like every node) and answers
 ``call(method, path, ...)`` with ``(status, body, headers)``; the body is parsed JSON
 when the answer is JSON.  Nothing sleeps: tests wait with ``wait_for``.
 """
@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from nodes.local import LocalCluster
+from zq.nodes.local import LocalCluster
 from zq._embedded import NodeProcess
 
 from .conftest import FAST_ENV, running

@@ -1,7 +1,7 @@
 """Child node processes: start one, wait for its READY line, stop it.
 
 ``zq.Client()`` with no endpoints uses :class:`EmbeddedCluster`, which runs
-``python -m nodes up`` (every role on random loopback ports) in a child process
+``python -m zq.nodes up`` (every role on random loopback ports) in a child process
 that exits with its parent.  This module starts that process; it never
 imports ``nodes``.
 """
@@ -35,12 +35,12 @@ def parse_ready(line: str, role: str = r"\w+") -> Optional[dict[str, str]]:
 
 
 class NodeProcess:
-    """A ``python -m nodes ROLE ...`` child whose stderr is watched for READY."""
+    """A ``python -m zq.nodes ROLE ...`` child whose stderr is watched for READY."""
 
     def __init__(self, args: Sequence[str], env: Optional[dict[str, str]] = None,
                  echo: bool = False, name: str = "", prefix: Sequence[str] = ()) -> None:
         """``prefix``: a command to run it under (e.g. ``ip netns exec NS`` in tests)."""
-        self.args = [*prefix, sys.executable, "-m", "nodes", *args]
+        self.args = [*prefix, sys.executable, "-m", "zq.nodes", *args]
         self.role = args[0]
         self.name = name or args[0]
         self.env = {**os.environ, **(env or {})}
@@ -137,7 +137,7 @@ class NodeProcess:
 
 
 class EmbeddedCluster:
-    """``python -m nodes up`` on random loopback ports, tied to this process's life."""
+    """``python -m zq.nodes up`` on random loopback ports, tied to this process's life."""
 
     def __init__(self, workers: int = 1, executor: str = "process", concurrency: int = 0,
                  keys: Optional[str] = None) -> None:
