@@ -223,14 +223,15 @@ def sink(config_path: Optional[str], endpoint: Optional[str], retain: Optional[b
 @click.option("--async-concurrency", type=click.IntRange(min=1), default=100, show_default=True,
               help="async def tasks running at once on the worker's event loop.")
 @policy_opt
+@metrics_opts
 @keys_opt
 @key_name_opt
 @parent_opt
 def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str], executor: Optional[str],
            concurrency: Optional[int], prefetch: Optional[int], queues: Sequence[str], grace: float,
            imports: Sequence[str], death_timeout: Optional[float], idle_timeout: Optional[float],
-           async_concurrency: int, policies: Sequence[str], keys: Optional[str],
-           key_name: Optional[str], exit_with_parent: Optional[int]) -> None:
+           async_concurrency: int, policies: Sequence[str], metrics_port: Optional[int], metrics_host: str,
+           keys: Optional[str], key_name: Optional[str], exit_with_parent: Optional[int]) -> None:
     """Run tasks from the ventilator; send results to the sink."""
     from zq.policy import load_policies
 
@@ -246,7 +247,7 @@ def worker(config_path: Optional[str], vent: Optional[str], sink: Optional[str],
     try:
         node = Worker(cfg, cfg.worker_policies, grace=grace, imports=imports,
                       async_concurrency=async_concurrency, death_timeout=death_timeout,
-                      idle_timeout=idle_timeout)
+                      idle_timeout=idle_timeout, metrics=_metrics_at(metrics_host, metrics_port))
     except ImportError as exc:
         _fail(f"--import: {exc}")
     except ConfigError as exc:  # keys

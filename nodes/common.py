@@ -67,6 +67,25 @@ def io_alive(ctx: zmq.Context, timeout: float) -> bool:
         b.close(0)
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit: a ventilator or a sink
+    holds a socket per peer, and the soft default (1,024 on many systems) is a default, not
+    a resource.  Returns the limit now in force."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return want
+        except (ValueError, OSError) as exc:
+            log.debug("could not raise the open-file limit from %d to %d: %s", soft, want, exc)
+    return soft
+
+
 class Watchdog:
     """Notices a node that heard from nobody for too long, and tells why.
 
@@ -183,6 +202,7 @@ class Node:
     # -- life cycle -------------------------------------------------------------------
     def run(self, ready: Optional[Callable[[dict[str, str]], None]] = None) -> None:
         """Bind/connect, call ``ready(endpoints)``, serve until ``stop()``, close."""
+        raise_fd_limit()
         self.ctx = zmq.Context()
         try:
             self.setup()

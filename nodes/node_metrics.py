@@ -1,4 +1,4 @@
-"""``--metrics-port``: a node's own Prometheus metrics (the ventilator's, the sink's).
+"""``--metrics-port``: a node's own Prometheus metrics (the ventilator's, the sink's, a worker's).
 
     node loop ── once per tick ──▶ MetricsServer.publish(snapshot)   (a new dict each time)
     prometheus_client's HTTP thread ── scrape ──▶ SnapshotCollector  (reads the latest dict)
@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
+import time
 from typing import Any, Iterator, Optional
 
 log = logging.getLogger("zq.metrics")
@@ -115,6 +116,16 @@ def sink_snapshot(s: Any) -> dict:
             "undelivered": sum(len(q) for q in s.undelivered.values())}
 
 
+def worker_snapshot(w: Any) -> dict:
+    """A worker's metrics as plain values (built on its loop)."""
+    return {"id": w.id, "slots": w.slots, "running": len(w.running), "prefetched": len(w.local),
+            "awaiting_ack": len(w.done.awaiting), "finished": dict(w.done.by_state),
+            "run": w.run_hist.snapshot(), "retries": w.counters.get("retries", 0),
+            "lost_in_executor": w.counters.get("lost_in_executor", 0),
+            "bad_messages": w.counters.get("bad_messages", 0),
+            "ventilator_silent": time.monotonic() - w.vent.last_recv}
+
+
 class SnapshotCollector:
     """Turns the latest snapshot into metric families (in the scrape's thread)."""
 
@@ -131,6 +142,8 @@ class SnapshotCollector:
             return
         if self.role == "ventilator":
             yield from _ventilator_families(snap)
+        elif self.role == "worker":
+            yield from _worker_families(snap)
         else:
             yield from _sink_families(snap)
 
@@ -196,6 +209,28 @@ def _sink_families(s: dict) -> Iterator[Any]:
     yield _gauge("zq_sink_results_undelivered", "Results waiting for their client", s["undelivered"])
     yield CounterMetricFamily("zq_sink_results", "Results recorded", value=float(s["results"]))
     yield CounterMetricFamily("zq_bad_messages", "Malformed messages dropped", value=float(s["bad_messages"]))
+
+
+def _worker_families(s: dict) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily
+
+    yield _gauge("zq_worker_slots", "Executor slots of this worker", s["slots"])
+    yield _gauge("zq_worker_slots_busy", "Slots running a task", min(s["running"], s["slots"]))
+    yield _gauge("zq_worker_tasks_prefetched", "Tasks held here, not started", s["prefetched"])
+    yield _gauge("zq_worker_results_awaiting_ack", "Results sent to the sink, not acknowledged yet",
+                 s["awaiting_ack"])
+    done = CounterMetricFamily("zq_worker_tasks", "Tasks this worker finished, by final state", labels=["state"])
+    for state, n in sorted(s["finished"].items()):
+        done.add_metric([state], float(n))
+    yield done
+    yield _histogram("zq_worker_task_run_seconds", "Run time of the tasks this worker ran", s["run"])
+    yield CounterMetricFamily("zq_worker_retries", "Attempts this worker sent back to be retried",
+                              value=float(s["retries"]))
+    yield CounterMetricFamily("zq_worker_lost_in_executor", "Attempts lost with an executor process",
+                              value=float(s["lost_in_executor"]))
+    yield CounterMetricFamily("zq_bad_messages", "Malformed messages dropped", value=float(s["bad_messages"]))
+    yield _gauge("zq_worker_ventilator_silent_seconds", "Seconds since the ventilator was last heard",
+                 s["ventilator_silent"])
 
 
 class MetricsServer:

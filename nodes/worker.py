@@ -50,6 +50,7 @@ from zq.serialize import args_from_blob
 
 from .common import HOST, Node, SinkLink, result_row
 from .executor import AsyncRunner, ProcessExecutor, ThreadExecutor, import_tasks
+from .node_metrics import Histogram, MetricsServer, worker_snapshot
 from .worker_done import DoneBook
 from .worker_lifetime import Lifetime
 
@@ -74,13 +75,16 @@ class Worker(Node):
     def __init__(self, config: Config, policy_specs: Sequence[str] = (), *, grace: float = 30.0,
                  worker_id: Optional[str] = None, async_concurrency: int = 100,
                  imports: Sequence[str] = (), death_timeout: Optional[float] = None,
-                 idle_timeout: Optional[float] = None) -> None:
+                 idle_timeout: Optional[float] = None, metrics: Optional[tuple[str, int]] = None) -> None:
         super().__init__(config)
         # a Slurm job's worker says which job it is (zq.SlurmWorkers scales down idle jobs)
         job = os.environ.get("SLURM_JOB_ID", "")
         prefix = f"slurm{job}-" if job.isdigit() else ""
         self.id = worker_id or f"{prefix}{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lifetime = Lifetime(death_timeout, idle_timeout, time.monotonic())
+        self.metrics_at = metrics  # --metrics-port: (host, port)
+        self.metrics: Optional[MetricsServer] = None
+        self.run_hist = Histogram()  # run times of the tasks run here (metrics)
         self.policy_specs = list(policy_specs)
         self.grace = grace
         self.slots = config.worker_concurrency or os.cpu_count() or 1
@@ -136,6 +140,9 @@ class Worker(Node):
         self._wire_ventilator(self.vent)
         self.vent.open()
         self.endpoints = {"ventilator": cfg.ventilator_workers, "sink": cfg.sink_endpoint}
+        if self.metrics_at is not None:
+            self.metrics = MetricsServer("worker", *self.metrics_at)
+            self.endpoints["metrics"] = self.metrics.url
 
     def _sync_fds(self) -> None:
         """Poll exactly the executor's current pipes (a replaced child has a new one)."""
@@ -199,6 +206,8 @@ class Worker(Node):
             self.vent.close(linger=500 if self.stopping else 0)
         if getattr(self, "sink", None) is not None:
             self.sink.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     # -- credit -----------------------------------------------------------------------
     def _busy_since(self) -> Optional[float]:
@@ -425,6 +434,7 @@ class Worker(Node):
             spec = entry[0]
             run = comp.run_seconds
             self.avg_run = run if self.avg_run is None else 0.9 * self.avg_run + 0.1 * run
+            self.run_hist.observe(run)
             state = STATE_OF[comp.state]
             error = ErrorInfo.from_row(comp.error)
             if comp.continuation is not None and state is TaskState.SUCCESS:
@@ -549,6 +559,8 @@ class Worker(Node):
             self._sync_fds()
         self.vent.tick(now)  # heartbeat; a silent ventilator: a fresh socket and READY
         self.sink.tick(now)
+        if self.metrics is not None:
+            self.metrics.publish(worker_snapshot(self))
         if not self.stopping:  # --death-timeout / --idle-timeout
             why = self.lifetime.why_stop(now, self.vent.last_recv if self.vent.heard else None,
                                          bool(self.running or self.local))

@@ -9,6 +9,7 @@ lost.  READY and HELD carry the same lists when a DONE could not be sent.
 
 from __future__ import annotations
 
+import collections
 from typing import Optional
 
 from zq import protocol as P
@@ -21,10 +22,12 @@ class DoneBook:
         self.ids: list[str] = []  # ACKed by the sink, DONE not sent yet
         self.states: list[str] = []
         self.errors: dict[str, list[str]] = {}  # task id -> [type, message, traceback]
+        self.by_state: collections.Counter[str] = collections.Counter()  # finished here (metrics)
 
     def finished(self, task_id: str, state: TaskState, error: Optional[ErrorInfo]) -> None:
         """Its result went to the sink: wait for the sink's ACK."""
         self.awaiting[task_id] = state._value_  # (not .value: an Enum property call)
+        self.by_state[state._value_] += 1
         if error is not None:
             _, cap_m, cap_tb = P.DONE_ERROR_MAX
             self.errors[task_id] = [error.type, error.message[:cap_m], error.traceback[-cap_tb:]]

@@ -1,4 +1,4 @@
-"""``--metrics-port`` on the ventilator and the sink: prometheus_client's own server,
+"""``--metrics-port`` on the ventilator, the sink and a worker: prometheus_client's own server,
 fed by a snapshot each node's loop publishes; checked after a known workload."""
 
 from __future__ import annotations
@@ -65,6 +65,30 @@ def test_ventilator_and_sink_metrics_after_a_known_workload(start, make_client):
     s = wait_for(lambda: (x := scrape(surl)) and value(x, "zq_sink_results_retained") == 3 and x, 15,
                  what="the sink's metrics")
     assert value(s, "zq_sink_retained_bytes") > 0 and value(s, "zq_sink_results_total") >= 5
+
+
+def test_a_workers_metrics_after_a_known_workload(start, make_client):
+    cluster = start(workers=1, executor="thread", concurrency=3,
+                    worker_args=[*IMPORT_ARGS, "--metrics-port", "0"])
+    wurl = cluster.workers[0].endpoints["metrics"]
+    assert wurl.startswith("http://127.0.0.1:") and wurl.endswith("/metrics")
+    c = make_client(cluster)
+    wait_registered(c, "lc.add")
+    assert [c.submit_by_name("lc.add", [i, 1]).result(15) for i in range(4)] == [1, 2, 3, 4]
+    with pytest.raises(Exception):
+        c.submit_by_name("lc.fail", ["x"]).result(15)
+
+    def settled() -> dict:
+        m = scrape(wurl)
+        return m if value(m, "zq_worker_tasks_total", state="FAILED") == 1 else None
+
+    m = wait_for(settled, 15, what="the worker's metrics")
+    assert value(m, "zq_worker_tasks_total", state="SUCCESS") == 4
+    assert value(m, "zq_worker_slots") == 3 and value(m, "zq_worker_slots_busy") == 0
+    assert value(m, "zq_worker_task_run_seconds_count") == 5
+    assert value(m, "zq_worker_task_run_seconds_bucket", le="+Inf") == 5
+    assert 0 <= value(m, "zq_worker_ventilator_silent_seconds") < 5
+    assert value(m, "zq_bad_messages_total") == 0
 
 
 def test_metrics_port_without_prometheus_client_is_a_one_line_error(tmp_path):
