@@ -35,6 +35,8 @@ from .util import Progress, host, rss_bytes, tree_cpu, versions
 log = logging.getLogger("bench.scale")
 
 SCHEMA = "zq-bench-scale/1"
+#: "process upward of 1200 tasks per second" (Babuji et al., Parsl, HPDC 2019, on Blue Waters)
+PARSL_HTEX_PEAK = 1200
 IDLE_SECONDS = 5.0
 
 
@@ -247,20 +249,26 @@ def plot(result: dict, path: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib): no plot"
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     for mode in sorted({r["mode"] for r in result["rows"]}):
         for kind, style in (("noop", "o-"), ("sleep", "s--")):
             pts = [(r["workers"], r[kind]["tasks_per_s"]) for r in result["rows"]
                    if r["mode"] == mode and kind in r and r[kind].get("tasks_per_s")]
             if pts:
                 ax.plot(*zip(*pts), style, label=f"{'no-op' if kind == 'noop' else '10 ms'} tasks, {mode}")
+    sizes = sorted({r["workers"] for r in result["rows"]})
+    if sizes:
+        ax.plot(sizes, [100 * n for n in sizes], ":", color="grey", label="10 ms tasks, ideal (100/s per slot)")
+    # the published figure it is most often compared with (not measured here)
+    ax.axhline(PARSL_HTEX_PEAK, color="purple", linestyle="-.", linewidth=1,
+               label=f"Parsl HTEX peak, published: ~{PARSL_HTEX_PEAK:,}/s (Blue Waters, HPDC'19)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("workers (1 slot each)")
     ax.set_ylabel("tasks/s")
     ax.set_title(f"one zq ventilator, {result['host'].get('cpu_count', '?')} cores")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return None

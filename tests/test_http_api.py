@@ -6,26 +6,11 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from typing import Iterator
 from urllib.parse import urlsplit
-
-import pytest
 
 from tests.lifecycle_tasks import wait_for
 
-from .web_harness import WebNode, browser_opener, web_cluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator:
-    yield from web_cluster()
-
-
-@pytest.fixture(scope="module")
-def api(cluster) -> Iterator[WebNode]:
-    w = WebNode(cluster).start()
-    yield w
-    assert w.stop() == 0, w.node.log()
+from .web_harness import WebNode, api, browser_opener, cluster  # noqa: F401 (api, cluster: fixtures)
 
 
 def state_of(api: WebNode, tid: str) -> str:

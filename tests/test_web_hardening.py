@@ -4,27 +4,12 @@ a chunked body without a length on the public login route."""
 from __future__ import annotations
 
 import http.client
-from typing import Iterator
 from urllib.parse import urlsplit
-
-import pytest
 
 from tests.lifecycle_tasks import wait_for
 
 from .test_http_api import state_of, submit
-from .web_harness import WebNode, token_file, web_cluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator:
-    yield from web_cluster()
-
-
-@pytest.fixture(scope="module")
-def api(cluster) -> Iterator[WebNode]:
-    w = WebNode(cluster).start()
-    yield w
-    assert w.stop() == 0, w.node.log()
+from .web_harness import WebNode, api, cluster, token_file  # noqa: F401 (api, cluster: fixtures)
 
 
 def test_a_nan_result_and_an_infinite_progress_do_not_break_the_api(api, tmp_path):

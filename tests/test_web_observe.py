@@ -4,25 +4,10 @@ and shows what it now reports (lost workers, failure details)."""
 from __future__ import annotations
 
 import time
-from typing import Iterator
-
-import pytest
 
 from tests.lifecycle_tasks import wait_for
 
-from .web_harness import WebNode, web_cluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator:
-    yield from web_cluster()
-
-
-@pytest.fixture(scope="module")
-def api(cluster) -> Iterator[WebNode]:
-    w = WebNode(cluster).start()
-    yield w
-    assert w.stop() == 0, w.node.log()
+from .web_harness import api, cluster  # noqa: F401 (fixtures)
 
 
 def test_task_page_filters_by_until_parent_and_short_name(api):

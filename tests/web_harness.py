@@ -102,3 +102,17 @@ def token_file(tmp_path: Any) -> tuple[str, str]:
         f.write(token + "\n")
     os.chmod(path, 0o600)
     return path, token
+
+
+# module-scoped fixtures shared by the web test modules (imported there: each module gets its
+# own cluster and zq http)
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    yield from web_cluster()
+
+
+@pytest.fixture(scope="module")
+def api(cluster: LocalCluster) -> Iterator[WebNode]:
+    w = WebNode(cluster).start()
+    yield w
+    assert w.stop() == 0, w.node.log()
