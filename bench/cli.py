@@ -51,7 +51,7 @@ MODES: dict[str, dict[str, Any]] = {
                   payload_n={100: 50, 100_000: 10, 10_000_000: 1}, args_1mb_n=5,
                   scaling_workers=[1, 2], scaling_submit_n=200, scaling_map_n=2000,
                   memory_n=2000, raw_unbatched_n=5000, raw_batched_n=20_000, peer_n=200,
-                  dashboard_queued=2000, dashboard_finished=500, dashboard_window=3.0,
+                  dashboard_queued=2000, dashboard_finished=500, dashboard_window=1.0,
                   timeout=60.0),
 }
 

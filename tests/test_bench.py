@@ -14,7 +14,7 @@ import pytest
 @pytest.mark.timeout(120)
 def test_bench_smoke_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    cp = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-progress", "--json", str(out),
+    cp = subprocess.run([sys.executable, "-m", "zq.bench", "--smoke", "--no-progress", "--json", str(out),
                          "--peers", "dask,ray,ipyparallel,nosuchpeer"],
                         capture_output=True, text=True, timeout=110)
     assert out.exists(), cp.stderr[-3000:]
