@@ -19,22 +19,13 @@ import array
 import bisect
 import heapq
 import itertools
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
+
+from .groups import name_matches, skip_counts
 
 COMPACT_AT = 4096  # a group cuts off its dropped prefix once it is this long (and half of it)
 
 GroupKey = tuple  # (state, queue, name, forgotten)
-
-
-def name_matches(pattern: Optional[str]) -> Callable[[str], bool]:
-    """``mod.fn`` matches that name; a name without a dot matches the last component of
-    a dotted one too (``fn`` matches ``mod.fn`` and ``pkg.mod.fn``)."""
-    if pattern is None:
-        return lambda n: True
-    if "." in pattern:
-        return lambda n: n == pattern
-    tail = "." + pattern
-    return lambda n: n == pattern or n.endswith(tail)
 
 
 def last_component(name: str) -> str:
@@ -174,9 +165,7 @@ class HistoryIndex:
     def newest(self, state: Optional[str], queue: Optional[str], name: Optional[str], since: Optional[float],
                until: Optional[float], forgotten: bool, offset: int = 0) -> Iterator[Any]:
         """Matching entries, newest finished first, after the ``offset`` newest (found by
-        bisection, not walked: see :func:`zq.nodes.tasktable.skip_counts`); in memory only."""
-        from .tasktable import skip_counts
-
+        bisection, not walked: see :func:`zq.nodes.groups.skip_counts`); in memory only."""
         wins = []
         for g in self.matching(state, queue, name, forgotten):
             lo, hi = g.window(since, until)

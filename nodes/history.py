@@ -21,7 +21,8 @@ import msgpack
 from zq.protocol import BY_NAME, TaskSpec
 from zq.serialize import args_blob, args_from_blob
 
-from .histindex import HistoryIndex, last_component, name_matches, page
+from .groups import name_matches
+from .histindex import HistoryIndex, last_component, page
 
 MEMORY_LIMIT = 100_000
 DETAILS_LIMIT = 10_000  # in memory: details kept for the newest failed or cancelled tasks

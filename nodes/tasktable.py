@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 from zq.envelope import TRANSITIONS, TaskState
 from zq.protocol import BY_NAME
 
-from .histindex import name_matches
+from .groups import name_matches, skip_counts
 from .records import TaskRecord
 
 BLOCK = 512  # records per block of a SortedRecs (split at twice that)
@@ -161,32 +161,6 @@ class Window:
 
     def newest(self, skip: int = 0) -> Iterator[TaskRecord]:
         return itertools.islice(self.recs.newest(skip + len(self.recs) - self.hi), max(0, len(self) - skip))
-
-
-def skip_counts(groups: list[SortedRecs], k: int, probe: Callable[[], None]) -> list[int]:
-    """How many of each group's newest records are among the ``k`` newest of them all,
-    found by bisecting on keys (O(groups² · log n) position queries, no walk)."""
-    n = len(groups)
-    lo = [0] * n
-    hi = [min(len(g), k) for g in groups]
-    while True:
-        i = max(range(n), key=lambda j: hi[j] - lo[j])
-        if hi[i] - lo[i] <= 0:
-            return lo
-        mid = (lo[i] + hi[i]) // 2
-        g = groups[i]
-        pivot = g.at(len(g) - 1 - mid).key  # the mid-th newest of group i
-        probe()
-        newer = [len(h) - h.count_below(pivot) for h in groups]  # keys >= pivot (pivot included)
-        newer[i] -= 1  # strictly newer than the pivot in its own group: mid of them
-        if sum(newer) < k:  # the pivot is among the k newest, and so is all that is newer
-            for j in range(n):
-                lo[j] = max(lo[j], newer[j])
-            lo[i] = max(lo[i], mid + 1)
-        else:  # it is not: nor is anything older
-            for j in range(n):
-                hi[j] = min(hi[j], newer[j])
-            hi[i] = min(hi[i], mid)
 
 
 class TaskTable:
