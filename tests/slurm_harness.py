@@ -99,7 +99,7 @@ class Slurm:
             dead = [p.args[0] for p in self.procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
                 raise RuntimeError(f"Slurm: {what} (exited: {dead}):\n{self.logs()}")
-            time.sleep(0.2)  # polling daemons that offer no event to wait on
+            time.sleep(0.2)  # sleep-ok: the interval of a deadline-bounded poll (the daemons offer no event)
 
     def squeue(self) -> list[str]:
         r = subprocess.run([_bin("squeue"), "--noheader", "--format=%i %T %j"], capture_output=True,

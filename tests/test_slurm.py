@@ -97,7 +97,7 @@ def until(ok: Callable[[], bool], timeout: float, what: str, slurm: Slurm) -> No
         if time.monotonic() > deadline:
             where = f"; squeue: {slurm.squeue()}\n{slurm.logs()}" if slurm is not None else ""
             raise AssertionError(f"{what} within {timeout:.0f}s{where}")
-        time.sleep(0.3)  # polling squeue / stats: neither has an event to wait on
+        time.sleep(0.3)  # sleep-ok: the interval of a deadline-bounded poll (squeue has no event)
 
 
 def worker_jobs(client: zq.Client) -> list[str]:

@@ -105,26 +105,28 @@ async def submit(request: Request, body: Submit) -> Any:
     return {"task_id": fut.task_id}
 
 
-@router.get("/tasks/{task_id}", tags=["admin"], summary="One task (show_task)")
-async def show_task(request: Request, task_id: str) -> Any:
+async def call_or_404(g: Any, missing: str, fn: Any, *args: Any) -> Any:
+    """``g.call(fn, *args)``, a 404 said as ``missing`` (which id, where it was looked for)."""
     try:
-        return await gw(request).call(gw(request).client.show_task, task_id)
+        return await g.call(fn, *args)
     except ApiError as exc:
         if exc.status == 404:
-            raise ApiError(404, f"unknown task id {task_id}") from None
+            raise ApiError(404, missing) from None
         raise
+
+
+@router.get("/tasks/{task_id}", tags=["admin"], summary="One task (show_task)")
+async def show_task(request: Request, task_id: str) -> Any:
+    g = gw(request)
+    return await call_or_404(g, f"unknown task id {task_id}", g.client.show_task, task_id)
 
 
 @router.get("/tasks/{task_id}/result", tags=["admin"], summary="A result retained at the sink")
 async def get_result(request: Request, task_id: str) -> Any:
     g = gw(request)
-    try:
-        # unpickling and encoding a value (up to max_message_size) stay off the event loop
-        return await g.call(lambda: result_body(g.client.get_result(task_id, timeout=g.timeout)))
-    except ApiError as exc:
-        if exc.status == 404:
-            raise ApiError(404, f"the sink holds no result for task {task_id}") from None
-        raise
+    # unpickling and encoding a value (up to max_message_size) stay off the event loop
+    return await call_or_404(g, f"the sink holds no result for task {task_id}",
+                             lambda: result_body(g.client.get_result(task_id, timeout=g.timeout)))
 
 
 @router.post("/tasks/{task_id}/cancel", tags=["actions"], summary="Cancel a task")
@@ -262,12 +264,7 @@ async def task_detail(request: Request, task_id: str) -> Any:
                             "percent": p.percent, "eta": p.eta}
         return {"task": task, "result": result, "progress": progress}
 
-    try:
-        return await g.call(read)
-    except ApiError as exc:
-        if exc.status == 404:
-            raise ApiError(404, f"unknown task id {task_id}") from None
-        raise
+    return await call_or_404(g, f"unknown task id {task_id}", read)
 
 
 @router.get("/api/schedules", tags=["dashboard"], summary="Schedules with their next run; task names")
