@@ -403,8 +403,9 @@ class Worker(Node):
                 self.local.popleft()
                 batch.append(spec)
                 deadline = now + spec.timeout if spec.timeout else None
+                if not batch:  # the rest of a batch waits in its slot: still RESERVED
+                    self.started_ids.append(spec.task_id)
                 self.running[spec.task_id] = (spec, deadline, now)
-                self.started_ids.append(spec.task_id)
                 if deadline is not None:
                     break
             ex.start(batch, {s.digest: self.fn_store.get(s.digest) for s in batch})
