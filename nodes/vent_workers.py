@@ -97,7 +97,7 @@ class WorkerSide:
         h = msg.header
         if cmd == P.DONE:
             ids = P.str_list(h, "ids", cmd)
-            self._on_done(w, ids, P.str_list(h, "states", cmd), P.check_done_errors(h))
+            self._on_done(w, ids, P.str_list(h, "states", cmd), P.check_done_errors(h), P.check_done_started(h))
             if ids:
                 w.last_done = now
             # credit granted, or (negative) taken back: below 0 when tasks we sent were on their
@@ -165,7 +165,8 @@ class WorkerSide:
             raise ProtocolError(f"workers may not send {cmd.decode()}")
 
     def _on_done(self, w: WorkerInfo, ids: list[str], states: list[str],
-                 errors: Optional[dict[str, P.DoneError]] = None) -> None:
+                 errors: Optional[dict[str, P.DoneError]] = None,
+                 started: Optional[dict[str, float]] = None) -> None:
         if len(ids) != len(states) or not all(st in _FINAL_STATES for st in states):
             raise ProtocolError("DONE: ids and final states must pair up")
         for tid, st in zip(ids, states):
@@ -175,6 +176,8 @@ class WorkerSide:
                 err = errors.get(tid) if errors and st != "SUCCESS" else None
                 if err is not None:  # the history keeps it (nodes/history.py)
                     rec.error = tuple(err)
+                if started and rec.started_at is None:  # ran from a batch: no STARTED came
+                    rec.started_at = started.get(tid)
                 self.v.close_task(rec, STATE_OF[st], w.id,
                                   None if st == "SUCCESS" else (err.type if err else st))
                 self.v.counters["done"] += 1

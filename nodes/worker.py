@@ -99,6 +99,7 @@ class Worker(Node):
         self.last_done = 0.0  # monotonic time of the latest completion
         self.fn_store: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.started_ids: list[str] = []
+        self.quiet: set[str] = set()  # waiting in a slot behind the first of a batch: STARTED not sent
         self.done = DoneBook()  # finished here: awaiting the sink's ACK, then owed a DONE
         # credit the ventilator holds for us (granted - taken back - received); below 0 when
         # tasks were on their way as we took credit back: the ventilator counts the same
@@ -352,6 +353,7 @@ class Worker(Node):
         if not self.executor.kill(tid, "cancelled"):
             self.abandoned.add((tid, entry[0].attempt))  # started in a batch: result dropped
         self.running.pop(tid)
+        self.quiet.discard(tid)
         self._finish(entry[0], TaskState.CANCELED, None)
 
     def _give_back(self, h: dict) -> None:
@@ -403,7 +405,9 @@ class Worker(Node):
                 self.local.popleft()
                 batch.append(spec)
                 deadline = now + spec.timeout if spec.timeout else None
-                if not batch:  # the rest of a batch waits in its slot: still RESERVED
+                if len(batch) > 1:  # the rest of a batch waits in its slot: still RESERVED
+                    self.quiet.add(spec.task_id)
+                else:
                     self.started_ids.append(spec.task_id)
                 self.running[spec.task_id] = (spec, deadline, now)
                 if deadline is not None:
@@ -432,6 +436,9 @@ class Worker(Node):
             if entry is None or entry[0].attempt != comp.attempt:
                 continue
             del self.running[tid]
+            quiet = bool(self.quiet) and tid in self.quiet
+            if quiet:
+                self.quiet.discard(tid)
             spec = entry[0]
             run = comp.run_seconds
             self.avg_run = run if self.avg_run is None else 0.9 * self.avg_run + 0.1 * run
@@ -444,11 +451,12 @@ class Worker(Node):
             payload = args_from_blob(comp.payload)  # a blob (from a process's pipe) becomes frames again
             row = result_row(spec, state, error, worker=self.id, started_at=comp.started_at,
                              finished_at=comp.finished_at, run_seconds=run, pid=comp.pid, payload=payload)
-            self._complete(spec, state, error, row)
+            self._complete(spec, state, error, row, started_at=comp.started_at if quiet else None)
         for tid, reason in ex.lost():
             if abandoned:
                 self.abandoned = abandoned = {a for a in abandoned if a[0] != tid}
             entry = self.running.pop(tid, None)
+            self.quiet.discard(tid)
             if entry is None:
                 continue
             spec = entry[0]
@@ -463,6 +471,7 @@ class Worker(Node):
                 self._retry(spec, delay=0.0, lost=True)
         for tid in reversed(ex.handed_back()):  # never started: run them again here
             entry = self.running.pop(tid, None)
+            self.quiet.discard(tid)
             if entry is not None:
                 self.local.appendleft(entry[0])
         if getattr(ex, "fds_changed", False):
@@ -510,15 +519,16 @@ class Worker(Node):
         self.counters["continued"] += 1
 
     def _complete(self, spec: TaskSpec, state: TaskState, error: Optional[ErrorInfo], row: Any,
-                  retryable: bool = True) -> None:
-        """A task ended here: retry it (``retries``), or send its result and free its credit."""
+                  retryable: bool = True, started_at: Optional[float] = None) -> None:
+        """A task ended here: retry it (``retries``), or send its result and free its credit
+        (``started_at``: when it started, for one whose STARTED was never sent)."""
         retries_used = spec.attempt - 1 - len(spec.lost)
         if (retryable and state is TaskState.FAILED and error is not None
                 and error.type != "SerializationError" and retries_used < spec.retries and self.accepting):
             self._retry(spec, delay=retry_delay(spec.opts, retries_used))  # opts checked by from_row
             return
         self.sink.add(row)
-        self.done.finished(spec.task_id, state, error)
+        self.done.finished(spec.task_id, state, error, started_at)
 
     def _retry(self, spec: TaskSpec, delay: float, lost: bool = False) -> None:
         header: dict = {"id": spec.task_id, "delay": delay}

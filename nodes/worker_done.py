@@ -3,7 +3,8 @@
 A finished task's result goes to the sink first; only once the sink has ACKed it
 (``acked``) may the ventilator close the task, with a DONE that lists it (``ids`` /
 ``states``, plus ``errors``: a failure's type, message and traceback for the ventilator's
-history).  Until then the task is ``awaiting``: a worker lost meanwhile has it re-run, not
+history, and ``started``: when a task started that waited in its slot behind the first of a
+batch, whose STARTED was never sent).  Until then the task is ``awaiting``: a worker lost meanwhile has it re-run, not
 lost.  READY and HELD carry the same lists when a DONE could not be sent.
 """
 
@@ -22,15 +23,19 @@ class DoneBook:
         self.ids: list[str] = []  # ACKed by the sink, DONE not sent yet
         self.states: list[str] = []
         self.errors: dict[str, list[str]] = {}  # task id -> [type, message, traceback]
+        self.started: dict[str, float] = {}  # task id -> wall time it started (STARTED not sent)
         self.by_state: collections.Counter[str] = collections.Counter()  # finished here (metrics)
 
-    def finished(self, task_id: str, state: TaskState, error: Optional[ErrorInfo]) -> None:
+    def finished(self, task_id: str, state: TaskState, error: Optional[ErrorInfo],
+                 started_at: Optional[float] = None) -> None:
         """Its result went to the sink: wait for the sink's ACK."""
         self.awaiting[task_id] = state._value_  # (not .value: an Enum property call)
         self.by_state[state._value_] += 1
         if error is not None:
             _, cap_m, cap_tb = P.DONE_ERROR_MAX
             self.errors[task_id] = [error.type, error.message[:cap_m], error.traceback[-cap_tb:]]
+        if started_at is not None:
+            self.started[task_id] = started_at
 
     def acked(self, ids: list[str]) -> None:
         """The sink has these results: their DONE may go."""
@@ -46,10 +51,15 @@ class DoneBook:
         errors = {tid: self.errors[tid] for tid in self.ids if tid in self.errors}
         if errors:
             header["errors"] = errors
+        if self.started:
+            started = {tid: self.started[tid] for tid in self.ids if tid in self.started}
+            if started:
+                header["started"] = started
         return header
 
     def sent(self) -> None:
         """A DONE (or a READY or HELD) carried what was owed."""
         for tid in self.ids:
             self.errors.pop(tid, None)
+            self.started.pop(tid, None)
         self.ids, self.states = [], []

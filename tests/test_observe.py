@@ -107,6 +107,17 @@ def test_a_failure_a_worker_reports_keeps_its_type_message_traceback_host_and_st
         wait_for(lambda: c.stats()["ventilator"]["counters"].get("bad_messages", 0) >= 1, 15,
                  what="the bad DONE counted")
         assert c.show_task(spec2.task_id)["state"] == "RESERVED"
+        # one that ran from a batch (no STARTED) says when it started in DONE's "started"
+        s.send_multipart(P.pack(P.DONE, {"ids": [spec2.task_id], "states": ["FAILED"], "credit": 1,
+                                         "started": {spec2.task_id: "soon"}}))
+        wait_for(lambda: c.stats()["ventilator"]["counters"].get("bad_messages", 0) >= 2, 15,
+                 what="the DONE with a bad started counted")
+        t0 = spec2.submitted_at + 0.25
+        s.send_multipart(P.pack(P.DONE, {"ids": [spec2.task_id], "states": ["FAILED"], "credit": 1,
+                                         "started": {spec2.task_id: t0}}))
+        t = wait_for(lambda: (x := c.show_task(spec2.task_id))["state"] == "FAILED" and x, 15,
+                     what="the second task failed in the history")
+        assert t["started_at"] == t0
         del fut, fut2
     finally:
         s.close(0)
@@ -165,24 +176,34 @@ def test_zq_tasks_show_prints_the_error_and_times_for_people_and_json_on_request
     assert json.loads(r.stdout)["traceback"] == tb
 
 
-@pytest.mark.parametrize("sleep", [0.0, 0.003], ids=["batched", "one-by-one"])
-def test_running_never_exceeds_the_slots(start, make_client, sleep):
+def test_a_batch_of_short_tasks_is_running_one_at_a_time(start, make_client, tmp_path):
     """Tasks shorter than a millisecond go to a slot in batches: only the one running is
-    RUNNING, the rest of its batch stays RESERVED (it used to report the whole batch)."""
-    from zq.bench.workloads import nap
+    RUNNING, the rest of its batch stays RESERVED (it used to report the whole batch), and
+    those that ran with no STARTED still tell when they started (DONE's ``started``)."""
+    from zq.bench.workloads import noop
 
-    cluster = start(workers=1, executor="thread", concurrency=2)
+    cluster = start(workers=1, executor="thread", concurrency=1, ventilator_args=["--metrics-port", "0"])
     c = make_client(cluster)
-    for _ in range(3):  # the worker learns how long its tasks run (short ones: it batches them)
-        for f in [c.submit(nap, sleep) for _ in range(300)]:
+    for _ in range(3):  # the worker learns its tasks are short: it batches them from now on
+        for f in [c.submit(noop, i) for i in range(300)]:
             f.result(30)
-    fs = [c.submit(nap, sleep) for _ in range(1000 if sleep else 5000)]
-    most = 0
-    while not fs[-1].done():
-        most = max(most, c.count_tasks(state="RUNNING"))
+    gate = str(tmp_path / "gate")
+    fs = [c.submit(gated, gate)] + [c.submit(noop, i) for i in range(50)]  # one batch, gated first
+    wait_for(lambda: c.get_status(fs[0].task_id) is zq.TaskState.RUNNING
+             and c.count_tasks(state="RUNNING") + c.count_tasks(state="RESERVED") == 51, 15,
+             what="the gated task running, the rest held")
+    assert c.count_tasks(state="RUNNING") == 1
+    touch(gate)
     for f in fs:
-        f.result(60)
-    assert most <= 2, f"{most} tasks RUNNING on 2 slots"
+        f.result(30)
+    pytest.importorskip("prometheus_client")
+    from tests.test_node_metrics import scrape, value
+
+    url, n = cluster.ventilator.endpoints["metrics"], 900 + 50
+    m = wait_for(lambda: (x := scrape(url)) and value(x, "zq_tasks_total", state="SUCCESS", queue="default",
+                                                      name="zq.bench.workloads.noop") == n and x,
+                 15, what="the ventilator's metrics")
+    assert value(m, "zq_task_run_seconds_count") == n + 1 and value(m, "zq_task_queue_seconds_count") == n + 1
 
 
 def test_zq_status_shows_prefetched_tasks_and_lost_workers():

@@ -43,7 +43,8 @@ HELD        W -> V      {"upto", "held": [ids], "done": [ids], "states": [...]}:
                         ventilator queues again what it sent before that SYNC and is not held
 STARTED     W -> V      {"ids": [...]}
 DONE        W -> V      {"ids": [...], "states": [...], "credit": int,
-                        "errors"?: {task id: [type, message, traceback]}} (failed ones)
+                        "errors"?: {task id: [type, message, traceback]}} (failed ones),
+                        "started"?: {task id: time}} (those whose STARTED was not sent)
 RETRY       W -> V      {"id": str, "delay": float, "lost"?: cause}
 CANCEL      V -> W      {"ids": [...], "unstarted"?: bool} stop these tasks if they run (with
                         "unstarted": drop them only if they have not started)
@@ -83,8 +84,8 @@ from .commands import (ACK, BYE, CANCEL, COMMAND_TABLE, COMMANDS, CONTINUE, DONE
 from .results import ResultRow, _check_result_row, pack_results, unpack_results
 from .rows import (DONE_ERROR_MAX, PROGRESS_EVENT, RECORDS, SPAWN_EVENT, ChainLink, Completion, Continuation,
                    DoneError, ErrorRow, ProgressEvent, ProgressReport, ProgressRow, ResultFields, SpawnEvent,
-                   TaskRow, check_chain_link, check_completion, check_continuation, check_done_errors, check_error_row,
-                   check_event, check_progress_report, check_progress_row, check_result_row,
+                   TaskRow, check_chain_link, check_completion, check_continuation, check_done_errors,
+                   check_done_started, check_error_row, check_event, check_progress_report, check_progress_row, check_result_row,
                    check_task_row, progress_rows)
 from .tasks import OPTS, TaskSpec, check_opts, pack_tasks, unpack_tasks
 from .wire import (BY_NAME, DEFAULT_MAX_MESSAGE, INLINE_MAX, WATCH_RENEW, Message, batch_limit, field,

@@ -54,7 +54,8 @@ COMMAND_TABLE: dict[bytes, Command] = {c.name: c for c in (
     Command(SYNC, "V -> W", '{"upto": int}'),
     Command(HELD, "W -> V", '{"upto", "held", "done", "states"}'),
     Command(STARTED, "W -> V", '{"ids"}'),
-    Command(DONE, "W -> V", '{"ids", "states", "credit": int, "errors"?: {id: [type, message, traceback]}}'),
+    Command(DONE, "W -> V", '{"ids", "states", "credit": int, "errors"?: {id: [type, message, traceback]}, '
+                           '"started"?: {id: time}}'),
     Command(RETRY, "W -> V", '{"id", "delay", "lost"?}'),
     Command(CANCEL, "V -> W", '{"ids", "unstarted"?}'),
     Command(RECLAIM, "V -> W", '{"ids"?, "queues"?, "names"?, "n"?}'),

@@ -215,6 +215,18 @@ def check_done_errors(header: dict) -> dict[str, DoneError]:
     return out
 
 
+def check_done_started(header: dict) -> dict[str, float]:
+    """DONE's optional ``started`` field: task id -> the wall time it started (for tasks
+    whose STARTED was never sent: those that waited in a slot behind the first of a batch)."""
+    obj = header.get("started")
+    if obj is None:
+        return {}
+    if type(obj) is not dict or not all(type(k) is str and type(t) in (float, int) and math.isfinite(t)
+                                        for k, t in obj.items()):
+        raise ProtocolError("DONE started must be a map of task id to a finite time")
+    return obj
+
+
 def check_chain_link(obj: Any) -> ChainLink:
     if not ((type(obj) is list or type(obj) is ChainLink) and len(obj) == 5
             and type(obj[0]) is str and type(obj[1]) is bytes and len(obj[1]) == 16
