@@ -36,7 +36,7 @@ def _active_entry(v: "Ventilator", rec: Any) -> dict:
             "submitted_at": s.submitted_at, "finished_at": None, "attempts": s.attempt,
             "worker": v.workers[rec.worker].id if rec.worker in v.workers else None, "error": None,
             "parent": (s.opts or {}).get("parent"), "root": (s.opts or {}).get("root") or s.task_id,
-            "forgotten": False, "progress": rec.progress}
+            "args_repr": (s.opts or {}).get("argrepr"), "forgotten": False, "progress": rec.progress}
 
 
 _ACTIVE_STATES = frozenset({"QUEUED", "RESERVED", "RUNNING", "PAUSED", "RETRYING"})

@@ -28,7 +28,7 @@ MEMORY_LIMIT = 100_000
 DETAILS_LIMIT = 10_000  # in memory: details kept for the newest failed or cancelled tasks
 TRACEBACK_MAX = 8192
 COLUMNS = ("task_id", "name", "queue", "state", "submitted_at", "finished_at", "attempts", "worker",
-           "error", "parent", "root", "forgotten")
+           "error", "parent", "root", "args_repr", "forgotten")
 # where an in-memory entry (a list in COLUMNS order: local data, not a message row) keeps what
 _ID, _NAME, _QUEUE, _STATE, _SUBMITTED, _FINISHED, _PARENT, _FORGOTTEN = (
     COLUMNS.index(c) for c in ("task_id", "name", "queue", "state", "submitted_at", "finished_at", "parent",
@@ -58,7 +58,7 @@ def entry(spec: TaskSpec, state: str, worker: str, error: Optional[str]) -> list
     opts = spec.opts
     return [spec.task_id, spec.name, spec.queue, state, spec.submitted_at, time.time(), spec.attempt,
             worker, error, opts.get("parent") if opts else None,
-            (opts.get("root") if opts else None) or spec.task_id, False]
+            (opts.get("root") if opts else None) or spec.task_id, opts.get("argrepr") if opts else None, False]
 
 
 def details(rec: Any, worker: Any) -> Optional[dict]:
@@ -118,6 +118,8 @@ class History:
         have = [r[1] for r in db.execute("PRAGMA table_info(history)")]
         if "detail" not in have:
             db.execute("ALTER TABLE history ADD COLUMN detail BLOB")
+        if "args_repr" not in have:  # journals written before tasks carried their arguments' repr
+            db.execute("ALTER TABLE history ADD COLUMN args_repr TEXT")
         if "fn" not in have:
             db.execute("ALTER TABLE history ADD COLUMN fn TEXT")
             db.executemany("UPDATE history SET fn = ? WHERE name = ?",
@@ -144,7 +146,7 @@ class History:
                       spec.digest if keep_args and spec.digest != BY_NAME else None,
                       msgpack.packb(detail, use_bin_type=True) if detail else None, last_component(spec.name))
             sql = (f"INTO history ({','.join(COLUMNS)}, row, args, digest, detail, fn) "
-                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?)")
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?)")
             try:
                 self.db.execute("INSERT " + sql, values)
             except sqlite3.IntegrityError:  # a task id seen again (after a restart): replaced

@@ -126,6 +126,7 @@ def describe(t: dict) -> str:
     out: list[str] = []
     line("task", t.get("task_id"))
     line("name", t.get("name"))
+    line("args", t.get("args_repr"))
     line("queue", t.get("queue"))
     line("state", t.get("state"))
     sub, started, fin = t.get("submitted_at"), t.get("started_at"), t.get("finished_at")

@@ -12,8 +12,8 @@ def add(a: int, b: int = 0) -> int:
 
 
 @zq.task(name="http.fail")
-def fail() -> None:
-    raise ValueError("on purpose")
+def fail(why: str = "on purpose") -> None:
+    raise ValueError(why)
 
 
 @zq.task(name="http.echo")

@@ -189,8 +189,26 @@ def test_show_task(mclient):
     shown = wait_for(lambda: mclient.show_task(f.task_id)["state"] == "SUCCESS" and mclient.show_task(f.task_id),
                      5, what="SUCCESS in show_task")
     assert shown["task_id"] == f.task_id and shown["attempts"] == 1 and shown["error"] is None
+    assert shown["args_repr"] == "1, 1"  # made by the client at submit: the ventilator never unpickles
     with pytest.raises(KeyError):
         mclient.show_task("no-such-task-id")
+
+
+def test_a_tasks_arguments_are_shown_short_while_queued_and_in_lists(mcluster, mclient):
+    q = f"unserved-{uid()}"
+    big = mclient.submit_task(T.add, ("x" * 10_000, list(range(1000))), {"flag": {"a": {"b": {"c": {"d": 1}}}}}, queue=q)
+    wait_for(lambda: mclient.count_tasks(queue=q) == 1, 5, what="queued")
+    text = mclient.show_task(big.task_id)["args_repr"]
+    assert text.startswith("'xxx") and "..." in text and len(text) <= 500, text
+    assert "flag={'a': {'b': {'c': {...}}}}" in text and "998" not in text
+    assert [r["args_repr"] for r in mclient.list_tasks(queue=q)] == [text]
+    with connect(mcluster, show_args=False) as quiet:  # arguments that must not be shown (secrets)
+        hidden = quiet.submit_task(T.add, ("secret", 1), queue=q)
+        wait_for(lambda: mclient.count_tasks(queue=q) == 2, 5, what="queued")
+        assert mclient.show_task(hidden.task_id)["args_repr"] is None
+        assert mclient.cancel(hidden.task_id)
+    assert mclient.cancel(big.task_id)
+    assert mclient.show_task(big.task_id)["args_repr"] == text  # and in the history
 
 
 # ================================================================ requeue / forget
@@ -291,6 +309,8 @@ def test_tasks_cli_ls_show_requeue_cancel(mcluster, mclient, adir):
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)
     assert shown["task_id"] == f.task_id and shown["state"] == "FAILED" and shown["name"] == name
+    r = run_zq("tasks", "show", f.task_id, *c)
+    assert r.returncode == 0 and f"args:        {flag!r}" in r.stdout.splitlines(), r.stdout
 
     r = run_zq("tasks", "requeue", f.task_id, *c)
     assert r.returncode == 0, r.stderr
@@ -334,6 +354,7 @@ def test_history_survives_a_ventilator_restart_with_a_journal(make_cluster, make
         client.list_tasks(name=name, forgotten=True), ok.task_id, ok.envelope)
     assert client.show_task(bad.task_id)["state"] == "FAILED"
     assert client.show_task(ok.task_id)["forgotten"] is True
+    assert client.show_task(ok.task_id)["args_repr"] == "1, 2"  # kept in the journal's history
     assert client.get_status(bad.task_id) is S.FAILED
     new = client.requeue(bad.task_id)  # its arguments were kept
     assert client.future_for(new).result(10) == "second run"

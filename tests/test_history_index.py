@@ -125,10 +125,10 @@ def _journal_with_history(path: str, n: int) -> float:
     History(j.db)
     end = time.time()
     rows = [(f"old-{i}", NAMES[i % 4], "q1" if i % 3 else "q2", STATES[i % 3], end - n + i - 5, end - n + i,
-             1, "w", None if i % 3 == 0 else STATES[i % 3], None, f"old-{i}", 0, NAMES[i % 4].rsplit(".", 1)[-1])
+             1, "w", None if i % 3 == 0 else STATES[i % 3], None, f"old-{i}", None, 0, NAMES[i % 4].rsplit(".", 1)[-1])
             for i in range(n)]
     j.db.execute("BEGIN")
-    j.db.executemany(f"INSERT INTO history ({','.join(COLUMNS)}, fn) VALUES ({','.join('?' * 13)})", rows)
+    j.db.executemany(f"INSERT INTO history ({','.join(COLUMNS)}, fn) VALUES ({','.join('?' * 14)})", rows)
     j.db.execute("COMMIT")
     j.close()
     return end

@@ -227,3 +227,19 @@ ROW_INDEX = re.compile(r"\b(comp|row|r\.row|row\.row|event|cont|link|err|p|e)\[[
 def test_no_row_read_by_position(path: str) -> None:
     text = (Path(__file__).resolve().parent.parent / path).read_text()
     assert not ROW_INDEX.findall(text), f"{path} indexes a row by number"
+
+
+def test_task_options_refuse_an_argument_repr_over_its_limit() -> None:
+    P.check_opts("t1", {"argrepr": "x" * P.ARGS_REPR_MAX})
+    with pytest.raises(ProtocolError, match="argrepr"):
+        P.check_opts("t1", {"argrepr": "x" * (P.ARGS_REPR_MAX + 1)})
+    with pytest.raises(ProtocolError, match="argrepr"):
+        P.check_opts("t1", {"argrepr": 5})
+
+
+def test_done_started_is_a_map_of_finite_times() -> None:
+    assert P.check_done_started({"ids": []}) == {}
+    assert P.check_done_started({"started": {"a": 1.5, "b": 2}}) == {"a": 1.5, "b": 2}
+    for bad in ([1.0], {"a": "soon"}, {"a": float("nan")}, {1: 1.0}):
+        with pytest.raises(ProtocolError, match="started"):
+            P.check_done_started({"started": bad})

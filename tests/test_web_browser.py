@@ -150,12 +150,15 @@ def test_a_submitted_task_appears_and_the_list_filters(web, client, browser, sho
 
 
 def test_a_failed_task_shows_its_traceback_and_requeues(web, client, browser, shots):
-    bad = client.submit_by_name("http.fail", None, retain_result=True)
+    bad = client.submit_by_name("http.fail", {"why": "on purpose"}, retain_result=True)
     with pytest.raises(zq.TaskFailed):
         bad.result(15)
     go(browser, web.url + "/#/tasks?state=FAILED")
+    until(browser, lambda d: "why='on purpose'" in text_of(d, f'tr[data-task-id="{bad.task_id}"] td.args'),
+          "the arguments in the list")
     click(browser, f'tr[data-task-id="{bad.task_id}"] a', "the failed task's link")
     until(browser, lambda d: "ValueError: on purpose" in text_of(d, "#traceback"), "the remote traceback")
+    assert text_of(browser, "#args") == "why='on purpose'"
     assert "ValueError" in text_of(browser, "#error") and "FAILED" in text_of(browser, "#task-state")
     assert text_of(browser, "#timings")
     browser.save_screenshot(os.path.join(shots, "dashboard-task.png"))

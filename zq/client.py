@@ -50,7 +50,7 @@ from ._local import run_locally
 from .canvas import Call, Chain, Group
 from .errors import UnknownTask
 from .futures import GroupFuture
-from .options import _by_name_placeholder, check_params, task_options
+from .options import _by_name_placeholder, args_repr, check_params, task_options
 from .task import Task, _pop_client, _push_client
 
 log = logging.getLogger("zq.client")
@@ -94,8 +94,10 @@ class Client(concurrent.futures.Executor):
         executor: str = "process",
         concurrency: int = 0,
         execute: str = "remote",
+        show_args: bool = True,
     ) -> None:
         self._embedded: Any = None
+        self.show_args = show_args
         if execute not in ("remote", "local", "auto"):
             raise ValueError("execute must be 'remote', 'local' or 'auto'")
         self.execute = execute
@@ -250,6 +252,8 @@ class Client(concurrent.futures.Executor):
             digest, fn_data = self._fns.get(fn)
         args = tuple(args)
         kwargs = kwargs or {}
+        if self.show_args:  # the Task page's and `zq tasks show`'s "args" (the arguments stay pickled)
+            opts = {**opts, "argrepr": args_repr(args, kwargs)} if opts else {"argrepr": args_repr(args, kwargs)}
         payload = pack_args(args, kwargs, oob=True)  # a large buffer argument: not copied
         limit = self._max_message - 4096
         if args_size(payload) + len(fn_data) > limit:

@@ -103,7 +103,7 @@ class TaskContext:
 
         Its id is derived from this task's, so a re-run of this task does not queue
         the follow-up twice.  Its result is retained like this task's."""
-        from .options import task_options
+        from .options import args_repr, task_options
         from .protocol import TaskSpec
 
         digest, data = pickle_function(fn)
@@ -116,7 +116,7 @@ class TaskContext:
         name = t.name if t else function_name(fn)
         q = queue or (t.queue if t else None) or self.queue
         opts = {**(task_options(t, fn, None, None, None, None, None, None, None) or {}),
-                "parent": self.task_id, "root": self.root_id}
+                "parent": self.task_id, "root": self.root_id, "argrepr": args_repr(args, kwargs)}
         retain = self.retain if retain_result is None else retain_result
         spec = TaskSpec(child_id, name, q, digest, self.client_id, retain, t.retries if t else 0,
                         t.timeout if t else None, time.time(), opts=opts)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import itertools
 import json
+import reprlib
 import time
 from typing import Any, Callable, Optional
 
 from ._limits import parse_priority
+from .protocol.tasks import ARGS_REPR_MAX
 from .runner import is_async
 
 
@@ -58,6 +61,40 @@ def task_options(t: Any, fn: Callable, priority: Any, key: Optional[str], delay:
     if is_async(fn) if fn_is_async is None else fn_is_async:
         opts["async"] = True
     return opts or None
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 120, 120
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 20
+
+
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def _one_repr(value: Any) -> str:
+    """reprlib's short repr (pure Python: slow), with builtin scalars' own repr first."""
+    t = type(value)
+    if t in _PLAIN or (t is str or t is bytes) and len(value) <= 120:
+        return repr(value)
+    if (t is list or t is tuple) and len(value) <= 20 and all(type(x) in _PLAIN for x in value):
+        return repr(value)
+    return _REPR.repr(value)
+
+
+def args_repr(args: "tuple | list", kwargs: dict) -> str:
+    """A call's arguments as text, ``1, 'x', key=[1, 2, ...]``: each value's repr cut short
+    (``reprlib``: long strings and containers elided), the whole cut to ``ARGS_REPR_MAX``.
+    Made by the client at submit (the ventilator never unpickles arguments); never raises."""
+    try:
+        parts = [_one_repr(a) for a in itertools.islice(args, 50)]
+        if kwargs:
+            parts += [f"{k}={_one_repr(v)}" for k, v in itertools.islice(kwargs.items(), 50)]
+        if len(args) + len(kwargs) > len(parts):
+            parts.append("...")
+        text = ", ".join(parts)
+    except Exception as exc:  # noqa: BLE001 (reprlib catches __repr__; a broken __len__ etc. lands here)
+        text = f"<arguments that cannot be shown: {type(exc).__name__}>"
+    return text if len(text) <= ARGS_REPR_MAX else text[:ARGS_REPR_MAX - 1] + "…"
 
 
 RETRY_BACKOFF = 0.1

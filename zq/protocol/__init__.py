@@ -87,7 +87,7 @@ from .rows import (DONE_ERROR_MAX, PROGRESS_EVENT, RECORDS, SPAWN_EVENT, ChainLi
                    TaskRow, check_chain_link, check_completion, check_continuation, check_done_errors,
                    check_done_started, check_error_row, check_event, check_progress_report, check_progress_row, check_result_row,
                    check_task_row, progress_rows)
-from .tasks import OPTS, TaskSpec, check_opts, pack_tasks, unpack_tasks
+from .tasks import ARGS_REPR_MAX, OPTS, TaskSpec, check_opts, pack_tasks, unpack_tasks
 from .wire import (BY_NAME, DEFAULT_MAX_MESSAGE, INLINE_MAX, WATCH_RENEW, Message, batch_limit, field,
                    new_instance_id, pack, str_list, take_batch, unpack)
 

@@ -99,8 +99,9 @@ _NUMBER = (int, float)
 OPTS: dict[str, Any] = {
     "backoff": _NUMBER, "backoff_max": _NUMBER, "prio": int, "key": str, "eta": _NUMBER, "ttl": _NUMBER,
     "limit": int, "rate": str, "async": bool, "then": list, "parent": str, "root": str, "hops": int,
-    "slot": _NUMBER,
+    "slot": _NUMBER, "argrepr": str,
 }
+ARGS_REPR_MAX = 500  # characters: a task's arguments as text (option "argrepr", made by its client)
 
 
 def check_opts(task_id: str, opts: Any) -> None:
@@ -114,6 +115,9 @@ def check_opts(task_id: str, opts: Any) -> None:
             raise ProtocolError(f"task {task_id}: option {k!r} has the wrong type")
         if kind is _NUMBER and not (v >= 0 and v == v and v != float("inf")):
             raise ProtocolError(f"task {task_id}: option {k!r} must be a finite number >= 0")
+    argrepr = opts.get("argrepr")
+    if argrepr is not None and len(argrepr) > ARGS_REPR_MAX:
+        raise ProtocolError(f"task {task_id}: option 'argrepr' is over {ARGS_REPR_MAX} characters")
     then = opts.get("then")
     if then is not None:
         for link in then:

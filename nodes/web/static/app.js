@@ -260,10 +260,10 @@ pages.tasks = {
     document.getElementById("page-info").textContent = `${first}–${lastN} of ${d.total.toLocaleString()}`;
     document.getElementById("page-prev").disabled = d.offset <= 0;
     document.getElementById("page-next").disabled = lastN >= d.total;
-    document.getElementById("tasks-body").innerHTML = `<table id="tasks-table"><tr><th>task</th><th>name</th><th>queue</th><th>state</th>
+    document.getElementById("tasks-body").innerHTML = `<table id="tasks-table"><tr><th>task</th><th>name</th><th>args</th><th>queue</th><th>state</th>
       <th>submitted</th><th>finished</th><th class="num">took</th><th class="num">attempts</th><th>worker</th><th>error</th></tr>
       ${d.items.map((t) => `<tr data-task-id="${esc(t.task_id)}" data-state="${esc(t.state)}"><td>${taskLink(t.task_id)}</td><td>${esc(t.name)}</td>
-        <td>${esc(t.queue)}</td><td>${badge(t.state)}${t.progress ? ` ${Math.round(100 * t.progress[0] / (t.progress[1] || 1))}%` : ""}</td>
+        <td class="mono args" title="${esc(t.args_repr)}">${esc(t.args_repr)}</td><td>${esc(t.queue)}</td><td>${badge(t.state)}${t.progress ? ` ${Math.round(100 * t.progress[0] / (t.progress[1] || 1))}%` : ""}</td>
         <td class="t">${localTime(t.submitted_at)}</td><td class="t">${localTime(t.finished_at)}</td>
         <td class="num">${dur((t.finished_at || now) - t.submitted_at)}</td><td class="num">${esc(t.attempts)}</td>
         <td class="mono">${esc(t.worker)}</td><td class="error">${t.error && t.error !== t.state ? esc(t.error) : ""}</td></tr>`).join("")}
@@ -299,6 +299,7 @@ pages.task = {
     <div class="row2">
       <div class="card"><h3>Task</h3><dl class="kv">
         <dt>name</dt><dd class="mono">${esc(t.name)}</dd><dt>queue</dt><dd>${esc(t.queue)}</dd>
+        <dt>args</dt><dd class="mono" id="args">${t.args_repr != null ? esc(t.args_repr) : "<i>not recorded (its client said show_args=False)</i>"}</dd>
         <dt>attempts</dt><dd>${esc(t.attempts)}</dd>
         <dt>worker</dt><dd class="mono">${esc((r && r.worker) || t.worker)}${host ? ` on ${esc(host)} pid ${esc(pid)}` : ""}</dd>
         <dt>parent</dt><dd>${taskLink(t.parent) || "–"}</dd>
