@@ -37,3 +37,13 @@ def test_long_values_are_elided_and_the_whole_is_capped() -> None:
 def test_a_value_that_cannot_be_shown_never_breaks_a_submit() -> None:
     assert args_repr((Loud(),), {}).startswith("<Loud instance at")
     assert args_repr(BadLen((1,)), {}) == "<arguments that cannot be shown: RuntimeError>"
+
+
+@pytest.mark.parametrize("value", [
+    (5, "abc", [1, 2, 3]), list(range(100)), {"a": {"b": {"c": {"d": 1}}}}, (), (1,), [[[[1]]]], "x" * 300,
+    {1, 2}, {i: str(i) for i in range(30)}, (None, True, 2.5, b"y" * 200), [(1,), {"k": [1.5]}],
+])
+def test_the_fast_path_says_what_reprlib_says(value: object) -> None:
+    from zq.options import _REPR, _short
+
+    assert _short(value) == _REPR.repr(value)
