@@ -1,0 +1,89 @@
+"""A worker's busy slots as the ventilator shows them (stats ``running``, ``zq_slots_busy``):
+never more than its slots.  A task stays RUNNING until its DONE, which waits for the sink's
+ACK, while the worker already runs the next ones: counting RUNNING tasks said 11 busy slots
+of 2.  The worker now says how many slots are busy (STARTED's ``busy``)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.lifecycle_tasks import wait_for
+from tests.test_observe import _raw_worker
+
+SLOTS = 2
+
+
+def _stream_and_watch(c, fn, args: list) -> tuple[int, list[int]]:
+    """Submit ``fn(arg)`` for each arg and poll the worker's ``running`` until all are done:
+    (the highest seen, every value seen)."""
+    futs = [c.submit(fn, a) for a in args]
+    seen: list[int] = []
+    deadline = time.monotonic() + 60
+    while not all(f.done() for f in futs):
+        assert time.monotonic() < deadline, "the tasks did not finish"
+        workers = c.stats()["ventilator"]["workers"]
+        if workers:
+            seen.append(workers[0]["running"])
+    for f in futs:
+        f.result(30)
+    return max(seen, default=0), seen
+
+
+def _next_error(sock, timeout: float = 15.0):
+    from zq import protocol as P
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sock.poll(200):
+            msg = P.unpack(sock.recv_multipart())
+            if msg.command == P.ERROR:
+                return msg
+    raise AssertionError("no ERROR from the ventilator")
+
+
+@pytest.mark.parametrize("task", ["nap", "noop"])
+def test_running_never_exceeds_the_slots_while_tasks_stream(start, make_client, task):
+    """3 ms tasks one per slot, and sub-millisecond ones the worker batches: the worker's
+    ``running`` reaches its 2 slots and never goes past them."""
+    from zq.bench.workloads import nap, noop
+
+    cluster = start(workers=1, executor="thread", concurrency=SLOTS)
+    c = make_client(cluster)
+    # a round of 1,000 naps lasts 1.5 s; one of no-ops a few polls: several then
+    fn, arg, min_rounds = (nap, 0.003, 1) if task == "nap" else (noop, 1, 10)
+    for f in [c.submit(fn, arg) for _ in range(300)]:  # warm-up: the worker measures its tasks
+        f.result(30)
+    highest, seen, rounds = 0, [], 0
+    while rounds < min_rounds or (highest < SLOTS and rounds < 50):
+        h, s = _stream_and_watch(c, fn, [arg] * 1000)
+        assert h <= SLOTS, f"running {h} > {SLOTS} slots (seen: {sorted(set(s))})"
+        highest, seen, rounds = max(highest, h), seen + s, rounds + 1
+    assert highest == SLOTS, f"never saw both slots busy in {len(seen)} polls"
+    wait_for(lambda: c.stats()["ventilator"]["workers"][0]["running"] == 0, 15, what="idle again")
+
+
+def test_a_bad_busy_count_is_refused_and_counted(start, make_client):
+    from zq import protocol as P
+
+    cluster = start(workers=0)
+    c = make_client(cluster)
+    s = _raw_worker(cluster)
+    try:
+        wait_for(lambda: c.stats()["ventilator"]["workers"], 15, what="the raw worker registered")
+        bad = [-1, "2", 2.0, True, None, 10**9, [1]]
+        for n, value in enumerate(bad, 1):
+            s.send_multipart(P.pack(P.STARTED, {"ids": [], "busy": value}))
+            wait_for(lambda: c.stats()["ventilator"]["counters"].get("bad_messages", 0) >= n, 15,
+                     what=f"busy={value!r} refused")
+            reply = _next_error(s)  # an ERROR says why
+            assert "busy" in reply.header["msg"], reply.header
+        assert c.stats()["ventilator"]["workers"][0]["running"] == 0
+        # a good one is taken: the ventilator lives on and shows it
+        s.send_multipart(P.pack(P.STARTED, {"ids": [], "busy": 1}))
+        wait_for(lambda: c.stats()["ventilator"]["workers"][0]["running"] == 1, 15, what="busy=1 shown")
+        s.send_multipart(P.pack(P.STARTED, {"ids": [], "busy": 0}))
+        wait_for(lambda: c.stats()["ventilator"]["workers"][0]["running"] == 0, 15, what="busy=0 shown")
+    finally:
+        s.close(0)
