@@ -87,3 +87,20 @@ def test_a_bad_busy_count_is_refused_and_counted(start, make_client):
         wait_for(lambda: c.stats()["ventilator"]["workers"][0]["running"] == 0, 15, what="busy=0 shown")
     finally:
         s.close(0)
+
+
+def test_zq_http_metrics_take_running_as_the_busy_slots():
+    """``zq http``'s /metrics: zq_slots_busy is the workers' ``running`` as they say it (no
+    clamp hiding a wrong count), a worker's tasks held are its running and prefetched ones."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import generate_latest
+
+    from zq.nodes.web.metrics import registry_for
+
+    stats = {"ventilator": {"workers": [{"id": "w1", "host": "h", "concurrency": 2, "running": 2, "prefetched": 7},
+                                        {"id": "w2", "host": "h", "concurrency": 4, "running": 1, "prefetched": 0}]},
+             "sink": {}}
+    text = generate_latest(registry_for(lambda: stats)).decode()
+    for line in ("zq_slots_busy 3.0", "zq_slots_total 6.0", 'zq_worker_tasks_held{host="h",worker="w1"} 9.0',
+                 'zq_worker_tasks_held{host="h",worker="w2"} 1.0'):
+        assert line in text, line
