@@ -104,3 +104,36 @@ def test_zq_http_metrics_take_running_as_the_busy_slots():
     for line in ("zq_slots_busy 3.0", "zq_slots_total 6.0", 'zq_worker_tasks_held{host="h",worker="w1"} 9.0',
                  'zq_worker_tasks_held{host="h",worker="w2"} 1.0'):
         assert line in text, line
+
+
+def test_started_busy_is_kept_checked_first_and_no_ids_is_no_progress():
+    """WorkerSide alone (the stand-in of tests/test_worker_side.py): STARTED's busy is kept;
+    a bad one changes nothing (not even the ids it came with); a STARTED with only busy is
+    not progress for _rebalance (``last_done``); a worker that never said counts its RUNNING
+    tasks, at most its slots."""
+    from zq import protocol as P
+    from zq.envelope import TaskState
+    from zq.errors import ProtocolError
+    from zq.nodes.vent_workers import WorkerSide
+    from tests.test_worker_side import Endpoint, Tasks, held_task, msg
+
+    tasks = Tasks()
+    side = WorkerSide(tasks, Endpoint())
+    side.on_message(b"w1", msg(P.READY, {"id": "w1", "queues": ["default"], "credit": 5, "concurrency": 1}))
+    w = tasks.workers[b"w1"]
+    a, b = held_task(tasks, w, "a"), held_task(tasks, w, "b")
+    side.on_message(b"w1", msg(P.STARTED, {"ids": ["a", "b"]}))  # an older worker: no busy
+    assert w.busy is None and w.slots_busy(tasks.tasks) == 1  # 2 RUNNING, 1 slot
+    with pytest.raises(ProtocolError, match="busy"):
+        side.on_message(b"w1", msg(P.STARTED, {"ids": [], "busy": -1}))
+    assert w.busy is None
+    w.last_done = 0.0
+    side.on_message(b"w1", msg(P.STARTED, {"ids": [], "busy": 0}))
+    assert w.busy == 0 and w.slots_busy(tasks.tasks) == 0 and w.last_done == 0.0
+    c = held_task(tasks, w, "c")
+    with pytest.raises(ProtocolError):
+        side.on_message(b"w1", msg(P.STARTED, {"ids": ["c"], "busy": "1"}))
+    assert c.state is TaskState.RESERVED and w.busy == 0 and w.last_done == 0.0
+    side.on_message(b"w1", msg(P.STARTED, {"ids": ["c"], "busy": 1}))
+    assert c.state is TaskState.RUNNING and w.busy == 1 and w.last_done > 0
+    assert (a.state, b.state) == (TaskState.RUNNING, TaskState.RUNNING)
