@@ -204,15 +204,14 @@ def _holds(v: "Ventilator") -> Any:
 
 
 def _worker(v: "Ventilator", w: Any, now: float) -> dict:
-    """One worker as stats shows it: ``running`` its tasks started, ``prefetched`` those
-    sent and not started (RESERVED), ``silent`` seconds since it last said anything."""
-    running = 0
-    for tid in w.inflight:
-        rec = v.tasks.get(tid)
-        if rec is not None and rec.state is TaskState.RUNNING:
-            running += 1
+    """One worker as stats shows it: ``running`` its executor slots running a task (as it
+    says, STARTED's ``busy``: never more than its slots), ``prefetched`` the rest of what it
+    holds (waiting, in a batch behind the running task, async on its event loop, finished
+    and awaiting the sink's ACK), ``silent`` seconds since it last said anything."""
+    running = w.slots_busy(v.tasks)
     return {"id": w.id, "host": w.host, "pid": w.pid, "queues": w.queues, "executor": w.executor,
-            "concurrency": w.concurrency, "running": running, "prefetched": len(w.inflight) - running,
+            "concurrency": w.concurrency, "running": running,
+            "prefetched": max(0, len(w.inflight) - running),  # a timed-out thread task keeps its slot
             "credit": w.credit, "done": w.done, "silent": round(max(0.0, now - w.last_seen), 3),
             "registered_at": w.registered_at}
 

@@ -85,21 +85,14 @@ class TaskCounts:
 
 def ventilator_snapshot(v: Any, counts: TaskCounts) -> dict:
     """The ventilator's metrics as plain values (built on its loop; O(workers + groups))."""
-    from zq.envelope import TaskState
-
     queued, _ = v.tasks.by_queue()
     depth = {q: n for q, n in queued.items()}
     for q in v.dispatch.paused:
         depth.setdefault(q, 0)
     held, busy = {}, 0
     for w in v.workers.values():
-        running = 0
-        for tid in w.inflight:
-            rec = v.tasks.get(tid)
-            if rec is not None and rec.state is TaskState.RUNNING:
-                running += 1
         held[w.id] = len(w.inflight)
-        busy += min(running, w.concurrency)
+        busy += w.slots_busy(v.tasks)  # as the worker says (STARTED's busy)
     c = v.counters
     return {
         "tasks_total": dict(counts.total), "run": counts.run.snapshot(), "queue": counts.queue.snapshot(),
@@ -118,7 +111,7 @@ def sink_snapshot(s: Any) -> dict:
 
 def worker_snapshot(w: Any) -> dict:
     """A worker's metrics as plain values (built on its loop)."""
-    return {"id": w.id, "slots": w.slots, "running": len(w.running), "prefetched": len(w.local),
+    return {"id": w.id, "slots": w.slots, "running": w.busy_slots(), "prefetched": len(w.local),
             "awaiting_ack": len(w.done.awaiting), "finished": dict(w.done.by_state),
             "run": w.run_hist.snapshot(), "retries": w.counters.get("retries", 0),
             "lost_in_executor": w.counters.get("lost_in_executor", 0),
@@ -215,7 +208,7 @@ def _worker_families(s: dict) -> Iterator[Any]:
     from prometheus_client.core import CounterMetricFamily
 
     yield _gauge("zq_worker_slots", "Executor slots of this worker", s["slots"])
-    yield _gauge("zq_worker_slots_busy", "Slots running a task", min(s["running"], s["slots"]))
+    yield _gauge("zq_worker_slots_busy", "Slots running a task", s["running"])
     yield _gauge("zq_worker_tasks_prefetched", "Tasks held here, not started", s["prefetched"])
     yield _gauge("zq_worker_results_awaiting_ack", "Results sent to the sink, not acknowledged yet",
                  s["awaiting_ack"])

@@ -10,11 +10,13 @@ from zq.envelope import TaskState
 from zq.errors import ProtocolError
 from zq.protocol import TaskSpec
 
+MAX_BUSY = 100_000  # STARTED's busy: more slots than any worker has is a malformed message
+
 
 class WorkerInfo:
     __slots__ = ("ident", "id", "queues", "credit", "inflight", "fns", "host", "pid", "executor",
                  "concurrency", "last_seen", "last_sent", "done", "registered_at", "last_done",
-                 "reclaim_sent")
+                 "reclaim_sent", "busy")
 
     def __init__(self, ident: bytes, header: dict, now: float) -> None:
         self.ident = ident
@@ -40,6 +42,27 @@ class WorkerInfo:
         self.registered_at = time.time()
         self.last_done = now  # the last DONE or STARTED with ids: it makes progress
         self.reclaim_sent = float("-inf")  # RECLAIM sent and not answered (RETURN) since
+        #: its executor slots running a task, as it last said (STARTED's ``busy``); None until then
+        self.busy: Optional[int] = None
+
+    def set_busy(self, value: Any) -> None:
+        """STARTED's ``busy``: an int in 0..MAX_BUSY, else ProtocolError (nothing changed)."""
+        if type(value) is not int or not 0 <= value <= MAX_BUSY:
+            raise ProtocolError(f"STARTED: busy must be an int in 0..{MAX_BUSY}")
+        self.busy = value
+
+    def slots_busy(self, tasks: Any) -> int:
+        """Its slots running a task: as it said (exact); from a worker that never said (older
+        than STARTED's ``busy``, or just registered), its tasks RUNNING here, at most its slots
+        (a finished task stays RUNNING until its DONE, which waits for the sink's ACK)."""
+        if self.busy is not None:
+            return self.busy
+        running = 0
+        for tid in self.inflight:
+            rec = tasks.get(tid)
+            if rec is not None and rec.state is TaskState.RUNNING:
+                running += 1
+        return min(running, self.concurrency)
 
     def describe(self) -> str:
         return f"worker {self.id} on host {self.host} (pid {self.pid})"

@@ -104,9 +104,13 @@ class WorkerSide:
             # way as the worker took it back (it counts the same; its next grants pay it back)
             w.credit = max(-100_000, min(100_000, w.credit + P.field(h, "credit", int, cmd)))
         elif cmd == P.STARTED:
-            w.last_done = now
+            ids = P.str_list(h, "ids", cmd)
+            if "busy" in h:  # its slots running a task now (checked before anything changes)
+                w.set_busy(h["busy"])
+            if ids:  # progress (_rebalance); a STARTED with only busy is not
+                w.last_done = now
             wall = time.time()
-            for tid in P.str_list(h, "ids", cmd):
+            for tid in ids:
                 rec = self.v.tasks.get(tid)
                 if rec is not None and rec.worker == ident and rec.state is TaskState.RESERVED:
                     rec.started_at = wall

@@ -99,6 +99,7 @@ class Worker(Node):
         self.last_done = 0.0  # monotonic time of the latest completion
         self.fn_store: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.started_ids: list[str] = []
+        self.busy_sent: Optional[int] = None  # busy slots the ventilator was last told (None: tell it)
         self.quiet: set[str] = set()  # waiting in a slot behind the first of a batch: STARTED not sent
         self.done = DoneBook()  # finished here: awaiting the sink's ACK, then owed a DONE
         # credit the ventilator holds for us (granted - taken back - received); below 0 when
@@ -171,6 +172,7 @@ class Worker(Node):
         """Register (again), with the tasks that finished here whose DONE was not sent.  A
         ventilator that knew us answers SYNC (what do you hold?), see ``_on_ventilator``."""
         self.promised = 0
+        self.busy_sent = None  # a new registration: tell it how many slots are busy
         credit = max(0, self._wanted(time.monotonic()))
         self.ready_pending = not self._to_vent(P.READY, {
             "id": self.id, "queues": list(self.config.worker_queues), "credit": credit, "host": HOST,
@@ -549,13 +551,22 @@ class Worker(Node):
         if self.progress_out:
             self._to_vent(P.PROGRESS, {"p": list(self.progress_out.values())})
             self.progress_out.clear()
-        if self.started_ids:
-            self._to_vent(P.STARTED, {"ids": self.started_ids})  # status only: may be lost
+        busy = self.busy_slots()
+        if self.started_ids or busy != self.busy_sent:  # status only: may be lost
+            if self._to_vent(P.STARTED, {"ids": self.started_ids, "busy": busy}):
+                self.busy_sent = busy
             self.started_ids = []
         credit = self._wanted(time.monotonic())  # < 0: credit taken back
         if (self.done.ids or credit) and self._to_vent(P.DONE, self.done.header(credit)):
             self.promised += credit  # not sent: kept, and sent with the next ones (or READY)
             self.done.sent()
+
+    def busy_slots(self) -> int:
+        """Executor slots running a task now (0..slots): the ventilator's count of this worker's
+        running tasks.  Not the tasks of a batch waiting behind the one running in its slot
+        (``quiet``), nor async tasks (the event loop, no slot); a timed-out or cancelled thread
+        task keeps its slot until it returns (``abandoned``)."""
+        return self.slots - self.executor.free()
 
     def _tick(self, now: float) -> None:
         for tid, (spec, deadline, _) in list(self.running.items()):

@@ -9,7 +9,7 @@ hand-written exposition format); only what ``stats()`` really has is exported:
     zq_queue_paused{queue}, zq_queue_served{queue}
     zq_task_name_disabled{name}               1 for each disabled task name
     zq_workers_online
-    zq_slots_total, zq_slots_busy             executor slots, and those with a task
+    zq_slots_total, zq_slots_busy             executor slots, and those running a task
     zq_worker_slots{worker,host}, zq_worker_tasks_held{worker,host}
     zq_worker_tasks_done_total{worker,host}
     zq_ventilator_events_total{event}         every ventilator counter (submitted, done, ...)
@@ -98,9 +98,9 @@ class ClusterCollector(Collector):
         workers = v.get("workers") or []
         yield _gauge("zq_workers_online", "Workers the ventilator hears from", len(workers))
         total = sum(_num(w.get("concurrency")) for w in workers)
-        busy = sum(min(_num(w.get("running")), _num(w.get("concurrency"))) for w in workers)
+        busy = sum(_num(w.get("running")) for w in workers)  # slots running a task, as each worker says
         yield _gauge("zq_slots_total", "Executor slots of the online workers", total)
-        yield _gauge("zq_slots_busy", "Slots holding a task (held tasks, at most the slots)", busy)
+        yield _gauge("zq_slots_busy", "Executor slots running a task", busy)
         labels = ["worker", "host"]
         slots = GaugeMetricFamily("zq_worker_slots", "Executor slots of the worker", labels=labels)
         held = GaugeMetricFamily("zq_worker_tasks_held", "Tasks the worker holds (running and prefetched)",
@@ -109,7 +109,7 @@ class ClusterCollector(Collector):
         for w in workers:
             key = [str(w.get("id")), str(w.get("host"))]
             slots.add_metric(key, _num(w.get("concurrency")))
-            held.add_metric(key, _num(w.get("running")))
+            held.add_metric(key, _num(w.get("running")) + _num(w.get("prefetched")))
             done.add_metric(key, _num(w.get("done")))
         yield from (slots, held, done)
 

@@ -41,7 +41,10 @@ TASKS       V -> W      like SUBMIT, rows carry attempt and lost causes
 SYNC        V -> W      {"upto": int} (to a worker registering again) say what you hold now
 HELD        W -> V      {"upto", "held": [ids], "done": [ids], "states": [...]}: the answer; the
                         ventilator queues again what it sent before that SYNC and is not held
-STARTED     W -> V      {"ids": [...]}
+STARTED     W -> V      {"ids": [...], "busy"?: int} these started; busy: its executor slots running
+                        a task now (0..slots; not a batch's waiting tasks, not async ones), sent
+                        with ids, or alone ("ids": []) when it changed, and after READY; status
+                        only, may be lost
 DONE        W -> V      {"ids": [...], "states": [...], "credit": int,
                         "errors"?: {task id: [type, message, traceback]}} (failed ones),
                         "started"?: {task id: time}} (those whose STARTED was not sent)

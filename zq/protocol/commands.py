@@ -53,7 +53,7 @@ COMMAND_TABLE: dict[bytes, Command] = {c.name: c for c in (
     Command(TASKS, "V -> W", "like SUBMIT; rows carry attempt and lost causes"),
     Command(SYNC, "V -> W", '{"upto": int}'),
     Command(HELD, "W -> V", '{"upto", "held", "done", "states"}'),
-    Command(STARTED, "W -> V", '{"ids"}'),
+    Command(STARTED, "W -> V", '{"ids", "busy"?: int (slots running a task; "ids" may be empty)}'),
     Command(DONE, "W -> V", '{"ids", "states", "credit": int, "errors"?: {id: [type, message, traceback]}, '
                            '"started"?: {id: time}}'),
     Command(RETRY, "W -> V", '{"id", "delay", "lost"?}'),
