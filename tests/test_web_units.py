@@ -97,13 +97,14 @@ def test_percentile():
 def test_metrics_from_a_stats_answer():
     from prometheus_client import generate_latest
 
-    stats = {"ventilator": {"workers": [{"id": "w1", "host": "h", "concurrency": 4, "running": 6, "done": 9}],
+    stats = {"ventilator": {"workers": [{"id": "w1", "host": "h", "concurrency": 4, "running": 3, "prefetched": 3,
+                                          "done": 9}],
                             "queues": {"q": {"queued": 5, "running": 2, "paused": True, "served": True}},
                             "counters": {"submitted": 11, "bad_messages": 2}, "disabled": ["x.y"],
                             "loop": {"lag": 0.002}, "sink_link": {"up": True, "silent": 0.1, "waiting": 0}},
              "sink": {"retained": 3, "counters": {"results": 9}}}
     text = generate_latest(registry_for(lambda: stats)).decode()
-    for line in ('zq_tasks{queue="q",state="PAUSED"} 5.0', 'zq_queue_depth{queue="q"} 5.0', "zq_slots_busy 4.0",
+    for line in ('zq_tasks{queue="q",state="PAUSED"} 5.0', 'zq_queue_depth{queue="q"} 5.0', "zq_slots_busy 3.0",
                  "zq_slots_total 4.0", 'zq_worker_tasks_held{host="h",worker="w1"} 6.0',
                  'zq_ventilator_events_total{event="submitted"} 11.0', 'zq_bad_messages_total{node="ventilator"} 2.0',
                  'zq_task_name_disabled{name="x.y"} 1.0', "zq_sink_results_retained 3.0",

@@ -105,7 +105,7 @@ pages.overview = {
     const v = d.stats.ventilator || {}, s = d.stats.sink || {}, c = d.counts || {};
     const workers = v.workers || [];
     const slots = workers.reduce((a, w) => a + (w.concurrency || 0), 0);
-    const busy = workers.reduce((a, w) => a + Math.min(w.running || 0, w.concurrency || 0), 0);
+    const busy = workers.reduce((a, w) => a + (w.running || 0), 0);  // each worker says its busy slots
     const last = (d.series || []).filter((p) => typeof p.done_per_s === "number").slice(-5);
     const rate = last.length ? last.reduce((a, p) => a + p.done_per_s, 0) / last.length : 0;
     const lat = (d.series || []).filter((p) => typeof p.latency_p50 === "number").slice(-1)[0];
