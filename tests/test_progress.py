@@ -74,3 +74,11 @@ def test_bar_closed_after_a_future_is_done_but_before_its_callback_ran_counts_it
         setter.join(10)
     assert bar.wait(0) and bar.done == 1, out.getvalue()
     assert "1/1" in out.getvalue(), out.getvalue()
+
+
+def test_the_same_future_twice_counts_twice():
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    fut.set_result(1)
+    out = io.StringIO()
+    assert zq.progress([fut, fut], file=out, timeout=5) == [fut, fut]
+    assert "2/2" in out.getvalue(), out.getvalue()
