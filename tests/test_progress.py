@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import operator
+import threading
 
 import pytest
 
@@ -52,3 +53,32 @@ def test_map_with_progress_ends_its_bar_when_left_early(client, capsys):
     results.close()  # the calls not awaited are cancelled: they count as done, and failed
     err = capsys.readouterr().err
     assert "5/5" in err and err.endswith("\n"), err
+
+
+def test_bar_closed_after_a_future_is_done_but_before_its_callback_ran_counts_it():
+    """``map`` closes its bar once it has every result, but ``Future.set_result`` wakes the
+    waiter before it runs the done-callbacks: the bar must still end at total/total (in
+    Jupyter, not a red 0/1 bar). An earlier callback holds the future in that window."""
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    in_window, leave = threading.Event(), threading.Event()
+    fut.add_done_callback(lambda _: (in_window.set(), leave.wait(10)))
+    out = io.StringIO()
+    bar = ProgressBar(1, desc="window", file=out).attach([fut])
+    setter = threading.Thread(target=fut.set_result, args=(1,))
+    setter.start()
+    try:
+        assert in_window.wait(10) and fut.done()
+        bar.close()
+    finally:
+        leave.set()
+        setter.join(10)
+    assert bar.wait(0) and bar.done == 1, out.getvalue()
+    assert "1/1" in out.getvalue(), out.getvalue()
+
+
+def test_the_same_future_twice_counts_twice():
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    fut.set_result(1)
+    out = io.StringIO()
+    assert zq.progress([fut, fut], file=out, timeout=5) == [fut, fut]
+    assert "2/2" in out.getvalue(), out.getvalue()
