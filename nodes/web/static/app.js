@@ -174,7 +174,7 @@ pages.workers = {
         <td class="num">${num(w.running)}</td><td class="num">${num(w.prefetched)}</td><td class="num">${num(w.credit)}</td>
         <td class="num">${num(w.done)}</td><td class="num">${typeof w.silent === "number" ? dur(w.silent) + " ago" : "–"}</td></tr>`).join("")}
       </table>${workers.length ? "" : '<p class="muted">no worker online</p>'}
-      <p class="muted">running: tasks started; prefetched: sent to the worker, not started yet.</p>
+      <p class="muted">running: slots running a task, as the worker says; prefetched: the other tasks it holds (not started yet, or finished and waiting for the sink to take their results).</p>
       <h2 style="margin-top:1.2rem">Lost workers</h2>
       ${lost.length ? `<table id="lost-workers"><tr><th>worker</th><th>host</th><th class="num">pid</th><th>lost at</th><th>cause</th><th class="num">tasks held</th></tr>
         ${lost.slice().reverse().map((w) => `<tr data-lost="${esc(w.id)}"><td class="mono">${esc(w.id)}</td><td>${esc(w.host)}</td>
@@ -299,7 +299,7 @@ pages.task = {
     <div class="row2">
       <div class="card"><h3>Task</h3><dl class="kv">
         <dt>name</dt><dd class="mono">${esc(t.name)}</dd><dt>queue</dt><dd>${esc(t.queue)}</dd>
-        <dt>args</dt><dd class="mono" id="args">${t.args_repr != null ? esc(t.args_repr) : "<i>not recorded (its client said show_args=False)</i>"}</dd>
+        <dt>args</dt><dd class="mono" id="args">${t.args_repr == null ? "<i>not recorded (its client said show_args=False)</i>" : t.args_repr === "" ? "<i>none</i>" : esc(t.args_repr)}</dd>
         <dt>attempts</dt><dd>${esc(t.attempts)}</dd>
         <dt>worker</dt><dd class="mono">${esc((r && r.worker) || t.worker)}${host ? ` on ${esc(host)} pid ${esc(pid)}` : ""}</dd>
         <dt>parent</dt><dd>${taskLink(t.parent) || "–"}</dd>
