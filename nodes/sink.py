@@ -11,8 +11,9 @@ ZAP role).  Policy firing and recording happen in one place, ``_record``.  Resul
 routed by their header row alone (the client id travels in it); the pickled
 value is never unpickled here unless an ``on_done`` policy reads ``.value``.
 
-Memory: a result is kept only while its client has not received it (bounded
-by ``result_ttl``) or when it is retained (until its TTL).  The set of task ids
+Memory: a result is kept only until its client has acknowledged it (bounded by
+``result_ttl``; sent again when the client connects anew before its ACK: a delivery can
+go down with a dying connection) or when it is retained (until its TTL).  The set of task ids
 already recorded, used to drop duplicates, is bounded (``DEDUP_MEMORY``).
 
 With ``sink.journal`` (``zq sink --journal FILE``) the recorded ids, which
@@ -70,8 +71,9 @@ class Sink(Node):
         self.retained_bytes = 0  # the values' bytes of what is retained (stats, metrics)
         self.expiry: list[tuple[float, str]] = []
         self.undelivered: dict[str, collections.deque[tuple[float, ResultRow]]] = {}
-        # task id -> (client id, senders to ACK once it is safe, monotonic time recorded)
-        self.awaiting: dict[str, tuple[str, set[bytes], float]] = {}
+        # task id -> (client id, senders to ACK once it is safe, monotonic time recorded, the
+        # result: sent again if its client connects anew before it ACKed, see _on_hello)
+        self.awaiting: dict[str, tuple[str, set[bytes], float, Optional[ResultRow]]] = {}
         self._acks: dict[bytes, list[str]] = {}
         # task id -> {client that wants its result too: when it last said so (WATCH)}
         self.watchers: dict[str, dict[str, float]] = {}
@@ -125,7 +127,7 @@ class Sink(Node):
                 heapq.heappush(self.expiry, (until, s.task_id))
                 if s.client:  # its client may not have it: sent when it comes back
                     self.recorded[s.task_id] = None
-                    self.awaiting[s.task_id] = (s.client, set(), now)
+                    self.awaiting[s.task_id] = (s.client, set(), now, s.row)
                     self.undelivered.setdefault(s.client, collections.deque()).append((now, s.row))
             n += 1
         while len(self.recorded) > DEDUP_MEMORY:
@@ -189,8 +191,10 @@ class Sink(Node):
                     self.watchers.setdefault(tid, {})[client] = time.monotonic()
                 else:  # recorded, delivered, not retained: nothing left to send
                     self._send(ident, P.gone_message(tid))
-        elif cmd == P.HEARTBEAT or cmd == P.HELLO:
+        elif cmd == P.HEARTBEAT:
             self._flush_client(ident.decode("utf-8", "replace"))
+        elif cmd == P.HELLO:
+            self._on_hello(ident.decode("utf-8", "replace"))
         elif cmd == P.REQUEST:
             req = P.field(msg.header, "req", int, cmd)
             op = P.field(msg.header, "op", str, cmd)
@@ -207,8 +211,22 @@ class Sink(Node):
     # it, or it is retained here (client gone), or it expired undelivered.  So a
     # sink killed between receiving and delivering loses nothing: the sender
     # resends to the next sink.
-    def _ack_later(self, tid: str, client: str, sender: bytes) -> None:
-        self.awaiting[tid] = (client, {sender}, time.monotonic())
+    def _ack_later(self, r: ResultRow, sender: bytes) -> None:
+        self.awaiting[r.task_id] = (r.client, {sender}, time.monotonic(), r if r.client else None)
+
+    def _on_hello(self, client: str) -> None:
+        """A client connected (again): what was sent to it and not acknowledged may have gone
+        down with its old connection (a ROUTER routes to the old pipe until it learns of
+        the new one), so it is sent again, then whatever waits for it.  A client takes a
+        result twice without harm; its senders hold their copies until its ACK."""
+        again = [e[3] for e in self.awaiting.values() if e[0] == client and e[3] is not None]
+        queued = {r.task_id for _, r in self.undelivered.get(client, ())}
+        again = [r for r in again if r.task_id not in queued]
+        if again:
+            self.counters["redelivered"] += len(again)
+            self._deliver(client, again)
+        else:
+            self._flush_client(client)
 
     def _release(self, tid: str, by_client: Optional[bytes] = None) -> None:
         """ACK ``tid`` to everyone who sent it; ``by_client``: only if it is the task's client."""
@@ -278,7 +296,7 @@ class Sink(Node):
                 elif self.recorded[tid]:  # recorded before a restart, its client's receipt unknown
                     client = self.recorded[tid]
                     self.recorded[tid] = None
-                    self.awaiting[tid] = (client, {sender}, now)
+                    self.awaiting[tid] = (client, {sender}, now, r)
                     by_client.setdefault(client, []).append(r)  # again, without recording it again
                 else:
                     self._acks.setdefault(sender, []).append(tid)
@@ -305,7 +323,7 @@ class Sink(Node):
             for w in watchers or ():
                 if w != r.client:
                     by_client.setdefault(w, []).append(r)
-            self._ack_later(tid, r.client, sender)
+            self._ack_later(r, sender)
             if r.client:
                 by_client.setdefault(r.client, []).append(r)
             else:  # nobody submitted it (a schedule's slot): recorded (and retained) is all
@@ -392,7 +410,7 @@ class Sink(Node):
         # after the result TTL so that neither we nor its sender hold it forever
         if now >= self._next_stale_scan:
             self._next_stale_scan = now + 5.0
-            for tid, client in [(t, c) for t, (c, _, since) in self.awaiting.items() if now - since > ttl]:
+            for tid, client in [(t, e[0]) for t, e in self.awaiting.items() if now - e[2] > ttl]:
                 self._give_up(tid, client)
             self._expire_watches(now)
         self._settle()
