@@ -219,7 +219,7 @@ class Sink(Node):
         down with its old connection (a ROUTER routes to the old pipe until it learns of
         the new one), so it is sent again, then whatever waits for it.  A client takes a
         result twice without harm; its senders hold their copies until its ACK."""
-        again = [e[3] for e in self.awaiting.values() if e[0] == client and e[3] is not None]
+        again = [row for owner, _, _, row in self.awaiting.values() if owner == client and row is not None]
         queued = {r.task_id for _, r in self.undelivered.get(client, ())}
         again = [r for r in again if r.task_id not in queued]
         if again:
@@ -410,7 +410,7 @@ class Sink(Node):
         # after the result TTL so that neither we nor its sender hold it forever
         if now >= self._next_stale_scan:
             self._next_stale_scan = now + 5.0
-            for tid, client in [(t, e[0]) for t, e in self.awaiting.items() if now - e[2] > ttl]:
+            for tid, client in [(t, c) for t, (c, _, since, _) in self.awaiting.items() if now - since > ttl]:
                 self._give_up(tid, client)
             self._expire_watches(now)
         self._settle()

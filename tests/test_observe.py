@@ -189,10 +189,9 @@ def test_a_batch_of_short_tasks_is_running_one_at_a_time(start, make_client, tmp
             f.result(30)
     gate = str(tmp_path / "gate")
     fs = [c.submit(gated, gate)] + [c.submit(noop, i) for i in range(50)]  # one batch, gated first
-    wait_for(lambda: c.get_status(fs[0].task_id) is zq.TaskState.RUNNING
-             and c.count_tasks(state="RUNNING") + c.count_tasks(state="RESERVED") == 51, 15,
-             what="the gated task running, the rest held")
-    assert c.count_tasks(state="RUNNING") == 1
+    # (those not in its batch may wait at the ventilator: a running task shrinks the prefetch)
+    wait_for(lambda: c.get_status(fs[0].task_id) is zq.TaskState.RUNNING, 15, what="the gated task running")
+    assert c.count_tasks(state="RUNNING") == 1, c.count_tasks(state="RESERVED")
     touch(gate)
     for f in fs:
         f.result(30)
