@@ -61,6 +61,22 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0
         time.sleep(interval)  # sleep-ok: a poll interval with a deadline
 
 
+def next_message(sock: Any, command: bytes, timeout: float = 15.0) -> Any:
+    """The next message with that command a raw socket receives (others skipped: heartbeats
+    and the like); AssertionError at the deadline."""
+    from zq import protocol as P
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {command.decode()} within {timeout}s")
+        if sock.poll(int(left * 1000) + 1):
+            msg = P.unpack(sock.recv_multipart())
+            if msg.command == command:
+                return msg
+
+
 def stays(cond: Callable[[], Any], duration: float, interval: float = 0.05, what: str = "") -> None:
     """Assert ``cond`` holds at every poll for ``duration`` seconds (a negative check)."""
     end = time.monotonic() + duration

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.lifecycle_tasks import wait_for
+from tests.lifecycle_tasks import next_message, wait_for
 from tests.test_observe import _raw_worker
 
 SLOTS = 2
@@ -34,13 +34,7 @@ def _stream_and_watch(c, fn, args: list) -> tuple[int, list[int]]:
 def _next_error(sock, timeout: float = 15.0):
     from zq import protocol as P
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sock.poll(200):
-            msg = P.unpack(sock.recv_multipart())
-            if msg.command == P.ERROR:
-                return msg
-    raise AssertionError("no ERROR from the ventilator")
+    return next_message(sock, P.ERROR, timeout)
 
 
 @pytest.mark.parametrize("task", ["nap", "noop"])

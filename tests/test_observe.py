@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 import zq
-from tests.lifecycle_tasks import gated, touch, wait_for
+from tests.lifecycle_tasks import gated, next_message, touch, wait_for
 
 S = zq.TaskState
 
@@ -66,17 +66,9 @@ def _raw_worker(cluster):
 
 
 def _next_tasks(sock, timeout: float = 15.0):
-    import time
-
     from zq import protocol as P
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sock.poll(200):
-            msg = P.unpack(sock.recv_multipart())
-            if msg.command == P.TASKS:
-                return P.unpack_tasks(msg)[0]
-    raise AssertionError("no TASKS from the ventilator")
+    return P.unpack_tasks(next_message(sock, P.TASKS, timeout))[0]
 
 
 def test_a_failure_a_worker_reports_keeps_its_type_message_traceback_host_and_start(start, make_client):

@@ -15,6 +15,8 @@ import zmq
 from zq import protocol as P
 from zq.protocol import ResultRow
 
+from tests.lifecycle_tasks import next_message
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -24,18 +26,6 @@ def _dealer(identity: bytes, endpoint: str) -> zmq.Socket:
     s.setsockopt(zmq.ROUTING_ID, identity)
     s.connect(endpoint)
     return s
-
-
-def _next(sock: zmq.Socket, command: bytes, timeout: float = 15.0) -> P.Message:
-    """The next message with that command (heartbeats skipped); AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {command.decode()} within {timeout}s"
-        if sock.poll(int(left * 1000)):
-            msg = P.unpack(sock.recv_multipart())
-            if msg.command == command:
-                return msg
 
 
 def _row(task_id: str, client: str) -> ResultRow:
@@ -52,18 +42,18 @@ def test_a_result_not_acknowledged_is_sent_again_on_the_clients_new_connection(m
     worker = _dealer(b"w-" + uuid.uuid4().hex[:6].encode(), endpoint)
     try:
         first.send_multipart(P.pack(P.HELLO, {"id": client_id, "client": client_id}))
-        _next(first, P.HEARTBEAT)  # the sink knows this connection
+        next_message(first, P.HEARTBEAT)  # the sink knows this connection
         worker.send_multipart(P.pack_results([_row("t-1", client_id)]))
-        got = P.unpack_results(_next(first, P.RESULT))
+        got = P.unpack_results(next_message(first, P.RESULT))
         assert [r.task_id for r in got] == ["t-1"]
         first.close(0)  # gone before its ACK: as if the delivery had died with the connection
         again = _dealer(client_id.encode(), endpoint)
         try:
             again.send_multipart(P.pack(P.HELLO, {"id": client_id, "client": client_id}))
-            got = P.unpack_results(_next(again, P.RESULT))
+            got = P.unpack_results(next_message(again, P.RESULT))
             assert [r.task_id for r in got] == ["t-1"]
             again.send_multipart(P.pack(P.ACK, {"ids": ["t-1"]}))
-            assert P.str_list(_next(worker, P.ACK).header, "ids", P.ACK) == ["t-1"]  # now its sender may forget it
+            assert P.str_list(next_message(worker, P.ACK).header, "ids", P.ACK) == ["t-1"]  # now its sender may forget it
             # acknowledged: a third connection gets nothing again
             again.close(0)
             third = _dealer(client_id.encode(), endpoint)
